@@ -1,0 +1,2 @@
+//! haul's engine.
+#![deny(missing_docs)]

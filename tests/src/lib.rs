@@ -1,0 +1,1 @@
+//! Test support: an independent tree walker and helpers to run the haul binary.
