@@ -1,1 +1,56 @@
-fn main() {}
+//! The `haul` command line: maps flags to engine options and renders
+//! progress and results. Exit codes are documented in the README and in
+//! [`exit`].
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod copy_cmd;
+mod exit;
+mod render;
+
+/// haul: fast, lossless tree transfer, snapshots and archives.
+#[derive(Parser, Debug)]
+#[command(name = "haul", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Make DST an exact mirror of the contents of SRC (like `rsync -aHAXS --numeric-ids SRC/ DST/`).
+    Copy(copy_cmd::CopyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    let r = match cli.command {
+        Command::Copy(args) => copy_cmd::run(args),
+    };
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // A closed pipe (`haul ... | head`) is not a failure.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::from(exit::OK);
+            }
+            let _ = writeln!(std::io::stderr(), "haul: error: {e:#}");
+            ExitCode::from(exit::FATAL)
+        }
+    }
+}

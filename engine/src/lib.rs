@@ -1,2 +1,30 @@
-//! haul's engine.
+//! haul's engine: a parallel, full-fidelity tree copy, and (in later
+//! modules) snapshots and archives built on the same walker and metadata layer.
+//!
+//! The engine knows nothing of terminals or argument parsing: callers pass
+//! options, receive progress through the [`Progress`] trait, and get a
+//! summary in which every entry's outcome is accounted for.
+//!
+//! ```no_run
+//! use haul_engine::{copy, CopyOptions, NoProgress};
+//! let summary = copy("/opt/cycle_server".as_ref(), "/mnt/new/cycle_server".as_ref(),
+//!                    &CopyOptions::default(), &NoProgress)?;
+//! assert_eq!(summary.failed_count(), 0);
+//! # Ok::<(), haul_engine::Error>(())
+//! ```
 #![deny(missing_docs)]
+
+mod copy;
+mod error;
+mod filter;
+mod idmap;
+mod meta;
+mod progress;
+mod sys;
+
+pub use copy::{copy, CopyOptions, CopySummary, EntryIssue, SourceCounts};
+pub use error::{Error, ErrorKind};
+pub use filter::{Filter, FilterError};
+pub use idmap::{IdMap, IdMapError};
+pub use meta::FileKind;
+pub use progress::{Action, NoProgress, Progress};

@@ -1,0 +1,1439 @@
+//! `copy`: make DST an exact mirror of the contents of SRC.
+//!
+//! Shape of a run:
+//! - Directories are processed depth first on a rayon pool. A directory's
+//!   entries are read in batches (so one flat directory of a million files is
+//!   split across workers too, and memory stays bounded), and each batch is
+//!   handed to `par_iter`; a subdirectory recurses inside its worker.
+//! - Every write into the destination goes through a directory handle and a
+//!   single name (`*at` syscalls, `O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`), so a
+//!   symlink already in the destination is replaced, never written through.
+//! - New content goes to a temporary name in the same directory and is
+//!   renamed into place once its data and metadata are complete, so an
+//!   interrupted run never leaves a truncated file under its final name.
+//! - A directory's own metadata is applied after its contents, so its mtime
+//!   and a read-only mode stick.
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Step, StepError};
+use crate::filter::Filter;
+use crate::idmap::IdMap;
+use crate::meta::{read_xattrs, sync_xattrs, FileKind, XTarget, XattrPolicy, Xattrs};
+use crate::progress::{Action, Progress};
+use crate::sys::{self, Stat};
+
+/// Entries read from a directory before they are handed to the workers.
+const BATCH: usize = 512;
+/// At most this many failed (and, separately, partial) entries are kept with
+/// their reasons; the rest are only counted, so memory stays bounded.
+const MAX_ISSUES: usize = 100_000;
+/// Size of the per-thread buffer for the userspace copy and hashing paths.
+const BUF: usize = 256 * 1024;
+const TMP_PREFIX: &[u8] = b".haul-tmp.";
+
+/// What a copy keeps and how it decides what to write.
+#[derive(Debug)]
+pub struct CopyOptions {
+    /// Worker threads; 0 picks one per CPU.
+    pub jobs: usize,
+    /// Remove entries in DST that are not in SRC (excluded ones are kept).
+    pub delete: bool,
+    /// Entries to skip.
+    pub filter: Filter,
+    /// Compare content by blake3 instead of size and mtime.
+    pub checksum: bool,
+    /// Report what would change and touch nothing.
+    pub dry_run: bool,
+    /// Re-read DST after the copy and compare digests with SRC.
+    pub verify: bool,
+    /// Preserve numeric owner and group.
+    pub owner: bool,
+    /// Preserve extended attributes.
+    pub xattrs: bool,
+    /// Preserve POSIX ACLs (the `system.posix_acl_*` attributes).
+    pub acls: bool,
+    /// Owner remapping.
+    pub ids: IdMap,
+    /// Report every change through [`Progress::change`].
+    pub record_changes: bool,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            jobs: 0,
+            delete: false,
+            filter: Filter::default(),
+            checksum: false,
+            dry_run: false,
+            verify: false,
+            owner: true,
+            xattrs: true,
+            acls: true,
+            ids: IdMap::new(),
+            record_changes: false,
+        }
+    }
+}
+
+/// Entries seen in SRC, by kind.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SourceCounts {
+    /// Regular files (the first name of each hardlinked inode included).
+    pub files: u64,
+    /// Directories, the root included.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Further names of an inode already seen.
+    pub hardlinks: u64,
+    /// Fifos, sockets and devices.
+    pub specials: u64,
+    /// Bytes of regular-file content (apparent size).
+    pub bytes: u64,
+}
+
+/// One entry that failed or was not fully preserved.
+#[derive(Clone, Debug, Serialize)]
+pub struct EntryIssue {
+    /// Path relative to the root of the copy.
+    #[serde(serialize_with = "lossy_path")]
+    pub path: PathBuf,
+    /// What went wrong, with the OS's reason.
+    pub reason: String,
+}
+
+fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+/// The outcome of a copy. Every entry's fate is in here: nothing is dropped.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CopySummary {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Wall time of the run.
+    pub seconds: f64,
+    /// What SRC holds.
+    pub source: SourceCounts,
+    /// Entries created in DST.
+    pub created: u64,
+    /// Entries whose content was rewritten or whose type changed.
+    pub updated: u64,
+    /// Entries whose metadata alone was fixed in place.
+    pub metadata_only: u64,
+    /// Entries already identical.
+    pub unchanged: u64,
+    /// Entries removed from DST.
+    pub deleted: u64,
+    /// Bytes of file data written.
+    pub bytes_copied: u64,
+    /// Entries that could not be copied.
+    pub failed: Vec<EntryIssue>,
+    /// Entries copied, but with some metadata not preserved.
+    pub partial: Vec<EntryIssue>,
+    /// Differences `--verify` found.
+    pub verify_mismatches: Vec<EntryIssue>,
+    /// Failed entries beyond the recorded list.
+    pub failed_not_listed: u64,
+    /// Partial entries beyond the recorded list.
+    pub partial_not_listed: u64,
+}
+
+impl CopySummary {
+    /// Total failed entries.
+    pub fn failed_count(&self) -> u64 {
+        self.failed.len() as u64 + self.failed_not_listed
+    }
+
+    /// Total partially preserved entries.
+    pub fn partial_count(&self) -> u64 {
+        self.partial.len() as u64 + self.partial_not_listed
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    dirs: AtomicU64,
+    symlinks: AtomicU64,
+    hardlinks: AtomicU64,
+    specials: AtomicU64,
+    bytes: AtomicU64,
+    created: AtomicU64,
+    updated: AtomicU64,
+    metadata: AtomicU64,
+    unchanged: AtomicU64,
+    deleted: AtomicU64,
+    copied: AtomicU64,
+}
+
+#[derive(Default)]
+struct Issues {
+    failed: Vec<EntryIssue>,
+    partial: Vec<EntryIssue>,
+    failed_more: u64,
+    partial_more: u64,
+}
+
+/// The state of a hardlinked inode's first destination name.
+enum Link {
+    Pending,
+    Done {
+        rel: PathBuf,
+        dst: Option<(u64, u64)>,
+    },
+    Failed,
+}
+
+/// A later name of an inode whose first name was still being written.
+struct Deferred {
+    rel: PathBuf,
+    key: (u64, u64),
+}
+
+/// A directory being processed: its source handle, its destination handle
+/// (absent in a dry run below a directory that does not exist yet), and its
+/// path relative to the root.
+struct DirPair {
+    src: File,
+    dst: Option<File>,
+    rel: PathBuf,
+}
+
+/// Where metadata is applied: an open file or directory, or a name in a
+/// directory for entries that are not opened (symlinks, fifos, devices).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Fd(&'a File),
+    At(&'a File, &'a CStr, FileKind),
+}
+
+impl Target<'_> {
+    fn xtarget(&self) -> XTarget<'_> {
+        match *self {
+            Target::Fd(f) => XTarget::Fd(f),
+            Target::At(d, n, _) => XTarget::At(d, n),
+        }
+    }
+    fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        match *self {
+            Target::Fd(f) => sys::chown_fd(f, uid, gid),
+            Target::At(d, n, _) => sys::chown_at(d, n, uid, gid),
+        }
+    }
+    fn chmod(&self, mode: u32) -> io::Result<()> {
+        match *self {
+            Target::Fd(f) => sys::chmod_fd(f, mode),
+            Target::At(_, _, FileKind::Symlink) => Ok(()),
+            Target::At(d, n, _) => sys::chmod_at(d, n, mode),
+        }
+    }
+    fn times(&self, st: &Stat) -> io::Result<()> {
+        match *self {
+            Target::Fd(f) => sys::set_times_fd(f, st.atime, st.mtime),
+            Target::At(d, n, _) => sys::set_times_at(d, n, st.atime, st.mtime),
+        }
+    }
+    fn is_symlink(&self) -> bool {
+        matches!(self, Target::At(_, _, FileKind::Symlink))
+    }
+}
+
+enum Outcome {
+    Created,
+    Updated,
+    Metadata,
+    Unchanged,
+}
+
+struct Run<'a> {
+    opts: &'a CopyOptions,
+    progress: &'a dyn Progress,
+    policy: XattrPolicy,
+    is_root: bool,
+    c: Counters,
+    issues: Mutex<Issues>,
+    links: Mutex<HashMap<(u64, u64), Link>>,
+    deferred: Mutex<Vec<Deferred>>,
+    reflink_ok: AtomicBool,
+    cfr_ok: AtomicBool,
+    /// The destination root, for hardlinks whose first name is elsewhere.
+    dst_root: Option<File>,
+    mismatches: Mutex<Vec<EntryIssue>>,
+}
+
+thread_local! {
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    BUFFER.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < BUF {
+            b.resize(BUF, 0);
+        }
+        f(&mut b)
+    })
+}
+
+fn name_of(c: &CStr) -> &OsStr {
+    OsStr::from_bytes(c.to_bytes())
+}
+
+/// The temporary name for `name`: fixed length (so it fits NAME_MAX whatever
+/// `name` is) and derived from the name, so a re-run after a crash reuses,
+/// and so clears, the same slot.
+fn tmp_name(name: &CStr) -> CString {
+    let h = blake3::hash(name.to_bytes());
+    let hex = h.to_hex();
+    let mut v = TMP_PREFIX.to_vec();
+    v.extend_from_slice(&hex.as_bytes()[..16]);
+    CString::new(v).expect("no NUL in hex")
+}
+
+fn is_tmp_name(name: &[u8]) -> bool {
+    name.len() == TMP_PREFIX.len() + 16
+        && name.starts_with(TMP_PREFIX)
+        && name[TMP_PREFIX.len()..].iter().all(u8::is_ascii_hexdigit)
+}
+
+/// Copies SRC to DST; see the module docs. Returns `Err` only when the run
+/// could not proceed at all; per-entry problems are in the summary.
+pub fn copy(
+    src: &Path,
+    dst: &Path,
+    opts: &CopyOptions,
+    progress: &dyn Progress,
+) -> Result<CopySummary, Error> {
+    let start = Instant::now();
+    sys::raise_nofile_limit();
+    let src_st = sys::stat_path(src, true).map_err(|e| Error::io("reading source", src, e))?;
+    let jobs = if opts.jobs == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        opts.jobs
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .stack_size(16 << 20)
+        .thread_name(|i| format!("haul-copy-{i}"))
+        .build()
+        .map_err(|e| Error::io("starting workers", src, io::Error::other(e)))?;
+
+    let mut run = Run {
+        opts,
+        progress,
+        policy: XattrPolicy {
+            xattrs: opts.xattrs,
+            acls: opts.acls,
+        },
+        is_root: sys::euid() == 0,
+        c: Counters::default(),
+        issues: Mutex::default(),
+        links: Mutex::default(),
+        deferred: Mutex::default(),
+        reflink_ok: AtomicBool::new(true),
+        cfr_ok: AtomicBool::new(true),
+        dst_root: None,
+        mismatches: Mutex::default(),
+    };
+
+    if src_st.kind() == FileKind::Dir {
+        let src_dir = sys::open_dir_path(src).map_err(|e| Error::io("opening source", src, e))?;
+        let (dst_dir, existed) = open_or_create_root(dst, opts.dry_run)?;
+        if let Some(d) = &dst_dir {
+            let dst_st = sys::stat_fd(d).map_err(|e| Error::io("reading destination", dst, e))?;
+            if (dst_st.dev, dst_st.ino) == (src_st.dev, src_st.ino) {
+                return Err(Error::invalid(dst, "SRC and DST are the same directory"));
+            }
+            if is_inside(dst, src) {
+                return Err(Error::invalid(dst, "DST lies inside SRC"));
+            }
+            run.dst_root = Some(
+                d.try_clone()
+                    .map_err(|e| Error::io("opening destination", dst, e))?,
+            );
+        }
+        let run = &run;
+        std::thread::scope(|s| {
+            if progress.wants_totals() {
+                s.spawn(|| {
+                    if let Ok(d) = sys::open_dir_path(src) {
+                        run.scan(&d, PathBuf::new());
+                    }
+                    progress.discovery_done();
+                });
+            }
+            pool.install(|| {
+                run.c.dirs.fetch_add(1, Relaxed);
+                if !existed && dst_dir.is_some() {
+                    run.record(Outcome::Created, Path::new(""));
+                }
+                let root = DirPair {
+                    src: src_dir,
+                    dst: dst_dir,
+                    rel: PathBuf::new(),
+                };
+                run.walk_dir(&root, existed);
+                run.finish_dir(&root, &src_st, existed, Path::new(""));
+                run.resolve_deferred();
+                if opts.verify && !opts.dry_run {
+                    if let Some(d) = &root.dst {
+                        run.verify_dir(&root.src, d, PathBuf::new());
+                    }
+                }
+            });
+        });
+    } else {
+        // A single non-directory: DST is its new name.
+        let (sdir, sname) = split_parent(src)?;
+        let (ddir_path, dname) = split_parent(dst)?;
+        let sdir = sys::open_dir_path(&sdir).map_err(|e| Error::io("opening source", &sdir, e))?;
+        let ddir = match sys::open_dir_path(&ddir_path) {
+            Ok(d) => Some(d),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && opts.dry_run => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&ddir_path)
+                    .map_err(|e| Error::io("creating destination", &ddir_path, e))?;
+                Some(
+                    sys::open_dir_path(&ddir_path)
+                        .map_err(|e| Error::io("opening destination", &ddir_path, e))?,
+                )
+            }
+            Err(e) => return Err(Error::io("opening destination", &ddir_path, e)),
+        };
+        let pair = DirPair {
+            src: sdir,
+            dst: ddir,
+            rel: PathBuf::new(),
+        };
+        let rel = PathBuf::from(name_of(&dname));
+        pool.install(|| {
+            run.entry(&pair, &sname, &dname, rel);
+            if opts.verify && !opts.dry_run {
+                if let Some(d) = &pair.dst {
+                    run.verify_entry(&pair.src, d, &sname, &dname, PathBuf::from(name_of(&dname)));
+                }
+            }
+        });
+    }
+    Ok(run.summary(start))
+}
+
+fn is_inside(dst: &Path, src: &Path) -> bool {
+    match (std::fs::canonicalize(dst), std::fs::canonicalize(src)) {
+        (Ok(d), Ok(s)) => d.starts_with(s),
+        _ => false,
+    }
+}
+
+fn split_parent(p: &Path) -> Result<(PathBuf, CString), Error> {
+    let name = p
+        .file_name()
+        .ok_or_else(|| Error::invalid(p, "path has no final component"))?;
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let c = CString::new(name.as_bytes()).map_err(|_| Error::invalid(p, "path contains a NUL"))?;
+    Ok((parent, c))
+}
+
+/// Opens DST, creating it and its parents if missing. A DST that exists but
+/// is not a directory is an error rather than something to replace: the user
+/// named it.
+fn open_or_create_root(dst: &Path, dry_run: bool) -> Result<(Option<File>, bool), Error> {
+    match sys::stat_path(dst, true) {
+        Ok(st) if st.kind() == FileKind::Dir => {
+            let d =
+                sys::open_dir_path(dst).map_err(|e| Error::io("opening destination", dst, e))?;
+            Ok((Some(d), true))
+        }
+        Ok(_) => Err(Error::invalid(
+            dst,
+            "destination exists and is not a directory",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if dry_run {
+                return Ok((None, false));
+            }
+            std::fs::create_dir_all(dst).map_err(|e| Error::io("creating destination", dst, e))?;
+            let d =
+                sys::open_dir_path(dst).map_err(|e| Error::io("opening destination", dst, e))?;
+            Ok((Some(d), false))
+        }
+        Err(e) => Err(Error::io("reading destination", dst, e)),
+    }
+}
+
+impl Run<'_> {
+    fn summary(&self, start: Instant) -> CopySummary {
+        let c = &self.c;
+        let mut issues =
+            std::mem::take(&mut *self.issues.lock().unwrap_or_else(|e| e.into_inner()));
+        issues.failed.sort_by(|a, b| a.path.cmp(&b.path));
+        issues.partial.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut mismatches =
+            std::mem::take(&mut *self.mismatches.lock().unwrap_or_else(|e| e.into_inner()));
+        mismatches.sort_by(|a, b| a.path.cmp(&b.path));
+        CopySummary {
+            dry_run: self.opts.dry_run,
+            seconds: start.elapsed().as_secs_f64(),
+            source: SourceCounts {
+                files: c.files.load(Relaxed),
+                dirs: c.dirs.load(Relaxed),
+                symlinks: c.symlinks.load(Relaxed),
+                hardlinks: c.hardlinks.load(Relaxed),
+                specials: c.specials.load(Relaxed),
+                bytes: c.bytes.load(Relaxed),
+            },
+            created: c.created.load(Relaxed),
+            updated: c.updated.load(Relaxed),
+            metadata_only: c.metadata.load(Relaxed),
+            unchanged: c.unchanged.load(Relaxed),
+            deleted: c.deleted.load(Relaxed),
+            bytes_copied: c.copied.load(Relaxed),
+            failed: issues.failed,
+            partial: issues.partial,
+            verify_mismatches: mismatches,
+            failed_not_listed: issues.failed_more,
+            partial_not_listed: issues.partial_more,
+        }
+    }
+
+    fn fail(&self, rel: &Path, e: impl std::fmt::Display) {
+        let mut i = self.issues.lock().unwrap_or_else(|e| e.into_inner());
+        if i.failed.len() < MAX_ISSUES {
+            i.failed.push(EntryIssue {
+                path: rel.to_path_buf(),
+                reason: e.to_string(),
+            });
+        } else {
+            i.failed_more += 1;
+        }
+    }
+
+    fn partial(&self, rel: &Path, reasons: Vec<String>) {
+        if reasons.is_empty() {
+            return;
+        }
+        let mut i = self.issues.lock().unwrap_or_else(|e| e.into_inner());
+        if i.partial.len() < MAX_ISSUES {
+            i.partial.push(EntryIssue {
+                path: rel.to_path_buf(),
+                reason: reasons.join("; "),
+            });
+        } else {
+            i.partial_more += 1;
+        }
+    }
+
+    fn record(&self, o: Outcome, rel: &Path) {
+        let (counter, action) = match o {
+            Outcome::Created => (&self.c.created, Some(Action::Create)),
+            Outcome::Updated => (&self.c.updated, Some(Action::Update)),
+            Outcome::Metadata => (&self.c.metadata, Some(Action::Metadata)),
+            Outcome::Unchanged => (&self.c.unchanged, None),
+        };
+        counter.fetch_add(1, Relaxed);
+        if let (Some(a), true) = (action, self.opts.record_changes) {
+            self.progress.change(a, rel);
+        }
+    }
+
+    /// Counting-only walk for progress totals, on its own thread.
+    fn scan(&self, dir: &File, rel: PathBuf) {
+        let Ok(mut stream) = sys::DirStream::new(dir) else {
+            return;
+        };
+        let mut batch = Vec::new();
+        while let Ok(n) = stream.read_batch(&mut batch, BATCH) {
+            if n == 0 {
+                break;
+            }
+            let (mut files, mut bytes) = (0, 0);
+            for e in batch.drain(..) {
+                let Ok(st) = sys::stat_at(dir, &e.name) else {
+                    continue;
+                };
+                let crel = rel.join(name_of(&e.name));
+                let is_dir = st.kind() == FileKind::Dir;
+                if self.opts.filter.excluded(&crel, is_dir) {
+                    continue;
+                }
+                files += 1;
+                if st.kind() == FileKind::File {
+                    bytes += st.size;
+                }
+                if is_dir {
+                    if let Ok(d) = sys::open_dir_at(dir, &e.name) {
+                        self.scan(&d, crel);
+                    }
+                }
+            }
+            self.progress.discovered(files, bytes);
+        }
+    }
+
+    fn walk_dir(&self, dir: &DirPair, dst_existed: bool) {
+        if dst_existed {
+            self.clean_dst(dir);
+        }
+        let mut stream = match sys::DirStream::new(&dir.src) {
+            Ok(s) => s,
+            Err(e) => return self.fail(&dir.rel, format!("reading directory: {e}")),
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            batch.clear();
+            match stream.read_batch(&mut batch, BATCH) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    self.fail(&dir.rel, format!("reading directory: {e}"));
+                    break;
+                }
+            }
+            batch.par_iter().for_each(|e| {
+                let rel = dir.rel.join(name_of(&e.name));
+                self.entry(dir, &e.name, &e.name, rel);
+            });
+        }
+    }
+
+    /// Removes leftovers of an interrupted run and, with `--delete`, entries
+    /// SRC no longer has. Runs before the directory's entries are copied, so
+    /// space is freed first.
+    fn clean_dst(&self, dir: &DirPair) {
+        let Some(dst) = &dir.dst else { return };
+        let mut stream = match sys::DirStream::new(dst) {
+            Ok(s) => s,
+            Err(e) => return self.fail(&dir.rel, format!("reading destination directory: {e}")),
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            batch.clear();
+            match stream.read_batch(&mut batch, BATCH) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    self.fail(&dir.rel, format!("reading destination directory: {e}"));
+                    break;
+                }
+            }
+            for e in &batch {
+                let tmp = is_tmp_name(e.name.to_bytes());
+                if !tmp && !self.opts.delete {
+                    continue;
+                }
+                match sys::stat_at_opt(&dir.src, &e.name) {
+                    Ok(None) => {}
+                    Ok(Some(_)) => continue,
+                    Err(err) => {
+                        self.fail(&dir.rel.join(name_of(&e.name)), format!("stat: {err}"));
+                        continue;
+                    }
+                }
+                let rel = dir.rel.join(name_of(&e.name));
+                if !tmp {
+                    let is_dir = e.d_type == sys::DT_DIR;
+                    if self.opts.filter.excluded(&rel, is_dir) {
+                        continue;
+                    }
+                }
+                if self.opts.dry_run {
+                    if !tmp {
+                        self.c.deleted.fetch_add(1, Relaxed);
+                        if self.opts.record_changes {
+                            self.progress.change(Action::Delete, &rel);
+                        }
+                    }
+                    continue;
+                }
+                match self.remove_tree(dst, &e.name, &rel, !tmp) {
+                    Ok(()) => {}
+                    Err(err) => self.fail(&rel, format!("deleting: {err}")),
+                }
+            }
+        }
+    }
+
+    /// Removes `name` in `dir`, recursively, never following a symlink.
+    fn remove_tree(
+        &self,
+        dir: &File,
+        name: &CStr,
+        rel: &Path,
+        report: bool,
+    ) -> Result<(), StepError> {
+        let st = sys::stat_at(dir, name).step("stat")?;
+        if st.kind() == FileKind::Dir {
+            let d = sys::open_dir_at(dir, name).step("open directory")?;
+            if !self.is_root && st.perm() & 0o700 != 0o700 {
+                sys::chmod_fd(&d, st.perm() | 0o700).step("chmod")?;
+            }
+            let mut stream = sys::DirStream::new(&d).step("read directory")?;
+            let mut batch = Vec::new();
+            while stream
+                .read_batch(&mut batch, BATCH)
+                .step("read directory")?
+                > 0
+            {
+                for e in batch.drain(..) {
+                    self.remove_tree(&d, &e.name, &rel.join(name_of(&e.name)), report)?;
+                }
+            }
+            sys::unlink_at(dir, name, true).step("rmdir")?;
+        } else {
+            sys::unlink_at(dir, name, false).step("unlink")?;
+        }
+        if report {
+            self.c.deleted.fetch_add(1, Relaxed);
+            if self.opts.record_changes {
+                self.progress.change(Action::Delete, rel);
+            }
+        }
+        Ok(())
+    }
+
+    fn count_source(&self, st: &Stat, follower: bool) {
+        let c = &self.c;
+        match st.kind() {
+            _ if follower => c.hardlinks.fetch_add(1, Relaxed),
+            FileKind::File => {
+                c.bytes.fetch_add(st.size, Relaxed);
+                c.files.fetch_add(1, Relaxed)
+            }
+            FileKind::Dir => c.dirs.fetch_add(1, Relaxed),
+            FileKind::Symlink => c.symlinks.fetch_add(1, Relaxed),
+            _ => c.specials.fetch_add(1, Relaxed),
+        };
+    }
+
+    /// One entry of a directory. `sname` and `dname` differ only when a single
+    /// file is copied to a new name.
+    fn entry(&self, dir: &DirPair, sname: &CStr, dname: &CStr, rel: PathBuf) {
+        let st = match sys::stat_at(&dir.src, sname) {
+            Ok(st) => st,
+            // Vanished since the directory was read: nothing to copy.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(e) => return self.fail(&rel, format!("stat: {e}")),
+        };
+        let kind = st.kind();
+        if self.opts.filter.excluded(&rel, kind == FileKind::Dir) {
+            return;
+        }
+        if kind == FileKind::Dir {
+            self.count_source(&st, false);
+            self.dir_entry(dir, sname, dname, rel, &st);
+        } else {
+            let r = if st.nlink > 1 {
+                self.linked_leaf(dir, sname, dname, &rel, &st)
+            } else {
+                self.count_source(&st, false);
+                self.leaf(dir, sname, dname, &rel, &st).map(|_| ())
+            };
+            if let Err(e) = r {
+                self.fail(&rel, e);
+            }
+        }
+        self.progress.entry_done();
+    }
+
+    /// A non-directory with several names: the first name seen is copied,
+    /// later ones become hardlinks to it.
+    fn linked_leaf(
+        &self,
+        dir: &DirPair,
+        sname: &CStr,
+        dname: &CStr,
+        rel: &Path,
+        st: &Stat,
+    ) -> Result<(), StepError> {
+        let key = (st.dev, st.ino);
+        let leader = {
+            let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+            match links.get(&key) {
+                None | Some(Link::Failed) => {
+                    links.insert(key, Link::Pending);
+                    None
+                }
+                Some(Link::Pending) => {
+                    drop(links);
+                    self.count_source(st, true);
+                    let d = Deferred {
+                        rel: rel.to_path_buf(),
+                        key,
+                    };
+                    self.deferred
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(d);
+                    return Ok(());
+                }
+                Some(Link::Done { rel, dst }) => Some((rel.clone(), *dst)),
+            }
+        };
+        if let Some((lrel, ldst)) = leader {
+            self.count_source(st, true);
+            return match &dir.dst {
+                Some(d) => self.make_link(d, dname, rel, &lrel, ldst),
+                None => {
+                    self.record(Outcome::Created, rel);
+                    Ok(())
+                }
+            };
+        }
+        self.count_source(st, false);
+        let r = self.leaf(dir, sname, dname, rel, st);
+        let state = match (&r, &dir.dst) {
+            (Ok(_), Some(d)) => match sys::stat_at(d, dname) {
+                Ok(s) => Link::Done {
+                    rel: rel.to_path_buf(),
+                    dst: Some((s.dev, s.ino)),
+                },
+                Err(_) => Link::Failed,
+            },
+            (Ok(_), None) => Link::Done {
+                rel: rel.to_path_buf(),
+                dst: None,
+            },
+            (Err(_), _) => Link::Failed,
+        };
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, state);
+        r.map(|_| ())
+    }
+
+    /// Makes `dname` in `dst` another name of the destination inode first
+    /// written at `leader_rel`.
+    fn make_link(
+        &self,
+        dst: &File,
+        dname: &CStr,
+        rel: &Path,
+        leader_rel: &Path,
+        leader_dst: Option<(u64, u64)>,
+    ) -> Result<(), StepError> {
+        let cur = sys::stat_at_opt(dst, dname).step("stat destination")?;
+        if let (Some(c), Some(l)) = (cur, leader_dst) {
+            if (c.dev, c.ino) == l {
+                self.record(Outcome::Unchanged, rel);
+                return Ok(());
+            }
+        }
+        let outcome = if cur.is_some() {
+            Outcome::Updated
+        } else {
+            Outcome::Created
+        };
+        if self.opts.dry_run {
+            self.record(outcome, rel);
+            return Ok(());
+        }
+        let (ldir, lname) = self
+            .open_dst_parent(leader_rel)
+            .step("open hardlink target")?;
+        match cur {
+            None => sys::link_at(&ldir, &lname, dst, dname).step("link")?,
+            Some(c) => {
+                if c.kind() == FileKind::Dir {
+                    self.remove_tree(dst, dname, rel, false)?;
+                }
+                let tmp = tmp_name(dname);
+                self.clear_tmp(dst, &tmp)?;
+                sys::link_at(&ldir, &lname, dst, &tmp).step("link")?;
+                sys::rename_at(dst, &tmp, dst, dname).step("rename")?;
+            }
+        }
+        self.record(outcome, rel);
+        Ok(())
+    }
+
+    /// Opens the destination directory holding `rel`, one component at a time
+    /// with `O_NOFOLLOW`.
+    fn open_dst_parent(&self, rel: &Path) -> io::Result<(File, CString)> {
+        let root = self
+            .dst_root
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no destination root"))?;
+        let mut d = root.try_clone()?;
+        let name = rel
+            .file_name()
+            .ok_or_else(|| io::Error::other("empty path"))?;
+        if let Some(parent) = rel.parent() {
+            for comp in parent.components() {
+                let c = CString::new(comp.as_os_str().as_bytes())?;
+                d = sys::open_dir_at(&d, &c)?;
+            }
+        }
+        Ok((d, CString::new(name.as_bytes())?))
+    }
+
+    /// Links whose first name was still being written when they were met.
+    fn resolve_deferred(&self) {
+        let deferred =
+            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        for d in deferred {
+            let target = match self
+                .links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&d.key)
+            {
+                Some(Link::Done { rel, dst }) => Some((rel.clone(), *dst)),
+                _ => None,
+            };
+            let Some((lrel, ldst)) = target else {
+                self.fail(
+                    &d.rel,
+                    "hardlink: the first name of this inode could not be copied",
+                );
+                continue;
+            };
+            if self.dst_root.is_none() {
+                self.record(Outcome::Created, &d.rel);
+                continue;
+            }
+            let r = self
+                .open_dst_parent(&d.rel)
+                .step("open directory")
+                .and_then(|(dir, name)| self.make_link(&dir, &name, &d.rel, &lrel, ldst));
+            if let Err(e) = r {
+                self.fail(&d.rel, e);
+            }
+        }
+    }
+
+    /// Removes a leftover temporary entry from an interrupted run.
+    fn clear_tmp(&self, dst: &File, tmp: &CStr) -> Result<(), StepError> {
+        match sys::stat_at_opt(dst, tmp).step("stat temporary")? {
+            Some(st) if st.kind() == FileKind::Dir => {
+                self.remove_tree(dst, tmp, Path::new(""), false)
+            }
+            Some(_) => sys::unlink_at(dst, tmp, false).step("remove temporary"),
+            None => Ok(()),
+        }
+    }
+
+    /// A file, symlink, fifo, socket or device.
+    fn leaf(
+        &self,
+        dir: &DirPair,
+        sname: &CStr,
+        dname: &CStr,
+        rel: &Path,
+        st: &Stat,
+    ) -> Result<(), StepError> {
+        let cur = match &dir.dst {
+            Some(d) => sys::stat_at_opt(d, dname).step("stat destination")?,
+            None => None,
+        };
+        let kind = st.kind();
+        let same_type = cur.is_some_and(|c| c.kind() == kind);
+        let reusable = same_type
+            && match kind {
+                FileKind::File => {
+                    self.same_content(dir, sname, dname, st, cur.as_ref().unwrap())?
+                }
+                FileKind::Symlink => {
+                    let d = dir.dst.as_ref().expect("cur implies dst");
+                    sys::readlink_at(&dir.src, sname).step("readlink")?
+                        == sys::readlink_at(d, dname).step("readlink destination")?
+                }
+                FileKind::CharDev | FileKind::BlockDev => cur.unwrap().rdev == st.rdev,
+                _ => true,
+            };
+        if reusable {
+            let d = dir.dst.as_ref().expect("cur implies dst");
+            let c = cur.expect("reusable implies cur");
+            let src_x =
+                read_xattrs(&XTarget::At(&dir.src, sname), self.policy).step("read xattrs")?;
+            let mut partial = Vec::new();
+            let wrote = if kind == FileKind::File {
+                let f = sys::open_rw_at(d, dname).step("open destination")?;
+                self.sync_meta(Target::Fd(&f), st, &src_x, &c, false, &mut partial)?
+            } else {
+                self.sync_meta(
+                    Target::At(d, dname, kind),
+                    st,
+                    &src_x,
+                    &c,
+                    false,
+                    &mut partial,
+                )?
+            };
+            self.record(
+                if wrote {
+                    Outcome::Metadata
+                } else {
+                    Outcome::Unchanged
+                },
+                rel,
+            );
+            self.partial(rel, partial);
+            return Ok(());
+        }
+        let outcome = if cur.is_some() {
+            Outcome::Updated
+        } else {
+            Outcome::Created
+        };
+        let Some(d) = dir.dst.as_ref().filter(|_| !self.opts.dry_run) else {
+            self.record(outcome, rel);
+            return Ok(());
+        };
+        let tmp = tmp_name(dname);
+        self.clear_tmp(d, &tmp)?;
+        let mut partial = Vec::new();
+        let written = self.write_new(&dir.src, sname, d, &tmp, st, &mut partial);
+        if let Err(e) = written {
+            let _ = sys::unlink_at(d, &tmp, false);
+            return Err(e);
+        }
+        if cur.is_some_and(|c| c.kind() == FileKind::Dir) {
+            self.remove_tree(d, dname, rel, false)?;
+        }
+        if let Err(e) = sys::rename_at(d, &tmp, d, dname).step("rename into place") {
+            let _ = sys::unlink_at(d, &tmp, false);
+            return Err(e);
+        }
+        self.record(outcome, rel);
+        self.partial(rel, partial);
+        Ok(())
+    }
+
+    /// Creates the entry under the temporary name `tmp`, complete with data
+    /// and metadata.
+    fn write_new(
+        &self,
+        sdir: &File,
+        sname: &CStr,
+        d: &File,
+        tmp: &CStr,
+        st: &Stat,
+        partial: &mut Vec<String>,
+    ) -> Result<(), StepError> {
+        let kind = st.kind();
+        match kind {
+            FileKind::File => {
+                let src = sys::open_read_at(sdir, sname).step("open")?;
+                let out = sys::create_excl_at(d, tmp, 0o600).step("create")?;
+                let sst = sys::stat_fd(&src).step("stat")?;
+                self.copy_data(&src, &out, &sst).step("copy data")?;
+                let src_x = read_xattrs(&XTarget::Fd(&src), self.policy).step("read xattrs")?;
+                let have = sys::stat_fd(&out).step("stat new file")?;
+                self.sync_meta(Target::Fd(&out), &sst, &src_x, &have, true, partial)?;
+            }
+            FileKind::Symlink => {
+                let target = sys::readlink_at(sdir, sname).step("readlink")?;
+                sys::symlink_at(&target, d, tmp).step("symlink")?;
+                self.meta_at(sdir, sname, d, tmp, st, partial)?;
+            }
+            _ => {
+                let rdev = if matches!(kind, FileKind::CharDev | FileKind::BlockDev) {
+                    st.rdev
+                } else {
+                    0
+                };
+                sys::mknod_at(d, tmp, kind.type_bits() | 0o600, rdev).step("mknod")?;
+                self.meta_at(sdir, sname, d, tmp, st, partial)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn meta_at(
+        &self,
+        sdir: &File,
+        sname: &CStr,
+        d: &File,
+        tmp: &CStr,
+        st: &Stat,
+        partial: &mut Vec<String>,
+    ) -> Result<(), StepError> {
+        let src_x = read_xattrs(&XTarget::At(sdir, sname), self.policy).step("read xattrs")?;
+        let have = sys::stat_at(d, tmp).step("stat new entry")?;
+        self.sync_meta(
+            Target::At(d, tmp, st.kind()),
+            st,
+            &src_x,
+            &have,
+            true,
+            partial,
+        )?;
+        Ok(())
+    }
+
+    /// Whether an existing destination file already holds SRC's content.
+    fn same_content(
+        &self,
+        dir: &DirPair,
+        sname: &CStr,
+        dname: &CStr,
+        st: &Stat,
+        cur: &Stat,
+    ) -> Result<bool, StepError> {
+        if cur.size != st.size {
+            return Ok(false);
+        }
+        if !self.opts.checksum {
+            return Ok(cur.mtime == st.mtime);
+        }
+        let d = dir.dst.as_ref().expect("cur implies dst");
+        let a = hash_file(&sys::open_read_at(&dir.src, sname).step("open")?).step("read")?;
+        let b = hash_file(&sys::open_rw_at(d, dname).step("open destination")?)
+            .step("read destination")?;
+        Ok(a == b)
+    }
+
+    /// Brings `t`'s owner, xattrs, mode and times in line with SRC's, writing
+    /// only what differs (so a re-run with no changes writes nothing).
+    ///
+    /// Order matters: chown first (it clears setuid/setgid and file
+    /// capabilities), then xattrs (ACLs included), then the mode, then times.
+    /// Returns whether anything was (or, in a dry run, would be) written.
+    fn sync_meta(
+        &self,
+        t: Target<'_>,
+        src: &Stat,
+        src_x: &Xattrs,
+        have: &Stat,
+        fresh: bool,
+        partial: &mut Vec<String>,
+    ) -> Result<bool, StepError> {
+        let dry = self.opts.dry_run;
+        let mut wrote = false;
+        let mut force_mode = false;
+        if self.opts.owner {
+            let (uid, gid) = (self.opts.ids.uid(src.uid), self.opts.ids.gid(src.gid));
+            if (have.uid, have.gid) != (uid, gid) {
+                wrote = true;
+                if !dry {
+                    match t.chown(uid, gid) {
+                        Ok(()) => force_mode = true,
+                        Err(e) => partial.push(format!("owner {uid}:{gid} not set: {e}")),
+                    }
+                }
+            }
+        }
+        if self.policy.any() {
+            let have_x = read_xattrs(&t.xtarget(), self.policy).step("read destination xattrs")?;
+            if dry {
+                wrote |= have_x != *src_x;
+            } else if sync_xattrs(&t.xtarget(), &have_x, src_x, partial) {
+                wrote = true;
+                force_mode = true;
+            }
+        }
+        if !t.is_symlink() && (force_mode || fresh || have.perm() != src.perm()) {
+            wrote |= fresh || have.perm() != src.perm();
+            if !dry {
+                if let Err(e) = t.chmod(src.perm()) {
+                    partial.push(format!("mode {:o} not set: {e}", src.perm()));
+                }
+            }
+        }
+        if fresh || have.mtime != src.mtime {
+            wrote |= have.mtime != src.mtime;
+            if !dry {
+                if let Err(e) = t.times(src) {
+                    partial.push(format!("times not set: {e}"));
+                }
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// Copies file data, keeping holes: reflink if possible, else
+    /// `copy_file_range` per data extent, else a fixed-size userspace buffer.
+    fn copy_data(&self, src: &File, dst: &File, st: &Stat) -> io::Result<()> {
+        let size = st.size;
+        if size == 0 {
+            return Ok(());
+        }
+        // Fewer allocated blocks than the size implies holes worth preserving.
+        let sparse = st.blocks.saturating_mul(512) < size;
+        if !sparse {
+            if self.reflink_ok.load(Relaxed) {
+                match sys::reflink(src, dst) {
+                    Ok(()) => {
+                        self.copied(size);
+                        return Ok(());
+                    }
+                    Err(e) if sys::is_unsupported(&e) => self.reflink_ok.store(false, Relaxed),
+                    Err(e) => return Err(e),
+                }
+            }
+            return self.copy_extent(src, dst, 0, size);
+        }
+        let mut off = 0;
+        while off < size {
+            let Some(start) = sys::seek_data(src, off)? else {
+                break;
+            };
+            if start >= size {
+                break;
+            }
+            let end = sys::seek_hole(src, start)?.min(size);
+            self.copy_extent(src, dst, start, end - start)?;
+            off = end;
+        }
+        sys::truncate_fd(dst, size)
+    }
+
+    fn copied(&self, n: u64) {
+        self.c.copied.fetch_add(n, Relaxed);
+        self.progress.bytes(n);
+    }
+
+    fn copy_extent(&self, src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
+        let mut done = 0u64;
+        if self.cfr_ok.load(Relaxed) {
+            while done < len {
+                let want = (len - done).min(1 << 30) as usize;
+                match sys::copy_range(src, off + done, dst, off + done, want) {
+                    Ok(0) => return Ok(()), // source shrank under us
+                    Ok(n) => {
+                        done += n as u64;
+                        self.copied(n as u64);
+                    }
+                    Err(e) if done == 0 && sys::is_unsupported(&e) => {
+                        self.cfr_ok.store(false, Relaxed);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if done == len {
+                return Ok(());
+            }
+        }
+        with_buffer(|buf| {
+            while done < len {
+                let want = (len - done).min(buf.len() as u64) as usize;
+                let n = src.read_at(&mut buf[..want], off + done)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                dst.write_all_at(&buf[..n], off + done)?;
+                done += n as u64;
+                self.copied(n as u64);
+            }
+            Ok(())
+        })
+    }
+
+    /// A subdirectory: make sure DST has a real directory there (replacing a
+    /// symlink or file, never following it), copy its contents, then its metadata.
+    fn dir_entry(&self, parent: &DirPair, sname: &CStr, dname: &CStr, rel: PathBuf, st: &Stat) {
+        let src = match sys::open_dir_at(&parent.src, sname) {
+            Ok(f) => f,
+            Err(e) => return self.fail(&rel, format!("open directory: {e}")),
+        };
+        let (dst, existed) = match self.ensure_dir(parent, dname, &rel) {
+            Ok(x) => x,
+            Err(e) => return self.fail(&rel, e),
+        };
+        let child = DirPair { src, dst, rel };
+        self.walk_dir(&child, existed);
+        self.finish_dir(&child, st, existed, &child.rel);
+    }
+
+    fn ensure_dir(
+        &self,
+        parent: &DirPair,
+        dname: &CStr,
+        rel: &Path,
+    ) -> Result<(Option<File>, bool), StepError> {
+        let Some(pd) = &parent.dst else {
+            self.record(Outcome::Created, rel);
+            return Ok((None, false));
+        };
+        let cur = sys::stat_at_opt(pd, dname).step("stat destination")?;
+        match cur {
+            Some(c) if c.kind() == FileKind::Dir => {
+                let d = sys::open_dir_at(pd, dname).step("open destination directory")?;
+                if !self.is_root && !self.opts.dry_run && c.perm() & 0o700 != 0o700 {
+                    // Let this run write inside; the final metadata pass restores the mode.
+                    sys::chmod_fd(&d, c.perm() | 0o700).step("chmod")?;
+                }
+                Ok((Some(d), true))
+            }
+            other => {
+                let outcome = if other.is_some() {
+                    Outcome::Updated
+                } else {
+                    Outcome::Created
+                };
+                if self.opts.dry_run {
+                    self.record(outcome, rel);
+                    return Ok((None, false));
+                }
+                if other.is_some() {
+                    sys::unlink_at(pd, dname, false).step("remove non-directory")?;
+                }
+                sys::mkdir_at(pd, dname, 0o700).step("mkdir")?;
+                let d = sys::open_dir_at(pd, dname).step("open new directory")?;
+                self.record(outcome, rel);
+                Ok((Some(d), false))
+            }
+        }
+    }
+
+    /// Applies a directory's metadata once its contents are done.
+    fn finish_dir(&self, dir: &DirPair, st: &Stat, existed: bool, rel: &Path) {
+        let Some(d) = &dir.dst else { return };
+        let r = (|| -> Result<bool, StepError> {
+            let src_x = read_xattrs(&XTarget::Fd(&dir.src), self.policy).step("read xattrs")?;
+            let have = sys::stat_fd(d).step("stat destination")?;
+            let mut partial = Vec::new();
+            let wrote = self.sync_meta(Target::Fd(d), st, &src_x, &have, !existed, &mut partial)?;
+            self.partial(rel, partial);
+            Ok(wrote)
+        })();
+        match r {
+            Ok(wrote) if existed => self.record(
+                if wrote {
+                    Outcome::Metadata
+                } else {
+                    Outcome::Unchanged
+                },
+                rel,
+            ),
+            Ok(_) => {}
+            Err(e) => self.fail(rel, e),
+        }
+    }
+
+    /// `--verify`: re-reads DST and compares it with SRC entry by entry.
+    fn verify_dir(&self, src: &File, dst: &File, rel: PathBuf) {
+        let mut stream = match sys::DirStream::new(src) {
+            Ok(s) => s,
+            Err(e) => return self.mismatch(&rel, format!("reading directory: {e}")),
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Ok(n) = stream.read_batch(&mut batch, BATCH) {
+            if n == 0 {
+                break;
+            }
+            batch.par_iter().for_each(|e| {
+                self.verify_entry(src, dst, &e.name, &e.name, rel.join(name_of(&e.name)));
+            });
+            batch.clear();
+        }
+    }
+
+    fn verify_entry(&self, sdir: &File, ddir: &File, sname: &CStr, dname: &CStr, rel: PathBuf) {
+        let r = (|| -> Result<Option<String>, StepError> {
+            let st = sys::stat_at(sdir, sname).step("stat")?;
+            if self.opts.filter.excluded(&rel, st.kind() == FileKind::Dir) {
+                return Ok(None);
+            }
+            let Some(dt) = sys::stat_at_opt(ddir, dname).step("stat destination")? else {
+                return Ok(Some("missing from destination".into()));
+            };
+            if dt.kind() != st.kind() {
+                return Ok(Some(format!(
+                    "type differs: {:?} vs {:?}",
+                    st.kind(),
+                    dt.kind()
+                )));
+            }
+            match st.kind() {
+                FileKind::Dir => {
+                    let s = sys::open_dir_at(sdir, sname).step("open directory")?;
+                    let d = sys::open_dir_at(ddir, dname).step("open destination directory")?;
+                    self.verify_dir(&s, &d, rel.clone());
+                }
+                FileKind::File => {
+                    if dt.size != st.size {
+                        return Ok(Some(format!("size differs: {} vs {}", st.size, dt.size)));
+                    }
+                    let a =
+                        hash_file(&sys::open_read_at(sdir, sname).step("open")?).step("read")?;
+                    let b = hash_file(&sys::open_read_at(ddir, dname).step("open destination")?)
+                        .step("read destination")?;
+                    if a != b {
+                        return Ok(Some(format!(
+                            "content differs: blake3 {} vs {}",
+                            a.to_hex(),
+                            b.to_hex()
+                        )));
+                    }
+                }
+                FileKind::Symlink => {
+                    let same = sys::readlink_at(sdir, sname).step("readlink")?
+                        == sys::readlink_at(ddir, dname).step("readlink destination")?;
+                    return Ok((!same).then(|| "symlink target differs".into()));
+                }
+                _ => {}
+            }
+            Ok(None)
+        })();
+        match r {
+            Ok(None) => {}
+            Ok(Some(m)) => self.mismatch(&rel, m),
+            Err(e) => self.mismatch(&rel, e.to_string()),
+        }
+    }
+
+    fn mismatch(&self, rel: &Path, reason: String) {
+        let mut m = self.mismatches.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() < MAX_ISSUES {
+            m.push(EntryIssue {
+                path: rel.to_path_buf(),
+                reason,
+            });
+        }
+    }
+}
+
+/// blake3 of a file's content, read through a fixed-size buffer.
+pub(crate) fn hash_file(f: &File) -> io::Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    with_buffer(|buf| {
+        let mut off = 0u64;
+        loop {
+            let n = f.read_at(buf, off)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
+        Ok(h.finalize())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmp_names_are_fixed_length_and_recognised() {
+        let long = CString::new(vec![b'x'; 255]).unwrap();
+        let t = tmp_name(&long);
+        assert!(t.to_bytes().len() < 64);
+        assert!(is_tmp_name(t.to_bytes()));
+        assert!(!is_tmp_name(b".haul-tmp.notahexname!!"));
+        assert_eq!(tmp_name(&long), tmp_name(&long));
+    }
+}
