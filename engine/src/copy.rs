@@ -211,6 +211,17 @@ struct DirPair {
     src: File,
     dst: Option<File>,
     rel: PathBuf,
+    /// DST was created by this run and holds only what this run put there:
+    /// nothing in it needs to be looked up or cleaned.
+    fresh: bool,
+    /// New entries in DST may inherit a default ACL, so their attributes must
+    /// be read back rather than assumed empty.
+    acl_inherit: bool,
+}
+
+fn has_default_acl(d: &File) -> bool {
+    use xattr::FileExt;
+    !matches!(d.get_xattr("system.posix_acl_default"), Ok(None))
 }
 
 /// Where metadata is applied: an open file or directory, or a name in a
@@ -250,6 +261,14 @@ impl Target<'_> {
     fn is_symlink(&self) -> bool {
         matches!(self, Target::At(_, _, FileKind::Symlink))
     }
+}
+
+/// Whether an entry was just created by this run, and if so whether its
+/// attributes are known (`None`: read them back).
+#[derive(Clone, Copy)]
+enum Fresh<'a> {
+    No,
+    Yes(Option<&'a Xattrs>),
 }
 
 enum Outcome {
@@ -384,12 +403,15 @@ pub fn copy(
                 if !existed && dst_dir.is_some() {
                     run.record(Outcome::Created, Path::new(""));
                 }
+                let acl_inherit = dst_dir.as_ref().is_some_and(has_default_acl);
                 let root = DirPair {
                     src: src_dir,
                     dst: dst_dir,
                     rel: PathBuf::new(),
+                    fresh: !existed,
+                    acl_inherit,
                 };
-                run.walk_dir(&root, existed);
+                run.walk_dir(&root);
                 run.finish_dir(&root, &src_st, existed, Path::new(""));
                 run.resolve_deferred();
                 if opts.verify && !opts.dry_run {
@@ -421,6 +443,8 @@ pub fn copy(
             src: sdir,
             dst: ddir,
             rel: PathBuf::new(),
+            fresh: false,
+            acl_inherit: true,
         };
         let rel = PathBuf::from(name_of(&dname));
         pool.install(|| {
@@ -589,9 +613,8 @@ impl Run<'_> {
             self.progress.discovered(files, bytes);
         }
     }
-
-    fn walk_dir(&self, dir: &DirPair, dst_existed: bool) {
-        if dst_existed {
+    fn walk_dir(&self, dir: &DirPair) {
+        if !dir.fresh {
             self.clean_dst(dir);
         }
         let mut stream = match sys::DirStream::new(&dir.src) {
@@ -943,8 +966,8 @@ impl Run<'_> {
         st: &Stat,
     ) -> Result<(), StepError> {
         let cur = match &dir.dst {
-            Some(d) => sys::stat_at_opt(d, dname).step("stat destination")?,
-            None => None,
+            Some(d) if !dir.fresh => sys::stat_at_opt(d, dname).step("stat destination")?,
+            _ => None,
         };
         let kind = st.kind();
         let same_type = cur.is_some_and(|c| c.kind() == kind);
@@ -967,19 +990,8 @@ impl Run<'_> {
             let src_x =
                 read_xattrs(&XTarget::At(&dir.src, sname), self.policy).step("read xattrs")?;
             let mut partial = Vec::new();
-            let wrote = if kind == FileKind::File {
-                let f = sys::open_rw_at(d, dname).step("open destination")?;
-                self.sync_meta(Target::Fd(&f), st, &src_x, &c, false, &mut partial)?
-            } else {
-                self.sync_meta(
-                    Target::At(d, dname, kind),
-                    st,
-                    &src_x,
-                    &c,
-                    false,
-                    &mut partial,
-                )?
-            };
+            let t = Target::At(d, dname, kind);
+            let wrote = self.sync_meta(t, st, &src_x, &c, Fresh::No, &mut partial)?;
             self.record(
                 if wrote {
                     Outcome::Metadata
@@ -1001,9 +1013,8 @@ impl Run<'_> {
             return Ok(());
         };
         let tmp = tmp_name(dname);
-        self.clear_tmp(d, &tmp)?;
         let mut partial = Vec::new();
-        let written = self.write_new(&dir.src, sname, d, &tmp, st, &mut partial);
+        let written = self.write_new(dir, sname, d, &tmp, st, &mut partial);
         if let Err(e) = written {
             let _ = sys::unlink_at(d, &tmp, false);
             return Err(e);
@@ -1024,62 +1035,70 @@ impl Run<'_> {
     /// and metadata.
     fn write_new(
         &self,
-        sdir: &File,
+        dir: &DirPair,
         sname: &CStr,
         d: &File,
         tmp: &CStr,
         st: &Stat,
         partial: &mut Vec<String>,
     ) -> Result<(), StepError> {
+        let sdir = &dir.src;
         let kind = st.kind();
+        // What a new entry carries before haul sets anything: no attributes,
+        // unless the directory hands down a default ACL.
+        let none = Xattrs::new();
+        let have_x = (!dir.acl_inherit).then_some(&none);
         match kind {
             FileKind::File => {
                 let src = sys::open_read_at(sdir, sname).step("open")?;
-                let out = sys::create_excl_at(d, tmp, 0o600).step("create")?;
-                let sst = sys::stat_fd(&src).step("stat")?;
-                self.copy_data(&src, &out, &sst).step("copy data")?;
+                let out = self.create_tmp(d, tmp, || sys::create_excl_at(d, tmp, 0o600))?;
+                self.copy_data(&src, &out, st).step("copy data")?;
                 let src_x = read_xattrs(&XTarget::Fd(&src), self.policy).step("read xattrs")?;
                 let have = sys::stat_fd(&out).step("stat new file")?;
-                self.sync_meta(Target::Fd(&out), &sst, &src_x, &have, true, partial)?;
-            }
-            FileKind::Symlink => {
-                let target = sys::readlink_at(sdir, sname).step("readlink")?;
-                sys::symlink_at(&target, d, tmp).step("symlink")?;
-                self.meta_at(sdir, sname, d, tmp, st, partial)?;
+                self.sync_meta(
+                    Target::Fd(&out),
+                    st,
+                    &src_x,
+                    &have,
+                    Fresh::Yes(have_x),
+                    partial,
+                )?;
             }
             _ => {
-                let rdev = if matches!(kind, FileKind::CharDev | FileKind::BlockDev) {
-                    st.rdev
+                if kind == FileKind::Symlink {
+                    let target = sys::readlink_at(sdir, sname).step("readlink")?;
+                    self.create_tmp(d, tmp, || sys::symlink_at(&target, d, tmp))?;
                 } else {
-                    0
-                };
-                sys::mknod_at(d, tmp, kind.type_bits() | 0o600, rdev).step("mknod")?;
-                self.meta_at(sdir, sname, d, tmp, st, partial)?;
+                    let dev = matches!(kind, FileKind::CharDev | FileKind::BlockDev);
+                    let rdev = if dev { st.rdev } else { 0 };
+                    let mode = kind.type_bits() | 0o600;
+                    self.create_tmp(d, tmp, || sys::mknod_at(d, tmp, mode, rdev))?;
+                }
+                let src_x =
+                    read_xattrs(&XTarget::At(sdir, sname), self.policy).step("read xattrs")?;
+                let have = sys::stat_at(d, tmp).step("stat new entry")?;
+                let t = Target::At(d, tmp, kind);
+                self.sync_meta(t, st, &src_x, &have, Fresh::Yes(have_x), partial)?;
             }
         }
         Ok(())
     }
 
-    fn meta_at(
+    /// Runs `create` for a temporary name; a leftover of an interrupted run
+    /// under that name is removed and the creation tried once more.
+    fn create_tmp<T>(
         &self,
-        sdir: &File,
-        sname: &CStr,
         d: &File,
         tmp: &CStr,
-        st: &Stat,
-        partial: &mut Vec<String>,
-    ) -> Result<(), StepError> {
-        let src_x = read_xattrs(&XTarget::At(sdir, sname), self.policy).step("read xattrs")?;
-        let have = sys::stat_at(d, tmp).step("stat new entry")?;
-        self.sync_meta(
-            Target::At(d, tmp, st.kind()),
-            st,
-            &src_x,
-            &have,
-            true,
-            partial,
-        )?;
-        Ok(())
+        create: impl Fn() -> io::Result<T>,
+    ) -> Result<T, StepError> {
+        match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.clear_tmp(d, tmp)?;
+                create().step("create")
+            }
+            r => r.step("create"),
+        }
     }
 
     /// Whether an existing destination file already holds SRC's content.
@@ -1116,9 +1135,13 @@ impl Run<'_> {
         src: &Stat,
         src_x: &Xattrs,
         have: &Stat,
-        fresh: bool,
+        fresh: Fresh<'_>,
         partial: &mut Vec<String>,
     ) -> Result<bool, StepError> {
+        let (fresh, known_x) = match fresh {
+            Fresh::No => (false, None),
+            Fresh::Yes(x) => (true, x),
+        };
         let dry = self.opts.dry_run;
         let mut wrote = false;
         let mut force_mode = false;
@@ -1135,10 +1158,18 @@ impl Run<'_> {
             }
         }
         if self.policy.any() {
-            let have_x = read_xattrs(&t.xtarget(), self.policy).step("read destination xattrs")?;
+            let read;
+            let have_x = match known_x {
+                Some(x) => x,
+                None => {
+                    read =
+                        read_xattrs(&t.xtarget(), self.policy).step("read destination xattrs")?;
+                    &read
+                }
+            };
             if dry {
-                wrote |= have_x != *src_x;
-            } else if sync_xattrs(&t.xtarget(), &have_x, src_x, partial) {
+                wrote |= have_x != src_x;
+            } else if sync_xattrs(&t.xtarget(), have_x, src_x, partial) {
                 wrote = true;
                 force_mode = true;
             }
@@ -1252,8 +1283,18 @@ impl Run<'_> {
             Ok(x) => x,
             Err(e) => return self.fail(&rel, e),
         };
-        let child = DirPair { src, dst, rel };
-        self.walk_dir(&child, existed);
+        let acl_inherit = match &dst {
+            Some(d) if existed => has_default_acl(d),
+            _ => parent.acl_inherit,
+        };
+        let child = DirPair {
+            src,
+            dst,
+            rel,
+            fresh: !existed,
+            acl_inherit,
+        };
+        self.walk_dir(&child);
         self.finish_dir(&child, st, existed, &child.rel);
     }
 
@@ -1267,7 +1308,11 @@ impl Run<'_> {
             self.record(Outcome::Created, rel);
             return Ok((None, false));
         };
-        let cur = sys::stat_at_opt(pd, dname).step("stat destination")?;
+        let cur = if parent.fresh {
+            None
+        } else {
+            sys::stat_at_opt(pd, dname).step("stat destination")?
+        };
         match cur {
             Some(c) if c.kind() == FileKind::Dir => {
                 let d = sys::open_dir_at(pd, dname).step("open destination directory")?;
@@ -1305,7 +1350,8 @@ impl Run<'_> {
             let src_x = read_xattrs(&XTarget::Fd(&dir.src), self.policy).step("read xattrs")?;
             let have = sys::stat_fd(d).step("stat destination")?;
             let mut partial = Vec::new();
-            let wrote = self.sync_meta(Target::Fd(d), st, &src_x, &have, !existed, &mut partial)?;
+            let fresh = if existed { Fresh::No } else { Fresh::Yes(None) };
+            let wrote = self.sync_meta(Target::Fd(d), st, &src_x, &have, fresh, &mut partial)?;
             self.partial(rel, partial);
             Ok(wrote)
         })();

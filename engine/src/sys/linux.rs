@@ -134,7 +134,10 @@ pub(crate) fn open_dir_at(dir: &File, name: &CStr) -> io::Result<File> {
 /// first so that a copy does not dirty the source's atimes; it is refused
 /// (EPERM) for files the caller does not own, and then dropped.
 pub(crate) fn open_read_at(dir: &File, name: &CStr) -> io::Result<File> {
-    let base = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY;
+    // O_NONBLOCK: if the name was swapped for a fifo since it was stat'ed, open
+    // must not hang; on regular files it has no effect.
+    let base =
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
     // SAFETY: valid fd and NUL-terminated name.
     let r = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), base | libc::O_NOATIME) };
     if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
@@ -292,9 +295,33 @@ pub(crate) fn chmod_fd(f: &File, mode: u32) -> io::Result<()> {
     cvt(unsafe { libc::fchmod(f.as_raw_fd(), mode as libc::mode_t) }).map(drop)
 }
 
-/// `fchmodat` for entries that cannot be opened (fifos, sockets, devices).
-/// Never used on a symlink: Linux has no symlink modes.
+/// chmod by name without following a symlink: `fchmodat2(AT_SYMLINK_NOFOLLOW)`
+/// (Linux 6.6+). Older kernels lack it; there plain `fchmodat` is used, which
+/// is safe because callers pass only names they have just seen as non-symlinks
+/// in a directory this run owns.
 pub(crate) fn chmod_at(dir: &File, name: &CStr, mode: u32) -> io::Result<()> {
+    static NO_FCHMODAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::Ordering::Relaxed;
+    if !NO_FCHMODAT2.load(Relaxed) {
+        // SAFETY: valid fd, NUL-terminated name; the syscall takes no pointers besides the name.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fchmodat2,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                mode as libc::mode_t,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(e);
+        }
+        NO_FCHMODAT2.store(true, Relaxed);
+    }
     // SAFETY: valid fd and NUL-terminated name.
     cvt(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t, 0) })
         .map(drop)
