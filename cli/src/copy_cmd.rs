@@ -117,6 +117,12 @@ pub fn run(a: CopyArgs) -> Result<u8> {
         let mut v = serde_json::to_value(&summary)?;
         v["ok"] = json!(code == exit::OK);
         v["exit_code"] = json!(code);
+        // Failed entries carry an "error", partial ones a "reason".
+        v["failed"] = summary
+            .failed
+            .iter()
+            .map(|i| json!({"path": i.path.to_string_lossy(), "error": i.reason}))
+            .collect();
         v["changes"] = changes
             .iter()
             .map(|(act, p)| json!({"action": action_word(*act), "path": p}))

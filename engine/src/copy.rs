@@ -198,12 +198,6 @@ enum Link {
     Failed,
 }
 
-/// A later name of an inode whose first name was still being written.
-struct Deferred {
-    rel: PathBuf,
-    key: (u64, u64),
-}
-
 /// A directory being processed: its source handle, its destination handle
 /// (absent in a dry run below a directory that does not exist yet), and its
 /// path relative to the root.
@@ -286,7 +280,6 @@ struct Run<'a> {
     c: Counters,
     issues: Mutex<Issues>,
     links: Mutex<HashMap<(u64, u64), Link>>,
-    deferred: Mutex<Vec<Deferred>>,
     reflink_ok: AtomicBool,
     cfr_ok: AtomicBool,
     /// The destination root, for hardlinks whose first name is elsewhere.
@@ -365,7 +358,6 @@ pub fn copy(
         c: Counters::default(),
         issues: Mutex::default(),
         links: Mutex::default(),
-        deferred: Mutex::default(),
         reflink_ok: AtomicBool::new(true),
         cfr_ok: AtomicBool::new(true),
         dst_root: None,
@@ -413,7 +405,6 @@ pub fn copy(
                 };
                 run.walk_dir(&root);
                 run.finish_dir(&root, &src_st, existed, Path::new(""));
-                run.resolve_deferred();
                 if opts.verify && !opts.dry_run {
                     if let Some(d) = &root.dst {
                         run.verify_dir(&root.src, d, PathBuf::new());
@@ -789,27 +780,25 @@ impl Run<'_> {
         st: &Stat,
     ) -> Result<(), StepError> {
         let key = (st.dev, st.ino);
-        let leader = {
+        // A later name must be linked while its directory is still being
+        // processed (its metadata is applied afterwards), so it waits for the
+        // first name to be written. The wait runs other queued work through
+        // rayon::yield_now, and cannot deadlock: writing a first name is
+        // straight-line code that never waits on anything.
+        let leader = loop {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
             match links.get(&key) {
                 None | Some(Link::Failed) => {
                     links.insert(key, Link::Pending);
-                    None
+                    break None;
                 }
                 Some(Link::Pending) => {
                     drop(links);
-                    self.count_source(st, true);
-                    let d = Deferred {
-                        rel: rel.to_path_buf(),
-                        key,
-                    };
-                    self.deferred
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(d);
-                    return Ok(());
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
                 }
-                Some(Link::Done { rel, dst }) => Some((rel.clone(), *dst)),
+                Some(Link::Done { rel, dst }) => break Some((rel.clone(), *dst)),
             }
         };
         if let Some((lrel, ldst)) = leader {
@@ -910,41 +899,6 @@ impl Run<'_> {
         Ok((d, CString::new(name.as_bytes())?))
     }
 
-    /// Links whose first name was still being written when they were met.
-    fn resolve_deferred(&self) {
-        let deferred =
-            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
-        for d in deferred {
-            let target = match self
-                .links
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&d.key)
-            {
-                Some(Link::Done { rel, dst }) => Some((rel.clone(), *dst)),
-                _ => None,
-            };
-            let Some((lrel, ldst)) = target else {
-                self.fail(
-                    &d.rel,
-                    "hardlink: the first name of this inode could not be copied",
-                );
-                continue;
-            };
-            if self.dst_root.is_none() {
-                self.record(Outcome::Created, &d.rel);
-                continue;
-            }
-            let r = self
-                .open_dst_parent(&d.rel)
-                .step("open directory")
-                .and_then(|(dir, name)| self.make_link(&dir, &name, &d.rel, &lrel, ldst));
-            if let Err(e) = r {
-                self.fail(&d.rel, e);
-            }
-        }
-    }
-
     /// Removes a leftover temporary entry from an interrupted run.
     fn clear_tmp(&self, dst: &File, tmp: &CStr) -> Result<(), StepError> {
         match sys::stat_at_opt(dst, tmp).step("stat temporary")? {
@@ -970,7 +924,10 @@ impl Run<'_> {
             _ => None,
         };
         let kind = st.kind();
-        let same_type = cur.is_some_and(|c| c.kind() == kind);
+        // A destination inode that other names share can only be kept if the
+        // source entry is hardlinked too; otherwise fixing it in place would
+        // change those other names, so it is replaced, which breaks the link.
+        let same_type = cur.is_some_and(|c| c.kind() == kind && (c.nlink == 1 || st.nlink > 1));
         let reusable = same_type
             && match kind {
                 FileKind::File => {
@@ -1113,14 +1070,21 @@ impl Run<'_> {
         if cur.size != st.size {
             return Ok(false);
         }
-        if !self.opts.checksum {
-            return Ok(cur.mtime == st.mtime);
+        if !self.opts.checksum && cur.mtime == st.mtime {
+            return Ok(true);
         }
         let d = dir.dst.as_ref().expect("cur implies dst");
-        let a = hash_file(&sys::open_read_at(&dir.src, sname).step("open")?).step("read")?;
-        let b = hash_file(&sys::open_rw_at(d, dname).step("open destination")?)
-            .step("read destination")?;
-        Ok(a == b)
+        let src = sys::open_read_at(&dir.src, sname).step("open")?;
+        let dst = sys::open_rw_at(d, dname).step("open destination")?;
+        if self.opts.checksum {
+            let a = hash_file(&src).step("read")?;
+            return Ok(a == hash_file(&dst).step("read destination")?);
+        }
+        // Same size, different mtime: the content may well be unchanged
+        // (`touch`, a restore, an editor that saved without changes). Comparing
+        // costs the same reads as copying but no writes, and keeps the inode
+        // and any other names of it; the first difference ends it.
+        files_equal(&src, &dst).step("compare")
     }
 
     /// Brings `t`'s owner, xattrs, mode and times in line with SRC's, writing
@@ -1450,6 +1414,38 @@ impl Run<'_> {
             });
         }
     }
+}
+
+/// Whether two files hold the same bytes, read side by side through the
+/// per-thread buffer; stops at the first difference.
+fn files_equal(a: &File, b: &File) -> io::Result<bool> {
+    with_buffer(|buf| {
+        let (x, y) = buf.split_at_mut(BUF / 2);
+        let mut off = 0u64;
+        loop {
+            let n = read_full_at(a, x, off)?;
+            let m = read_full_at(b, &mut y[..x.len()], off)?;
+            if n != m || x[..n] != y[..n] {
+                return Ok(false);
+            }
+            if n == 0 {
+                return Ok(true);
+            }
+            off += n as u64;
+        }
+    })
+}
+
+/// Fills `buf` from `off` unless the file ends first; returns the bytes read.
+fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
 }
 
 /// blake3 of a file's content, read through a fixed-size buffer.

@@ -1,0 +1,151 @@
+//! Where repository files live. The format only needs whole-object put, get,
+//! ranged get, list and delete, so the same repository can later live on an
+//! ssh host or in object storage; this file is the local-directory backend.
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Storage for repository files, addressed by `/`-separated relative names
+/// such as `data/ab/abcd...` or `snapshots/<id>`.
+pub(crate) trait Backend: Send + Sync {
+    /// Stores `bytes` under `name`, durably and atomically: a reader sees
+    /// either nothing or all of it.
+    fn put(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Reads a whole file, refusing one larger than `max` bytes.
+    fn get(&self, name: &str, max: u64) -> io::Result<Vec<u8>>;
+    /// Reads `len` bytes at `offset`; a short file is an `UnexpectedEof` error.
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+    /// The size of a file.
+    fn size(&self, name: &str) -> io::Result<u64>;
+    /// The names of the files under `dir` (recursively), complete names only:
+    /// temporary files of writes in progress are not listed.
+    fn list(&self, dir: &str) -> io::Result<Vec<String>>;
+    /// Deletes a file; a missing file is not an error.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// A local path for the file, when the backend has one (used to memory-map indexes).
+    fn local_path(&self, name: &str) -> Option<PathBuf>;
+}
+
+/// A repository in a local directory.
+pub(crate) struct LocalBackend {
+    root: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Marks names of files still being written; they are never listed.
+pub(crate) const TMP_MARK: &str = ".tmp-";
+
+impl LocalBackend {
+    pub(crate) fn new(root: &Path) -> LocalBackend {
+        LocalBackend { root: root.to_path_buf() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+}
+
+/// Writes `bytes` to `path` via a temporary sibling, fsyncs it, renames it
+/// into place and fsyncs the directory, so the file is complete or absent
+/// even after a crash or power loss.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
+    let name = path.file_name().ok_or_else(|| io::Error::other("no file name"))?;
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        "{}{TMP_MARK}{}-{n}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let r = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r
+}
+
+impl Backend for LocalBackend {
+    fn put(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self.path(name);
+        match write_atomic(&path, bytes) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let parent = path.parent().expect("joined path has a parent");
+                fs::create_dir_all(parent)?;
+                if let Some(gp) = parent.parent() {
+                    File::open(gp)?.sync_all()?;
+                }
+                write_atomic(&path, bytes)
+            }
+            r => r,
+        }
+    }
+
+    fn get(&self, name: &str, max: u64) -> io::Result<Vec<u8>> {
+        let f = File::open(self.path(name))?;
+        let len = f.metadata()?.len();
+        if len > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{name}: {len} bytes is more than the {max} allowed"),
+            ));
+        }
+        let mut v = Vec::with_capacity(len as usize);
+        f.take(max + 1).read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let f = File::open(self.path(name))?;
+        let mut v = vec![0u8; len as usize];
+        f.read_exact_at(&mut v, offset)?;
+        Ok(v)
+    }
+
+    fn size(&self, name: &str) -> io::Result<u64> {
+        Ok(fs::metadata(self.path(name))?.len())
+    }
+
+    fn list(&self, dir: &str) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_string()];
+        while let Some(d) = stack.pop() {
+            let rd = match fs::read_dir(self.path(&d)) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for e in rd {
+                let e = e?;
+                let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
+                let rel = format!("{d}/{name}");
+                if e.file_type()?.is_dir() {
+                    stack.push(rel);
+                } else if !name.contains(TMP_MARK) {
+                    out.push(rel);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(name)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    fn local_path(&self, name: &str) -> Option<PathBuf> {
+        Some(self.path(name))
+    }
+}
