@@ -136,7 +136,7 @@ pub fn run(a: CopyArgs) -> Result<u8> {
     Ok(code)
 }
 
-fn exit_code(s: &CopySummary) -> u8 {
+pub fn exit_code(s: &CopySummary) -> u8 {
     if !s.verify_mismatches.is_empty() {
         exit::MISMATCH
     } else if s.failed_count() > 0 {
@@ -148,7 +148,7 @@ fn exit_code(s: &CopySummary) -> u8 {
     }
 }
 
-fn print_human(s: &CopySummary) -> std::io::Result<()> {
+pub fn print_human(s: &CopySummary) -> std::io::Result<()> {
     let mut err = std::io::stderr().lock();
     for i in &s.failed {
         writeln!(err, "haul: failed: {}: {}", i.path.display(), i.reason)?;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod copy_cmd;
 mod exit;
 mod render;
+mod snapshot_cmd;
 
 /// haul: fast, lossless tree transfer, snapshots and archives.
 #[derive(Parser, Debug)]
@@ -22,6 +23,12 @@ struct Cli {
 enum Command {
     /// Make DST an exact mirror of the contents of SRC (like `rsync -aHAXS --numeric-ids SRC/ DST/`).
     Copy(copy_cmd::CopyArgs),
+    /// Manage repositories.
+    #[command(subcommand)]
+    Repo(snapshot_cmd::RepoCommand),
+    /// Deduplicated, compressed snapshots of trees in a repository.
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCommand),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +45,8 @@ fn main() -> ExitCode {
     };
     let r = match cli.command {
         Command::Copy(args) => copy_cmd::run(args),
+        Command::Repo(c) => snapshot_cmd::run_repo(c),
+        Command::Snapshot(c) => snapshot_cmd::run(c),
     };
     match r {
         Ok(code) => ExitCode::from(code),

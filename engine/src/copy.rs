@@ -213,7 +213,7 @@ struct DirPair {
     acl_inherit: bool,
 }
 
-fn has_default_acl(d: &File) -> bool {
+pub(crate) fn has_default_acl(d: &File) -> bool {
     use xattr::FileExt;
     !matches!(d.get_xattr("system.posix_acl_default"), Ok(None))
 }
@@ -221,7 +221,7 @@ fn has_default_acl(d: &File) -> bool {
 /// Where metadata is applied: an open file or directory, or a name in a
 /// directory for entries that are not opened (symlinks, fifos, devices).
 #[derive(Clone, Copy)]
-enum Target<'a> {
+pub(crate) enum Target<'a> {
     Fd(&'a File),
     At(&'a File, &'a CStr, FileKind),
 }
@@ -260,30 +260,30 @@ impl Target<'_> {
 /// Whether an entry was just created by this run, and if so whether its
 /// attributes are known (`None`: read them back).
 #[derive(Clone, Copy)]
-enum Fresh<'a> {
+pub(crate) enum Fresh<'a> {
     No,
     Yes(Option<&'a Xattrs>),
 }
 
-enum Outcome {
+pub(crate) enum Outcome {
     Created,
     Updated,
     Metadata,
     Unchanged,
 }
 
-struct Run<'a> {
-    opts: &'a CopyOptions,
-    progress: &'a dyn Progress,
-    policy: XattrPolicy,
-    is_root: bool,
+pub(crate) struct Run<'a> {
+    pub(crate) opts: &'a CopyOptions,
+    pub(crate) progress: &'a dyn Progress,
+    pub(crate) policy: XattrPolicy,
+    pub(crate) is_root: bool,
     c: Counters,
     issues: Mutex<Issues>,
     links: Mutex<HashMap<(u64, u64), Link>>,
     reflink_ok: AtomicBool,
     cfr_ok: AtomicBool,
     /// The destination root, for hardlinks whose first name is elsewhere.
-    dst_root: Option<File>,
+    pub(crate) dst_root: Option<File>,
     mismatches: Mutex<Vec<EntryIssue>>,
 }
 
@@ -308,7 +308,7 @@ fn name_of(c: &CStr) -> &OsStr {
 /// The temporary name for `name`: fixed length (so it fits NAME_MAX whatever
 /// `name` is) and derived from the name, so a re-run after a crash reuses,
 /// and so clears, the same slot.
-fn tmp_name(name: &CStr) -> CString {
+pub(crate) fn tmp_name(name: &CStr) -> CString {
     let h = blake3::hash(name.to_bytes());
     let hex = h.to_hex();
     let mut v = TMP_PREFIX.to_vec();
@@ -333,36 +333,9 @@ pub fn copy(
     let start = Instant::now();
     sys::raise_nofile_limit();
     let src_st = sys::stat_path(src, true).map_err(|e| Error::io("reading source", src, e))?;
-    let jobs = if opts.jobs == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-    } else {
-        opts.jobs
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
-        .stack_size(16 << 20)
-        .thread_name(|i| format!("haul-copy-{i}"))
-        .build()
-        .map_err(|e| Error::io("starting workers", src, io::Error::other(e)))?;
+    let pool = worker_pool(opts.jobs, "copy").map_err(|e| Error::io("starting workers", src, e))?;
 
-    let mut run = Run {
-        opts,
-        progress,
-        policy: XattrPolicy {
-            xattrs: opts.xattrs,
-            acls: opts.acls,
-        },
-        is_root: sys::euid() == 0,
-        c: Counters::default(),
-        issues: Mutex::default(),
-        links: Mutex::default(),
-        reflink_ok: AtomicBool::new(true),
-        cfr_ok: AtomicBool::new(true),
-        dst_root: None,
-        mismatches: Mutex::default(),
-    };
+    let mut run = Run::new(opts, progress);
 
     if src_st.kind() == FileKind::Dir {
         let src_dir = sys::open_dir_path(src).map_err(|e| Error::io("opening source", src, e))?;
@@ -450,6 +423,23 @@ pub fn copy(
     Ok(run.summary(start))
 }
 
+/// A rayon pool with deep stacks (the walk recurses per directory level).
+pub(crate) fn worker_pool(jobs: usize, what: &'static str) -> io::Result<rayon::ThreadPool> {
+    let jobs = if jobs == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        jobs
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .stack_size(16 << 20)
+        .thread_name(move |i| format!("haul-{what}-{i}"))
+        .build()
+        .map_err(io::Error::other)
+}
+
 fn is_inside(dst: &Path, src: &Path) -> bool {
     match (std::fs::canonicalize(dst), std::fs::canonicalize(src)) {
         (Ok(d), Ok(s)) => d.starts_with(s),
@@ -472,7 +462,10 @@ fn split_parent(p: &Path) -> Result<(PathBuf, CString), Error> {
 /// Opens DST, creating it and its parents if missing. A DST that exists but
 /// is not a directory is an error rather than something to replace: the user
 /// named it.
-fn open_or_create_root(dst: &Path, dry_run: bool) -> Result<(Option<File>, bool), Error> {
+pub(crate) fn open_or_create_root(
+    dst: &Path,
+    dry_run: bool,
+) -> Result<(Option<File>, bool), Error> {
     match sys::stat_path(dst, true) {
         Ok(st) if st.kind() == FileKind::Dir => {
             let d =
@@ -496,8 +489,27 @@ fn open_or_create_root(dst: &Path, dry_run: bool) -> Result<(Option<File>, bool)
     }
 }
 
-impl Run<'_> {
-    fn summary(&self, start: Instant) -> CopySummary {
+impl<'a> Run<'a> {
+    pub(crate) fn new(opts: &'a CopyOptions, progress: &'a dyn Progress) -> Run<'a> {
+        Run {
+            opts,
+            progress,
+            policy: XattrPolicy {
+                xattrs: opts.xattrs,
+                acls: opts.acls,
+            },
+            is_root: sys::euid() == 0,
+            c: Counters::default(),
+            issues: Mutex::default(),
+            links: Mutex::default(),
+            reflink_ok: AtomicBool::new(true),
+            cfr_ok: AtomicBool::new(true),
+            dst_root: None,
+            mismatches: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn summary(&self, start: Instant) -> CopySummary {
         let c = &self.c;
         let mut issues =
             std::mem::take(&mut *self.issues.lock().unwrap_or_else(|e| e.into_inner()));
@@ -531,7 +543,7 @@ impl Run<'_> {
         }
     }
 
-    fn fail(&self, rel: &Path, e: impl std::fmt::Display) {
+    pub(crate) fn fail(&self, rel: &Path, e: impl std::fmt::Display) {
         let mut i = self.issues.lock().unwrap_or_else(|e| e.into_inner());
         if i.failed.len() < MAX_ISSUES {
             i.failed.push(EntryIssue {
@@ -543,7 +555,7 @@ impl Run<'_> {
         }
     }
 
-    fn partial(&self, rel: &Path, reasons: Vec<String>) {
+    pub(crate) fn partial(&self, rel: &Path, reasons: Vec<String>) {
         if reasons.is_empty() {
             return;
         }
@@ -558,7 +570,7 @@ impl Run<'_> {
         }
     }
 
-    fn record(&self, o: Outcome, rel: &Path) {
+    pub(crate) fn record(&self, o: Outcome, rel: &Path) {
         let (counter, action) = match o {
             Outcome::Created => (&self.c.created, Some(Action::Create)),
             Outcome::Updated => (&self.c.updated, Some(Action::Update)),
@@ -688,7 +700,7 @@ impl Run<'_> {
     }
 
     /// Removes `name` in `dir`, recursively, never following a symlink.
-    fn remove_tree(
+    pub(crate) fn remove_tree(
         &self,
         dir: &File,
         name: &CStr,
@@ -725,7 +737,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn count_source(&self, st: &Stat, follower: bool) {
+    pub(crate) fn count_source(&self, st: &Stat, follower: bool) {
         let c = &self.c;
         match st.kind() {
             _ if follower => c.hardlinks.fetch_add(1, Relaxed),
@@ -779,7 +791,26 @@ impl Run<'_> {
         rel: &Path,
         st: &Stat,
     ) -> Result<(), StepError> {
-        let key = (st.dev, st.ino);
+        let first = self.linked((st.dev, st.ino), dir.dst.as_ref(), dname, rel, || {
+            self.leaf(dir, sname, dname, rel, st)
+        });
+        let (first, r) = first?;
+        self.count_source(st, !first);
+        r
+    }
+
+    /// Hardlink groups, for any source: `key` names the inode. The first
+    /// name met is written by `write_first`; later names are linked to it.
+    /// Returns (whether this was the first name, the write's result).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn linked(
+        &self,
+        key: (u64, u64),
+        dst: Option<&File>,
+        dname: &CStr,
+        rel: &Path,
+        write_first: impl FnOnce() -> Result<(), StepError>,
+    ) -> Result<(bool, Result<(), StepError>), StepError> {
         // A later name must be linked while its directory is still being
         // processed (its metadata is applied afterwards), so it waits for the
         // first name to be written. The wait runs other queued work through
@@ -802,18 +833,17 @@ impl Run<'_> {
             }
         };
         if let Some((lrel, ldst)) = leader {
-            self.count_source(st, true);
-            return match &dir.dst {
+            let r = match dst {
                 Some(d) => self.make_link(d, dname, rel, &lrel, ldst),
                 None => {
                     self.record(Outcome::Created, rel);
                     Ok(())
                 }
             };
+            return Ok((false, r));
         }
-        self.count_source(st, false);
-        let r = self.leaf(dir, sname, dname, rel, st);
-        let state = match (&r, &dir.dst) {
+        let r = write_first();
+        let state = match (&r, dst) {
             (Ok(_), Some(d)) => match sys::stat_at(d, dname) {
                 Ok(s) => Link::Done {
                     rel: rel.to_path_buf(),
@@ -831,7 +861,7 @@ impl Run<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, state);
-        r.map(|_| ())
+        Ok((true, r))
     }
 
     /// Makes `dname` in `dst` another name of the destination inode first
@@ -900,7 +930,7 @@ impl Run<'_> {
     }
 
     /// Removes a leftover temporary entry from an interrupted run.
-    fn clear_tmp(&self, dst: &File, tmp: &CStr) -> Result<(), StepError> {
+    pub(crate) fn clear_tmp(&self, dst: &File, tmp: &CStr) -> Result<(), StepError> {
         match sys::stat_at_opt(dst, tmp).step("stat temporary")? {
             Some(st) if st.kind() == FileKind::Dir => {
                 self.remove_tree(dst, tmp, Path::new(""), false)
@@ -1043,7 +1073,7 @@ impl Run<'_> {
 
     /// Runs `create` for a temporary name; a leftover of an interrupted run
     /// under that name is removed and the creation tried once more.
-    fn create_tmp<T>(
+    pub(crate) fn create_tmp<T>(
         &self,
         d: &File,
         tmp: &CStr,
@@ -1093,7 +1123,7 @@ impl Run<'_> {
     /// Order matters: chown first (it clears setuid/setgid and file
     /// capabilities), then xattrs (ACLs included), then the mode, then times.
     /// Returns whether anything was (or, in a dry run, would be) written.
-    fn sync_meta(
+    pub(crate) fn sync_meta(
         &self,
         t: Target<'_>,
         src: &Stat,
@@ -1194,7 +1224,7 @@ impl Run<'_> {
         sys::truncate_fd(dst, size)
     }
 
-    fn copied(&self, n: u64) {
+    pub(crate) fn copied(&self, n: u64) {
         self.c.copied.fetch_add(n, Relaxed);
         self.progress.bytes(n);
     }
@@ -1243,7 +1273,7 @@ impl Run<'_> {
             Ok(f) => f,
             Err(e) => return self.fail(&rel, format!("open directory: {e}")),
         };
-        let (dst, existed) = match self.ensure_dir(parent, dname, &rel) {
+        let (dst, existed) = match self.ensure_dir(parent.dst.as_ref(), parent.fresh, dname, &rel) {
             Ok(x) => x,
             Err(e) => return self.fail(&rel, e),
         };
@@ -1262,17 +1292,21 @@ impl Run<'_> {
         self.finish_dir(&child, st, existed, &child.rel);
     }
 
-    fn ensure_dir(
+    /// Makes sure `dname` in the destination directory `parent` (absent in a
+    /// dry run below a new directory) is a real directory, replacing anything
+    /// else without following it. Returns its handle and whether it existed.
+    pub(crate) fn ensure_dir(
         &self,
-        parent: &DirPair,
+        parent: Option<&File>,
+        parent_fresh: bool,
         dname: &CStr,
         rel: &Path,
     ) -> Result<(Option<File>, bool), StepError> {
-        let Some(pd) = &parent.dst else {
+        let Some(pd) = parent else {
             self.record(Outcome::Created, rel);
             return Ok((None, false));
         };
-        let cur = if parent.fresh {
+        let cur = if parent_fresh {
             None
         } else {
             sys::stat_at_opt(pd, dname).step("stat destination")?

@@ -22,17 +22,22 @@ pub enum ErrorKind {
     InvalidInput,
     /// Any other I/O failure.
     Io,
+    /// Stored data failed a check: bad magic, wrong hash, truncation.
+    Corrupt,
+    /// Another process holds a lock that conflicts with this operation.
+    Locked,
 }
 
 /// The engine's public error: a kind, the path involved and the cause.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {op}: {source}", path.display())]
+// The cause is part of the message (as ripgrep does), not a separate
+// `source()`, so that printing the chain does not repeat it.
+#[error("{}: {op}: {cause}", path.display())]
 pub struct Error {
     kind: ErrorKind,
     op: &'static str,
     path: PathBuf,
-    #[source]
-    source: io::Error,
+    cause: io::Error,
 }
 
 impl Error {
@@ -41,13 +46,36 @@ impl Error {
             io::ErrorKind::NotFound => ErrorKind::NotFound,
             io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
             io::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => ErrorKind::Corrupt,
             _ => ErrorKind::Io,
         };
         Error {
             kind,
             op,
             path: path.as_ref().to_path_buf(),
-            source,
+            cause: source,
+        }
+    }
+
+    pub(crate) fn corrupt(
+        op: &'static str,
+        path: impl AsRef<Path>,
+        e: haul_formats::FormatError,
+    ) -> Error {
+        Error {
+            kind: ErrorKind::Corrupt,
+            op,
+            path: path.as_ref().to_path_buf(),
+            cause: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+        }
+    }
+
+    pub(crate) fn locked(path: impl AsRef<Path>, msg: impl Into<String>) -> Error {
+        Error {
+            kind: ErrorKind::Locked,
+            op: "locking repository",
+            path: path.as_ref().to_path_buf(),
+            cause: io::Error::new(io::ErrorKind::WouldBlock, msg.into()),
         }
     }
 
@@ -56,7 +84,7 @@ impl Error {
             kind: ErrorKind::InvalidInput,
             op: "invalid request",
             path: path.as_ref().to_path_buf(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, msg.into()),
+            cause: io::Error::new(io::ErrorKind::InvalidInput, msg.into()),
         }
     }
 
@@ -74,9 +102,9 @@ impl Error {
     /// (interrupted or timed-out I/O, a busy resource).
     pub fn is_retryable(&self) -> bool {
         matches!(
-            self.source.kind(),
+            self.cause.kind(),
             io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-        ) || self.source.raw_os_error() == Some(libc::EBUSY)
+        ) || self.cause.raw_os_error() == Some(libc::EBUSY)
     }
 }
 

@@ -20,11 +20,18 @@ mod filter;
 mod idmap;
 mod meta;
 mod progress;
+mod repo;
 mod sys;
 
 pub use copy::{copy, CopyOptions, CopySummary, EntryIssue, SourceCounts};
 pub use error::{Error, ErrorKind};
 pub use filter::{Filter, FilterError};
+pub use haul_formats::{Id, Snapshot, Timestamp};
 pub use idmap::{IdMap, IdMapError};
 pub use meta::FileKind;
 pub use progress::{Action, NoProgress, Progress};
+pub use repo::retention::{parse_duration, parse_interval};
+pub use repo::{
+    CheckOptions, CheckReport, CreateOptions, CreateSummary, DiffChange, InitOptions, KeepPolicy,
+    LockGuard, LsEntry, PruneSummary, Repository, RestoreOptions, RetentionError, SnapshotInfo,
+};

@@ -40,7 +40,9 @@ pub(crate) const TMP_MARK: &str = ".tmp-";
 
 impl LocalBackend {
     pub(crate) fn new(root: &Path) -> LocalBackend {
-        LocalBackend { root: root.to_path_buf() }
+        LocalBackend {
+            root: root.to_path_buf(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -52,8 +54,12 @@ impl LocalBackend {
 /// into place and fsyncs the directory, so the file is complete or absent
 /// even after a crash or power loss.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| io::Error::other("no parent directory"))?;
-    let name = path.file_name().ok_or_else(|| io::Error::other("no file name"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("no parent directory"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("no file name"))?;
     let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(
         "{}{TMP_MARK}{}-{n}",
@@ -99,7 +105,7 @@ impl Backend for LocalBackend {
             ));
         }
         let mut v = Vec::with_capacity(len as usize);
-        f.take(max + 1).read_to_end(&mut v)?;
+        f.take(max.saturating_add(1)).read_to_end(&mut v)?;
         Ok(v)
     }
 
@@ -125,7 +131,9 @@ impl Backend for LocalBackend {
             };
             for e in rd {
                 let e = e?;
-                let Some(name) = e.file_name().to_str().map(str::to_string) else { continue };
+                let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
                 let rel = format!("{d}/{name}");
                 if e.file_type()?.is_dir() {
                     stack.push(rel);

@@ -554,3 +554,11 @@ pub(crate) fn euid() -> u32 {
 
 /// `d_type` values.
 pub(crate) const DT_DIR: u8 = libc::DT_DIR;
+
+/// Maps a file read-only. Used only for repository files haul wrote and never
+/// modifies in place (index files): a mapping of a file that another process
+/// truncates faults with SIGBUS, which is why source files are read, not mapped.
+pub(crate) fn map_readonly(f: &File) -> io::Result<memmap2::Mmap> {
+    // SAFETY: index files are immutable once renamed into place; see above.
+    unsafe { memmap2::Mmap::map(f) }
+}

@@ -1,0 +1,562 @@
+//! `haul repo ...` and `haul snapshot ...`: restic-style verbs over the
+//! engine's repository API.
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use haul_engine::{
+    parse_duration, parse_interval, CheckOptions, CopyOptions, CreateOptions, Filter, IdMap,
+    InitOptions, KeepPolicy, Repository, RestoreOptions, SnapshotInfo, Timestamp,
+};
+use serde_json::{json, Value};
+
+use crate::copy_cmd::{exit_code, print_human};
+use crate::exit;
+use crate::render::{ChangeSink, Reporter};
+
+/// Where the repository is, and lock handling; shared by every repo command.
+#[derive(Args, Debug, Clone)]
+pub struct RepoArgs {
+    /// Repository location (a local directory).
+    #[arg(long, env = "HAUL_REPO", value_name = "R")]
+    pub repo: PathBuf,
+    /// Remove every lock first (when a holder died on another host).
+    #[arg(long)]
+    pub force_unlock: bool,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCommand {
+    /// Create a repository.
+    Init {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// zstd level for new data (1-22, default 3).
+        #[arg(long, value_name = "N")]
+        compression_level: Option<i32>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Record trees (with full metadata) as a new snapshot.
+    Create {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Directories or files to record.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Label the snapshot (repeatable).
+        #[arg(long = "tag", value_name = "T")]
+        tags: Vec<String>,
+        /// Skip entries matching GLOB (same rules as `haul copy --exclude`).
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+        /// Record this time instead of now (RFC 3339).
+        #[arg(long, value_name = "RFC3339")]
+        time: Option<String>,
+        /// Worker threads [default: one per CPU].
+        #[arg(short = 'j', long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Do not show a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// List snapshots, oldest first.
+    List {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+    /// Show one snapshot.
+    Show {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Snapshot id (unique hex prefix) or `latest`.
+        id: String,
+    },
+    /// List a snapshot's entries.
+    Ls {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Snapshot id or `latest`.
+        id: String,
+        /// Only entries below this path (relative to the snapshot root).
+        path: Option<PathBuf>,
+    },
+    /// Entries added, removed or changed between two snapshots.
+    Diff {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The older snapshot.
+        a: String,
+        /// The newer snapshot.
+        b: String,
+    },
+    /// Restore a snapshot into DST, with full metadata.
+    Restore {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Snapshot id or `latest`.
+        id: String,
+        /// Destination directory (created if missing).
+        dst: PathBuf,
+        /// Restore only this subtree (relative to the snapshot root; repeatable).
+        #[arg(long = "path", value_name = "P")]
+        paths: Vec<PathBuf>,
+        /// Worker threads [default: one per CPU].
+        #[arg(short = 'j', long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Do not restore owners.
+        #[arg(long)]
+        no_owner: bool,
+        /// Do not restore extended attributes (ACLs included).
+        #[arg(long)]
+        no_xattrs: bool,
+        /// Do not restore POSIX ACLs.
+        #[arg(long)]
+        no_acls: bool,
+        /// Do not show a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Check the repository; --read-data also verifies every byte.
+    Check {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Read every pack and verify every blob's hash.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Remove snapshots by id or by retention policy (data stays until prune).
+    Forget {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Snapshot ids to remove.
+        ids: Vec<String>,
+        /// Keep the N newest snapshots.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<u64>,
+        /// Keep snapshots newer than (newest − DUR), e.g. 7d, 1h30m.
+        #[arg(long, value_name = "DUR")]
+        keep_within: Option<String>,
+        /// Keep the newest snapshot of each of the last N hours.
+        #[arg(long, value_name = "N")]
+        keep_hourly: Option<u64>,
+        /// ... of each of the last N days (UTC).
+        #[arg(long, value_name = "N")]
+        keep_daily: Option<u64>,
+        /// ... of each of the last N weeks.
+        #[arg(long, value_name = "N")]
+        keep_weekly: Option<u64>,
+        /// ... of each of the last N 30-day months.
+        #[arg(long, value_name = "N")]
+        keep_monthly: Option<u64>,
+        /// ... of each of the last N 365-day years.
+        #[arg(long, value_name = "N")]
+        keep_yearly: Option<u64>,
+        /// Keep the newest snapshot of each of the last N buckets of length
+        /// DUR (repeatable), e.g. a CycleCloud-style schedule:
+        /// --keep-interval 5m:12 --keep-interval 15m:4 --keep-interval 1h:24
+        /// --keep-interval 4h:6 --keep-interval 8h:3 --keep-interval 1d:7 --keep-interval 7d:4
+        #[arg(long, value_name = "DUR:N")]
+        keep_interval: Vec<String>,
+        /// Show what would be removed.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+    },
+    /// Free data no snapshot references.
+    Prune {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
+}
+
+fn open(r: &RepoArgs) -> Result<Repository> {
+    let repo = Repository::open(&r.repo)?;
+    if r.force_unlock {
+        let n = repo.force_unlock()?;
+        eprintln!("haul: removed {n} lock(s)");
+    }
+    Ok(repo)
+}
+
+fn notices(n: &[String]) {
+    for m in n {
+        eprintln!("haul: {m}");
+    }
+}
+
+fn snapshot_json(s: &SnapshotInfo) -> Value {
+    let sn = &s.snapshot;
+    json!({
+        "id": s.id.to_hex(),
+        "short_id": s.id.short(),
+        "time": sn.time.to_rfc3339().unwrap_or_default(),
+        "hostname": sn.hostname,
+        "username": sn.username,
+        "paths": sn.paths,
+        "tags": sn.tags,
+        "files": sn.summary.files,
+        "dirs": sn.summary.dirs,
+        "bytes": sn.summary.bytes,
+        "bytes_new": sn.summary.bytes_new,
+        "parent": sn.parent.map(|p| p.to_hex()),
+        "tree": sn.tree.to_hex(),
+    })
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn run_repo(c: RepoCommand) -> Result<u8> {
+    match c {
+        RepoCommand::Init {
+            repo,
+            compression_level,
+        } => {
+            let r = Repository::init(
+                &repo.repo,
+                &InitOptions {
+                    zstd_level: compression_level,
+                },
+            )?;
+            if repo.json {
+                print_json(&json!({"location": r.location(), "id": r.config().id.to_hex()}))?;
+            } else {
+                println!(
+                    "created repository {} at {}",
+                    r.config().id.short(),
+                    r.location().display()
+                );
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+pub fn run(c: SnapshotCommand) -> Result<u8> {
+    match c {
+        SnapshotCommand::Create {
+            repo,
+            paths,
+            tags,
+            exclude,
+            time,
+            jobs,
+            no_progress,
+        } => {
+            let (r, created) = Repository::open_or_init(&repo.repo)?;
+            if created {
+                eprintln!("haul: created repository at {}", repo.repo.display());
+            }
+            if repo.force_unlock {
+                r.force_unlock()?;
+            }
+            let time = match time {
+                Some(t) => {
+                    Some(Timestamp::parse_rfc3339(&t).with_context(|| format!("--time {t}"))?)
+                }
+                None => None,
+            };
+            let opts = CreateOptions {
+                paths,
+                tags,
+                filter: Filter::new(&exclude)?,
+                jobs: jobs.unwrap_or(0),
+                time,
+            };
+            let reporter = Reporter::new(!no_progress && !repo.json, ChangeSink::None);
+            let res = r.create_snapshot(&opts, &reporter);
+            reporter.finish();
+            let s = res?;
+            notices(&s.notices);
+            let code = if s.failed.is_empty() {
+                exit::OK
+            } else {
+                exit::SOME_FAILED
+            };
+            if repo.json {
+                let mut v = serde_json::to_value(&s)?;
+                v["failed"] = s
+                    .failed
+                    .iter()
+                    .map(|i| json!({"path": i.path.to_string_lossy(), "error": i.reason}))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                for i in &s.failed {
+                    eprintln!("haul: failed: {}: {}", i.path.display(), i.reason);
+                }
+                eprintln!(
+                    "{} files, {} dirs, {} bytes; read {} bytes, added {} new ({} stored in {} packs) in {:.2}s",
+                    s.files, s.dirs, s.bytes, s.bytes_read, s.bytes_new, s.bytes_stored, s.packs, s.seconds
+                );
+                println!("snapshot {} saved", s.id.to_hex());
+            }
+            Ok(code)
+        }
+        SnapshotCommand::List { repo } => {
+            let r = open(&repo)?;
+            let snaps = r.snapshots()?;
+            if repo.json {
+                print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>())?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "{:<10} {:<20} {:<16} {:>10} {:>14}  paths",
+                    "id", "time", "host", "files", "bytes"
+                )?;
+                for s in &snaps {
+                    let sn = &s.snapshot;
+                    let t = sn.time.to_rfc3339().unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{:<10} {:<20} {:<16} {:>10} {:>14}  {}{}",
+                        s.id.short(),
+                        &t[..t.len().min(19)],
+                        sn.hostname,
+                        sn.summary.files,
+                        sn.summary.bytes,
+                        sn.paths.join(" "),
+                        if sn.tags.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  [{}]", sn.tags.join(","))
+                        }
+                    )?;
+                }
+            }
+            Ok(exit::OK)
+        }
+        SnapshotCommand::Show { repo, id } => {
+            let r = open(&repo)?;
+            let s = r.find_snapshot(&id)?;
+            let v = snapshot_json(&s);
+            if repo.json {
+                print_json(&v)?;
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            Ok(exit::OK)
+        }
+        SnapshotCommand::Ls { repo, id, path } => {
+            let r = open(&repo)?;
+            let entries = r.ls(&id, path.as_deref())?;
+            if repo.json {
+                print_json(&entries)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                for e in &entries {
+                    writeln!(
+                        out,
+                        "{:<8} {:04o} {:>6}:{:<6} {:>12} {} {}",
+                        e.kind, e.mode, e.uid, e.gid, e.size, e.mtime, e.path
+                    )?;
+                }
+            }
+            Ok(exit::OK)
+        }
+        SnapshotCommand::Diff { repo, a, b } => {
+            let r = open(&repo)?;
+            let d = r.diff(&a, &b)?;
+            if repo.json {
+                print_json(&d)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                for c in &d {
+                    let sym = match c.change {
+                        "added" => "+",
+                        "removed" => "-",
+                        "content" => "M",
+                        _ => "m",
+                    };
+                    writeln!(out, "{sym} {}", c.path)?;
+                }
+            }
+            Ok(exit::OK)
+        }
+        SnapshotCommand::Restore {
+            repo,
+            id,
+            dst,
+            paths,
+            jobs,
+            no_owner,
+            no_xattrs,
+            no_acls,
+            no_progress,
+        } => {
+            let r = open(&repo)?;
+            let opts = RestoreOptions {
+                paths,
+                copy: CopyOptions {
+                    jobs: jobs.unwrap_or(0),
+                    owner: !no_owner,
+                    xattrs: !no_xattrs,
+                    acls: !no_acls && !no_xattrs,
+                    ids: IdMap::new(),
+                    ..CopyOptions::default()
+                },
+            };
+            let reporter = Reporter::new(!no_progress && !repo.json, ChangeSink::None);
+            let res = r.restore(&id, &dst, &opts, &reporter);
+            reporter.finish();
+            let s = res?;
+            let code = exit_code(&s);
+            if repo.json {
+                let mut v = serde_json::to_value(&s)?;
+                v["ok"] = json!(code == exit::OK);
+                v["exit_code"] = json!(code);
+                v["failed"] = s
+                    .failed
+                    .iter()
+                    .map(|i| json!({"path": i.path.to_string_lossy(), "error": i.reason}))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                print_human(&s)?;
+            }
+            Ok(code)
+        }
+        SnapshotCommand::Check { repo, read_data } => {
+            let r = open(&repo)?;
+            let rep = r.check(CheckOptions { read_data })?;
+            notices(&rep.notices);
+            if repo.json {
+                print_json(&rep)?;
+            } else {
+                for e in &rep.errors {
+                    eprintln!("haul: check: {e}");
+                }
+                for s in &rep.affected_snapshots {
+                    eprintln!("haul: damaged snapshot: {s}");
+                }
+                for f in &rep.affected_files {
+                    eprintln!(
+                        "haul: damaged file: {} in snapshot {}",
+                        f.path,
+                        &f.snapshot[..8]
+                    );
+                }
+                eprintln!(
+                    "checked {} snapshots, {} packs, {} blobs{}: {}",
+                    rep.snapshots,
+                    rep.packs,
+                    rep.blobs,
+                    if read_data { " (all data read)" } else { "" },
+                    if rep.ok { "no errors" } else { "ERRORS FOUND" }
+                );
+            }
+            Ok(if rep.ok { exit::OK } else { exit::MISMATCH })
+        }
+        SnapshotCommand::Forget {
+            repo,
+            ids,
+            keep_last,
+            keep_within,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_interval,
+            dry_run,
+        } => {
+            let r = open(&repo)?;
+            let mut policy = KeepPolicy {
+                last: keep_last,
+                ..Default::default()
+            };
+            if let Some(w) = &keep_within {
+                policy.within_secs = Some(parse_duration(w)?);
+            }
+            for (n, f) in [
+                (
+                    keep_hourly,
+                    KeepPolicy::hourly as fn(KeepPolicy, u64) -> KeepPolicy,
+                ),
+                (keep_daily, KeepPolicy::daily),
+                (keep_weekly, KeepPolicy::weekly),
+                (keep_monthly, KeepPolicy::monthly),
+                (keep_yearly, KeepPolicy::yearly),
+            ] {
+                if let Some(n) = n {
+                    policy = f(policy, n);
+                }
+            }
+            for i in &keep_interval {
+                policy.intervals.push(parse_interval(i)?);
+            }
+            let all = r.snapshots()?;
+            let (keep, remove) = if !ids.is_empty() {
+                if !policy.is_empty() {
+                    bail!("give snapshot ids or a policy, not both");
+                }
+                let mut remove = Vec::new();
+                for id in &ids {
+                    remove.push(r.find_snapshot(id)?.id);
+                }
+                let keep = all
+                    .iter()
+                    .map(|s| s.id)
+                    .filter(|id| !remove.contains(id))
+                    .collect();
+                (keep, remove)
+            } else {
+                if policy.is_empty() {
+                    bail!("nothing to do: give snapshot ids or a --keep-* policy");
+                }
+                let pairs: Vec<_> = all.iter().map(|s| (s.id, s.snapshot.time)).collect();
+                policy.apply(&pairs)
+            };
+            if !dry_run {
+                r.forget(&remove)?;
+            }
+            if repo.json {
+                print_json(&json!({
+                    "dry_run": dry_run,
+                    "keep": keep.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+                    "remove": remove.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                for id in &remove {
+                    println!(
+                        "{} {}",
+                        if dry_run { "would remove" } else { "removed" },
+                        id.to_hex()
+                    );
+                }
+                eprintln!(
+                    "{} kept, {} {}",
+                    keep.len(),
+                    remove.len(),
+                    if dry_run { "to remove" } else { "removed" }
+                );
+            }
+            Ok(exit::OK)
+        }
+        SnapshotCommand::Prune { repo } => {
+            let r = open(&repo)?;
+            let s = r.prune()?;
+            notices(&s.notices);
+            if repo.json {
+                print_json(&s)?;
+            } else {
+                eprintln!(
+                    "removed {} packs ({} rewritten), {} blobs; freed {} bytes",
+                    s.packs_removed, s.packs_rewritten, s.blobs_removed, s.bytes_freed
+                );
+            }
+            Ok(exit::OK)
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! `snapshot check`: is every snapshot restorable? Structure always; with
+//! `read_data`, every byte of every pack is read and every blob's hash
+//! verified. Problems are collected, never fatal, and traced back to the
+//! snapshots and files they affect.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use haul_formats::{
+    decode_blob_unverified, FileKind as RepoFile, Id, IndexEntry, IndexReader, Node, NodeKind,
+    PackReader, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
+};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::index::MasterIndex;
+use super::Repository;
+use crate::error::Error;
+
+/// What to check.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckOptions {
+    /// Read every pack and verify every blob.
+    pub read_data: bool,
+}
+
+/// A file that cannot be restored correctly.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AffectedFile {
+    /// The snapshot holding it.
+    pub snapshot: String,
+    /// Its path relative to the snapshot root.
+    pub path: String,
+}
+
+/// What check found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// No errors.
+    pub ok: bool,
+    /// Every problem, naming the repository file and the cause.
+    pub errors: Vec<String>,
+    /// Snapshots that cannot be restored exactly.
+    pub affected_snapshots: Vec<String>,
+    /// Files that cannot be restored exactly.
+    pub affected_files: Vec<AffectedFile>,
+    /// Things worth knowing that are not errors (unindexed packs, stale locks broken).
+    pub notices: Vec<String>,
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Packs checked.
+    pub packs: u64,
+    /// Index entries checked.
+    pub blobs: u64,
+}
+
+impl Repository {
+    /// Checks the repository; see the module docs.
+    pub fn check(&self, opts: CheckOptions) -> Result<CheckReport, Error> {
+        let lock = self.lock(false)?;
+        let mut rep = CheckReport {
+            notices: lock.notices().to_vec(),
+            ..Default::default()
+        };
+
+        // Index files, each on its own: one damaged file is reported, not fatal.
+        let mut files = Vec::new();
+        let names = self
+            .backend()
+            .list(RepoFile::Index.dir())
+            .map_err(|e| Error::io("listing indexes", self.file_path(RepoFile::Index.dir()), e))?;
+        for name in names {
+            let Some((RepoFile::Index, id)) = RepoFile::parse_path(&name) else {
+                continue;
+            };
+            let path = self.file_path(&name);
+            match self.backend().get(&name, u64::MAX) {
+                Ok(bytes) => {
+                    let r = IndexReader::new(&bytes).and_then(|r| {
+                        r.verify_id(&id)
+                            .map(|_| r)
+                            .and_then(|r| r.verify().map(|_| ()))
+                    });
+                    match r {
+                        Ok(()) => files.push((id, bytes)),
+                        Err(e) => rep.errors.push(format!("index {}: {e}", path.display())),
+                    }
+                }
+                Err(e) => rep.errors.push(format!("index {}: {e}", path.display())),
+            }
+        }
+        // Where each blob is, by pack.
+        let mut by_pack: BTreeMap<Id, Vec<IndexEntry>> = BTreeMap::new();
+        let mut locate: HashMap<Id, IndexEntry> = HashMap::new();
+        for (_, bytes) in &files {
+            let r = IndexReader::new(bytes).expect("verified above");
+            for e in r.iter().flatten() {
+                by_pack.entry(e.pack).or_default().push(e);
+                locate.entry(e.id).or_insert(e);
+                rep.blobs += 1;
+            }
+        }
+        rep.packs = by_pack.len() as u64;
+        let on_disk: BTreeSet<Id> = self
+            .backend()
+            .list(RepoFile::Pack.dir())
+            .map_err(|e| Error::io("listing packs", self.file_path(RepoFile::Pack.dir()), e))?
+            .iter()
+            .filter_map(|n| RepoFile::parse_path(n).map(|(_, id)| id))
+            .collect();
+        let unindexed = on_disk.iter().filter(|p| !by_pack.contains_key(p)).count();
+        if unindexed > 0 {
+            rep.notices.push(format!(
+                "{unindexed} pack(s) are in no index (left by an interrupted run); the next create reuses them and prune removes what is unused"
+            ));
+        }
+
+        // Packs: present, self-consistent, and (read_data) every blob intact.
+        let results: Vec<(Vec<String>, Vec<Id>)> = by_pack
+            .par_iter()
+            .map(|(pack, entries)| self.check_pack(pack, entries, opts.read_data))
+            .collect();
+        let mut bad: HashSet<Id> = HashSet::new();
+        for (errs, blobs) in results {
+            rep.errors.extend(errs);
+            bad.extend(blobs);
+        }
+
+        // Snapshots: every tree and chunk indexed, none of them bad.
+        let index = MasterIndex::from_owned(files);
+        let snap_ids = self.backend().list(RepoFile::Snapshot.dir()).map_err(|e| {
+            Error::io(
+                "listing snapshots",
+                self.file_path(RepoFile::Snapshot.dir()),
+                e,
+            )
+        })?;
+        let mut clean: HashSet<Id> = HashSet::new();
+        let mut affected_snaps = BTreeSet::new();
+        let mut affected_files = BTreeSet::new();
+        for name in snap_ids {
+            let Some((RepoFile::Snapshot, id)) = RepoFile::parse_path(&name) else {
+                continue;
+            };
+            rep.snapshots += 1;
+            let snap = match self.load_snapshot(&id) {
+                Ok(s) => s,
+                Err(e) => {
+                    rep.errors.push(format!("snapshot {}: {e}", id.to_hex()));
+                    affected_snaps.insert(id.to_hex());
+                    continue;
+                }
+            };
+            let mut walker = Walker {
+                repo: self,
+                index: &index,
+                locate: &locate,
+                bad: &bad,
+                clean: &mut clean,
+                errors: Vec::new(),
+                files: Vec::new(),
+            };
+            walker.tree(&snap.snapshot.tree, "");
+            if !walker.errors.is_empty() || !walker.files.is_empty() {
+                affected_snaps.insert(id.to_hex());
+            }
+            rep.errors.extend(
+                walker
+                    .errors
+                    .into_iter()
+                    .map(|e| format!("snapshot {}: {e}", id.short())),
+            );
+            affected_files.extend(walker.files.into_iter().map(|p| AffectedFile {
+                snapshot: id.to_hex(),
+                path: p,
+            }));
+        }
+        rep.affected_snapshots = affected_snaps.into_iter().collect();
+        rep.affected_files = affected_files.into_iter().collect();
+        rep.errors.dedup();
+        rep.ok = rep.errors.is_empty();
+        Ok(rep)
+    }
+
+    /// Checks one pack; returns errors and the ids of blobs that are unusable.
+    fn check_pack(
+        &self,
+        pack: &Id,
+        entries: &[IndexEntry],
+        read_data: bool,
+    ) -> (Vec<String>, Vec<Id>) {
+        let name = RepoFile::Pack.path(pack);
+        let path = self.file_path(&name);
+        let all = || entries.iter().map(|e| e.id).collect::<Vec<_>>();
+        if !read_data {
+            return match self.read_pack_entries(&name) {
+                Ok(own) => {
+                    let own: HashSet<(Id, u32)> = own.iter().map(|e| (e.id, e.offset)).collect();
+                    let missing: Vec<Id> = entries
+                        .iter()
+                        .filter(|e| !own.contains(&(e.id, e.offset)))
+                        .map(|e| e.id)
+                        .collect();
+                    if missing.is_empty() {
+                        (vec![], vec![])
+                    } else {
+                        (
+                            vec![format!(
+                                "pack {}: {} indexed blob(s) are not in the pack",
+                                path.display(),
+                                missing.len()
+                            )],
+                            missing,
+                        )
+                    }
+                }
+                Err(e) => (vec![format!("pack {}: {e}", path.display())], all()),
+            };
+        }
+        let bytes = match self.backend().get(&name, u64::MAX) {
+            Ok(b) => b,
+            Err(e) => return (vec![format!("pack {}: {e}", path.display())], all()),
+        };
+        let mut errs = Vec::new();
+        match PackReader::new(&bytes) {
+            Ok(r) => {
+                if let Err(e) = r.verify(pack) {
+                    errs.push(format!("pack {}: {e}", path.display()));
+                }
+            }
+            Err(e) => errs.push(format!("pack {}: {e}", path.display())),
+        }
+        let mut bad = Vec::new();
+        for e in entries {
+            let r = e.range();
+            let blob = bytes.get(r.start as usize..r.end as usize);
+            let ok = blob.is_some_and(|b| {
+                let max = if e.kind == haul_formats::BlobKind::Tree {
+                    MAX_TREE_BLOB_LEN
+                } else {
+                    MAX_DATA_BLOB_LEN
+                };
+                decode_blob_unverified(b, max).is_ok_and(|(_, plain)| Id::hash(&plain) == e.id)
+            });
+            if !ok {
+                bad.push(e.id);
+            }
+        }
+        if !bad.is_empty() {
+            errs.push(format!(
+                "pack {}: {} blob(s) fail verification",
+                path.display(),
+                bad.len()
+            ));
+        }
+        (errs, bad)
+    }
+}
+
+struct Walker<'a> {
+    repo: &'a Repository,
+    index: &'a MasterIndex,
+    locate: &'a HashMap<Id, IndexEntry>,
+    bad: &'a HashSet<Id>,
+    clean: &'a mut HashSet<Id>,
+    errors: Vec<String>,
+    files: Vec<String>,
+}
+
+impl Walker<'_> {
+    /// Walks a tree; returns whether everything below it is sound.
+    fn tree(&mut self, id: &Id, prefix: &str) -> bool {
+        if self.clean.contains(id) {
+            return true;
+        }
+        if self.bad.contains(id) || !self.locate.contains_key(id) {
+            self.errors.push(format!(
+                "tree {} of {:?} is missing or damaged",
+                id.short(),
+                display(prefix)
+            ));
+            self.files.push(display(prefix));
+            return false;
+        }
+        let nodes: Vec<Node> = match self.repo.load_tree(self.index, id) {
+            Ok(n) => n,
+            Err(e) => {
+                self.errors
+                    .push(format!("tree {} of {:?}: {e}", id.short(), display(prefix)));
+                self.files.push(display(prefix));
+                return false;
+            }
+        };
+        let mut ok = true;
+        for n in &nodes {
+            let p = if prefix.is_empty() {
+                String::from_utf8_lossy(&n.name).into_owned()
+            } else {
+                format!("{prefix}/{}", String::from_utf8_lossy(&n.name))
+            };
+            match &n.kind {
+                NodeKind::Dir { subtree } => ok &= self.tree(subtree, &p),
+                NodeKind::File { chunks, .. } => {
+                    let mut file_ok = true;
+                    for c in chunks {
+                        if !self.locate.contains_key(c) {
+                            self.errors
+                                .push(format!("{p}: data blob {} is missing", c.short()));
+                            file_ok = false;
+                        } else if self.bad.contains(c) {
+                            file_ok = false;
+                        }
+                    }
+                    if !file_ok {
+                        self.files.push(p);
+                        ok = false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if ok {
+            self.clean.insert(*id);
+        }
+        ok
+    }
+}
+
+fn display(p: &str) -> String {
+    if p.is_empty() {
+        "/".into()
+    } else {
+        p.to_string()
+    }
+}

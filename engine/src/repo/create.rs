@@ -1,0 +1,692 @@
+//! `snapshot create`: walk, read, chunk, hash, compress, pack, in parallel.
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
+
+use haul_formats::{
+    encode_blob, encode_tree, BlobKind, ChunkerParams, Extent, FileKind as RepoFile, Id, Node,
+    NodeKind, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
+};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::index::MasterIndex;
+use super::packer::Packer;
+use super::{hostname, username, Repository};
+use crate::copy::EntryIssue;
+use crate::error::Error;
+use crate::filter::Filter;
+use crate::meta::{read_xattrs, FileKind, XTarget, XattrPolicy};
+use crate::progress::Progress;
+use crate::sys::{self, Stat};
+
+const BATCH: usize = 512;
+
+/// What to record.
+#[derive(Debug, Default)]
+pub struct CreateOptions {
+    /// The trees (or files) to record.
+    pub paths: Vec<PathBuf>,
+    /// Labels for the snapshot.
+    pub tags: Vec<String>,
+    /// Entries to skip.
+    pub filter: Filter,
+    /// Worker threads; 0 picks one per CPU.
+    pub jobs: usize,
+    /// The time to record instead of now (for imports and tests).
+    pub time: Option<Timestamp>,
+}
+
+/// The outcome of a create.
+#[derive(Clone, Debug, Serialize)]
+pub struct CreateSummary {
+    /// The new snapshot's id.
+    #[serde(serialize_with = "hex")]
+    pub id: Id,
+    /// The snapshot it was taken relative to.
+    #[serde(serialize_with = "hex_opt")]
+    pub parent: Option<Id>,
+    /// Non-directory entries recorded.
+    pub files: u64,
+    /// Directories recorded.
+    pub dirs: u64,
+    /// Bytes of file data the snapshot holds.
+    pub bytes: u64,
+    /// Bytes of file data actually read (unchanged files are not read).
+    pub bytes_read: u64,
+    /// Bytes of new data (plaintext) added to the repository.
+    pub bytes_new: u64,
+    /// Bytes written to new pack files (compressed, with headers).
+    pub bytes_stored: u64,
+    /// Pack files written.
+    pub packs: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Entries that could not be recorded, with the reason.
+    pub failed: Vec<EntryIssue>,
+    /// Messages about stale locks that were broken.
+    pub notices: Vec<String>,
+}
+
+pub(crate) fn hex<S: serde::Serializer>(id: &Id, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&id.to_hex())
+}
+
+pub(crate) fn hex_opt<S: serde::Serializer>(id: &Option<Id>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(&id.to_hex()),
+        None => s.serialize_none(),
+    }
+}
+
+/// A per-entry problem, or one that stops the whole run.
+enum Fail {
+    Entry(String),
+    Repo(Error),
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        Fail::Repo(e)
+    }
+}
+
+trait EntryCtx<T> {
+    fn ctx(self, op: &str) -> Result<T, Fail>;
+}
+
+impl<T> EntryCtx<T> for io::Result<T> {
+    fn ctx(self, op: &str) -> Result<T, Fail> {
+        self.map_err(|e| Fail::Entry(format!("{op}: {e}")))
+    }
+}
+
+/// (is a user, id) → name, as looked up on this host.
+type NameCache = HashMap<(bool, u32), Option<Vec<u8>>>;
+
+struct Backup<'a> {
+    repo: &'a Repository,
+    index: &'a MasterIndex,
+    packer: Packer<'a>,
+    pending: Mutex<HashSet<Id>>,
+    filter: &'a Filter,
+    chunker: ChunkerParams,
+    level: i32,
+    progress: &'a dyn Progress,
+    files: AtomicU64,
+    dirs: AtomicU64,
+    bytes: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_new: AtomicU64,
+    failed: Mutex<Vec<EntryIssue>>,
+    names: RwLock<NameCache>,
+}
+
+/// A file region read through `pread`, as a `Read` for the chunker.
+struct Section<'f> {
+    f: &'f File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Section<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.f.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+fn ts(t: (i64, i64)) -> Timestamp {
+    Timestamp::new(t.0, t.1.clamp(0, 999_999_999) as u32).unwrap_or(Timestamp::EPOCH)
+}
+
+/// A stable key shared by all names of one inode within a snapshot.
+fn link_key(st: &Stat) -> u64 {
+    st.dev.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ st.ino
+}
+
+fn unchanged(old: &Node, st: &Stat) -> bool {
+    old.size == st.size
+        && old.inode == st.ino
+        && old.mtime == ts(st.mtime)
+        && old.ctime == ts(st.ctime)
+}
+
+impl Backup<'_> {
+    fn fail(&self, rel: &Path, reason: String) {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if f.len() < 100_000 {
+            f.push(EntryIssue {
+                path: rel.to_path_buf(),
+                reason,
+            });
+        }
+    }
+
+    fn name_of(&self, user: bool, id: u32) -> Option<Vec<u8>> {
+        if let Some(n) = self
+            .names
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(user, id))
+        {
+            return n.clone();
+        }
+        let n = if user {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        } else {
+            nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id))
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+        }
+        .map(String::into_bytes);
+        self.names
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((user, id), n.clone());
+        n
+    }
+
+    /// Stores a blob unless the repository (or this run) already has it.
+    fn store(&self, kind: BlobKind, data: &[u8]) -> Result<Id, Error> {
+        let id = Id::hash(data);
+        if self.index.contains(&id)
+            || !self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id)
+        {
+            return Ok(id);
+        }
+        let blob = encode_blob(kind, data, self.level)
+            .map_err(|e| Error::corrupt("encoding blob", self.repo.location(), e))?;
+        self.packer.add(&blob)?;
+        if kind == BlobKind::Data {
+            self.bytes_new.fetch_add(data.len() as u64, Relaxed);
+        }
+        Ok(id)
+    }
+
+    fn node(&self, name: &[u8], st: &Stat, kind: NodeKind, xattrs: Vec<Xattr>) -> Node {
+        let is_dir = matches!(kind, NodeKind::Dir { .. });
+        Node {
+            name: name.to_vec(),
+            mode: st.perm(),
+            uid: st.uid,
+            gid: st.gid,
+            user: self.name_of(true, st.uid),
+            group: self.name_of(false, st.gid),
+            mtime: ts(st.mtime),
+            atime: ts(st.atime),
+            ctime: ts(st.ctime),
+            inode: st.ino,
+            device: st.dev,
+            nlink: st.nlink,
+            size: if matches!(kind, NodeKind::File { .. }) {
+                st.size
+            } else {
+                0
+            },
+            hardlink_group: (st.nlink > 1 && !is_dir).then(|| link_key(st)),
+            xattrs,
+            kind,
+        }
+    }
+
+    fn xattrs(&self, t: &XTarget<'_>) -> Result<Vec<Xattr>, Fail> {
+        let policy = XattrPolicy {
+            xattrs: true,
+            acls: true,
+        };
+        Ok(read_xattrs(t, policy)
+            .ctx("reading xattrs")?
+            .into_iter()
+            .map(|(n, v)| Xattr {
+                name: n.into_vec(),
+                value: v,
+            })
+            .collect())
+    }
+
+    /// The tree of the directory `dir` (already open); returns its id.
+    fn dir_tree(&self, dir: &File, rel: &Path, parent: Option<&[Node]>) -> Result<Id, Error> {
+        let mut stream = match sys::DirStream::new(dir) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail(rel, format!("reading directory: {e}"));
+                return self.store_tree(Vec::new());
+            }
+        };
+        let mut nodes = Vec::new();
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            batch.clear();
+            match stream.read_batch(&mut batch, BATCH) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    self.fail(rel, format!("reading directory: {e}"));
+                    break;
+                }
+            }
+            let got: Result<Vec<Option<Node>>, Error> = batch
+                .par_iter()
+                .map(|e| {
+                    let crel = rel.join(OsStr::from_bytes(e.name.to_bytes()));
+                    let old = parent.and_then(|p| {
+                        p.binary_search_by(|n| n.name.as_slice().cmp(e.name.to_bytes()))
+                            .ok()
+                            .map(|i| &p[i])
+                    });
+                    match self.entry(dir, &e.name, &crel, old) {
+                        Ok(n) => Ok(n),
+                        Err(Fail::Entry(msg)) => {
+                            self.fail(&crel, msg);
+                            Ok(None)
+                        }
+                        Err(Fail::Repo(e)) => Err(e),
+                    }
+                })
+                .collect();
+            nodes.extend(got?.into_iter().flatten());
+        }
+        self.store_tree(nodes)
+    }
+
+    fn store_tree(&self, nodes: Vec<Node>) -> Result<Id, Error> {
+        let bytes = encode_tree(nodes)
+            .map_err(|e| Error::corrupt("encoding tree", self.repo.location(), e))?;
+        self.store(BlobKind::Tree, &bytes)
+    }
+
+    /// One entry of a directory, as a node (None: excluded or vanished).
+    fn entry(
+        &self,
+        dir: &File,
+        name: &CStr,
+        rel: &Path,
+        old: Option<&Node>,
+    ) -> Result<Option<Node>, Fail> {
+        let st = match sys::stat_at(dir, name) {
+            Ok(st) => st,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Fail::Entry(format!("stat: {e}"))),
+        };
+        let kind = st.kind();
+        if self.filter.excluded(rel, kind == FileKind::Dir) {
+            return Ok(None);
+        }
+        let node = self.node_for(dir, name, rel, &st, old)?;
+        self.progress.entry_done();
+        Ok(Some(node))
+    }
+
+    fn node_for(
+        &self,
+        dir: &File,
+        name: &CStr,
+        rel: &Path,
+        st: &Stat,
+        old: Option<&Node>,
+    ) -> Result<Node, Fail> {
+        let bname = name.to_bytes();
+        // Same inode, size, mtime and ctime as in the parent snapshot: nothing
+        // about the entry changed (any data, owner, mode or xattr change moves
+        // ctime), so the parent's node is reused without reading anything.
+        let same = old.filter(|o| unchanged(o, st));
+        match st.kind() {
+            FileKind::Dir => {
+                self.dirs.fetch_add(1, Relaxed);
+                let d = sys::open_dir_at(dir, name).ctx("opening directory")?;
+                let old_sub = match old.map(|o| &o.kind) {
+                    Some(NodeKind::Dir { subtree }) => {
+                        Some(self.repo.load_tree(self.index, subtree)?)
+                    }
+                    _ => None,
+                };
+                let subtree = self.dir_tree(&d, rel, old_sub.as_deref())?;
+                let kind = NodeKind::Dir { subtree };
+                Ok(match same {
+                    Some(o) => Node { kind, ..o.clone() },
+                    None => {
+                        let x = self.xattrs(&XTarget::Fd(&d))?;
+                        self.node(bname, st, kind, x)
+                    }
+                })
+            }
+            FileKind::File => {
+                self.files.fetch_add(1, Relaxed);
+                self.bytes.fetch_add(st.size, Relaxed);
+                if let Some(o) = same.filter(|o| matches!(o.kind, NodeKind::File { .. })) {
+                    self.progress.bytes(st.size);
+                    return Ok(o.clone());
+                }
+                let f = sys::open_read_at(dir, name).ctx("open")?;
+                let (data_map, chunks) = self.file_chunks(&f, st)?;
+                let x = self.xattrs(&XTarget::Fd(&f))?;
+                Ok(self.node(bname, st, NodeKind::File { data_map, chunks }, x))
+            }
+            other => {
+                self.files.fetch_add(1, Relaxed);
+                if let Some(o) = same.filter(|o| o.kind_name() == kind_name(other)) {
+                    return Ok(o.clone());
+                }
+                let kind = match other {
+                    FileKind::Symlink => NodeKind::Symlink {
+                        target: sys::readlink_at(dir, name).ctx("readlink")?,
+                    },
+                    FileKind::Fifo => NodeKind::Fifo,
+                    FileKind::Socket => NodeKind::Socket,
+                    FileKind::CharDev => NodeKind::CharDevice { rdev: st.rdev },
+                    FileKind::BlockDev => NodeKind::BlockDevice { rdev: st.rdev },
+                    FileKind::File | FileKind::Dir => unreachable!("handled above"),
+                };
+                let x = self.xattrs(&XTarget::At(dir, name))?;
+                Ok(self.node(bname, st, kind, x))
+            }
+        }
+    }
+
+    /// Reads a file's data regions and stores their chunks.
+    fn file_chunks(&self, f: &File, st: &Stat) -> Result<(Option<Vec<Extent>>, Vec<Id>), Fail> {
+        let size = st.size;
+        let mut chunks = Vec::new();
+        if size == 0 {
+            return Ok((None, chunks));
+        }
+        let sparse = st.blocks.saturating_mul(512) < size;
+        let extents = if sparse {
+            let mut v = Vec::new();
+            let mut off = 0;
+            while off < size {
+                let Some(start) = sys::seek_data(f, off).ctx("seek data")? else {
+                    break;
+                };
+                if start >= size {
+                    break;
+                }
+                let end = sys::seek_hole(f, start).ctx("seek hole")?.min(size);
+                v.push(Extent {
+                    offset: start,
+                    len: end - start,
+                });
+                off = end;
+            }
+            Some(v)
+        } else {
+            None
+        };
+        let regions: Vec<(u64, u64)> = match &extents {
+            Some(v) => v.iter().map(|e| (e.offset, e.len)).collect(),
+            None => vec![(0, size)],
+        };
+        for (off, len) in regions {
+            let mut got = 0u64;
+            if len <= u64::from(self.chunker.min_size) {
+                // Small regions are one chunk: one read into an exact buffer,
+                // no chunker and its max-size buffer.
+                let mut buf = vec![0u8; len as usize];
+                let n = read_full_at(f, &mut buf, off).ctx("read")?;
+                buf.truncate(n);
+                got += n as u64;
+                self.bytes_read.fetch_add(got, Relaxed);
+                self.progress.bytes(got);
+                if n > 0 {
+                    chunks.push(self.store(BlobKind::Data, &buf)?);
+                }
+            } else {
+                let section = Section {
+                    f,
+                    pos: off,
+                    end: off + len,
+                };
+                let it = self
+                    .chunker
+                    .stream_chunks(section)
+                    .map_err(|e| Error::corrupt("chunker", self.repo.location(), e))?;
+                for c in it {
+                    let c = c.map_err(|e| Fail::Entry(format!("read: {e}")))?;
+                    got += c.data.len() as u64;
+                    self.bytes_read.fetch_add(c.data.len() as u64, Relaxed);
+                    self.progress.bytes(c.data.len() as u64);
+                    chunks.push(self.store(BlobKind::Data, &c.data)?);
+                }
+            }
+            if got != len {
+                return Err(Fail::Entry(format!(
+                    "file changed while it was read: expected {len} bytes at offset {off}, got {got}"
+                )));
+            }
+        }
+        Ok((extents, chunks))
+    }
+}
+
+fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+fn kind_name(k: FileKind) -> &'static str {
+    match k {
+        FileKind::File => "file",
+        FileKind::Dir => "dir",
+        FileKind::Symlink => "symlink",
+        FileKind::Fifo => "fifo",
+        FileKind::Socket => "socket",
+        FileKind::CharDev => "chardev",
+        FileKind::BlockDev => "blockdev",
+    }
+}
+
+/// Node kinds by the same names as [`FileKind`].
+pub(crate) trait KindName {
+    fn kind_name(&self) -> &'static str;
+}
+
+impl KindName for Node {
+    fn kind_name(&self) -> &'static str {
+        match self.kind {
+            NodeKind::File { .. } => "file",
+            NodeKind::Dir { .. } => "dir",
+            NodeKind::Symlink { .. } => "symlink",
+            NodeKind::Fifo => "fifo",
+            NodeKind::Socket => "socket",
+            NodeKind::CharDevice { .. } => "chardev",
+            NodeKind::BlockDevice { .. } => "blockdev",
+        }
+    }
+}
+
+impl Repository {
+    /// Records `opts.paths` as a new snapshot. Takes a shared lock, so several
+    /// creates can run at once. The snapshot record is written only after
+    /// every pack and index it needs is durable.
+    pub fn create_snapshot(
+        &self,
+        opts: &CreateOptions,
+        progress: &dyn Progress,
+    ) -> Result<CreateSummary, Error> {
+        let start = Instant::now();
+        sys::raise_nofile_limit();
+        let lock = self.lock(false)?;
+        let mut index = self.load_index()?;
+        self.recover_unindexed(&mut index)?;
+
+        let mut paths = Vec::new();
+        for p in &opts.paths {
+            let abs = std::fs::canonicalize(p).map_err(|e| Error::io("reading source", p, e))?;
+            paths.push(abs);
+        }
+        if paths.is_empty() {
+            return Err(Error::invalid(self.location(), "no paths to record"));
+        }
+        let mut names = HashSet::new();
+        for p in &paths {
+            let n = p
+                .file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_else(|| b"ROOT".to_vec());
+            if !names.insert(n) {
+                return Err(Error::invalid(p, "two paths have the same base name"));
+            }
+        }
+        let path_strings: Vec<String> = paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let host = hostname();
+        let parent = {
+            let mut want = path_strings.clone();
+            want.sort();
+            self.snapshots()?.into_iter().rev().find(|s| {
+                let mut have = s.snapshot.paths.clone();
+                have.sort();
+                s.snapshot.hostname == host && have == want
+            })
+        };
+        let parent_root = match &parent {
+            Some(p) => Some(self.load_tree(&index, &p.snapshot.tree)?),
+            None => None,
+        };
+
+        let backup = Backup {
+            repo: self,
+            index: &index,
+            packer: Packer::new(self),
+            pending: Mutex::default(),
+            filter: &opts.filter,
+            chunker: self.config().chunker,
+            level: self.config().zstd_level,
+            progress,
+            files: AtomicU64::new(0),
+            dirs: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_new: AtomicU64::new(0),
+            failed: Mutex::default(),
+            names: RwLock::default(),
+        };
+        let jobs = if opts.jobs == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            opts.jobs
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .stack_size(16 << 20)
+            .thread_name(|i| format!("haul-backup-{i}"))
+            .build()
+            .map_err(|e| Error::io("starting workers", self.location(), io::Error::other(e)))?;
+        let root_tree = pool.install(|| -> Result<Id, Error> {
+            let mut roots = Vec::new();
+            for p in &paths {
+                let parent_dir = p.parent().unwrap_or(Path::new("/"));
+                let pd = sys::open_dir_path(parent_dir)
+                    .map_err(|e| Error::io("opening source", parent_dir, e))?;
+                let name = match p.file_name() {
+                    Some(n) => {
+                        CString::new(n.as_bytes()).map_err(|_| Error::invalid(p, "NUL in path"))?
+                    }
+                    None => CString::new(".").expect("no NUL"),
+                };
+                let rel = PathBuf::from(p.file_name().unwrap_or(OsStr::new("ROOT")));
+                let old = parent_root.as_deref().and_then(|r| {
+                    r.iter()
+                        .find(|n| n.name.as_slice() == rel.as_os_str().as_bytes())
+                });
+                let st = sys::stat_at(&pd, &name).map_err(|e| Error::io("reading source", p, e))?;
+                match backup.node_for(&pd, &name, &rel, &st, old) {
+                    Ok(mut n) => {
+                        n.name = rel.as_os_str().as_bytes().to_vec();
+                        roots.push(n);
+                    }
+                    Err(Fail::Repo(e)) => return Err(e),
+                    Err(Fail::Entry(msg)) => {
+                        return Err(Error::io("reading source", p, io::Error::other(msg)))
+                    }
+                }
+            }
+            backup.store_tree(roots)
+        })?;
+
+        let Backup {
+            packer,
+            files,
+            dirs,
+            bytes,
+            bytes_read,
+            bytes_new,
+            failed,
+            ..
+        } = backup;
+        let (entries, packs, stored) = packer.finish()?;
+        self.write_index(entries)?;
+
+        let summary = SnapshotSummary {
+            files: files.into_inner(),
+            dirs: dirs.into_inner(),
+            bytes: bytes.into_inner(),
+            bytes_new: bytes_new.into_inner(),
+        };
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: opts.time.unwrap_or_else(Timestamp::now),
+            hostname: host,
+            username: username(),
+            paths: path_strings,
+            tags: opts.tags.clone(),
+            tree: root_tree,
+            parent: parent.as_ref().map(|p| p.id),
+            summary,
+        };
+        let (id, json) = snapshot
+            .to_json()
+            .map_err(|e| Error::corrupt("encoding snapshot", self.location(), e))?;
+        let name = RepoFile::Snapshot.path(&id);
+        self.backend()
+            .put(&name, &json)
+            .map_err(|e| Error::io("writing snapshot", self.file_path(&name), e))?;
+        let mut failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
+        failed.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(CreateSummary {
+            id,
+            parent: snapshot.parent,
+            files: summary.files,
+            dirs: summary.dirs,
+            bytes: summary.bytes,
+            bytes_read: bytes_read.into_inner(),
+            bytes_new: summary.bytes_new,
+            bytes_stored: stored,
+            packs,
+            seconds: start.elapsed().as_secs_f64(),
+            failed,
+            notices: lock.notices().to_vec(),
+        })
+    }
+}

@@ -1,0 +1,187 @@
+//! The repository index as one lookup structure: every `index/<id>` file,
+//! memory-mapped (so RAM does not grow with the repository; only the pages a
+//! lookup touches are read), plus the packs no index names yet, which an
+//! interrupted run left behind.
+use haul_formats::{
+    pack_trailer_len, parse_pack_trailer, FileKind as RepoFile, Id, IndexEntry, IndexReader,
+    IndexWriter, PACK_FOOTER_LEN,
+};
+
+use super::Repository;
+use crate::error::Error;
+use crate::sys;
+
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One index file.
+pub(crate) struct IndexFile {
+    pub id: Id,
+    bytes: Bytes,
+}
+
+impl IndexFile {
+    pub(crate) fn reader(&self) -> IndexReader<'_> {
+        // Validated when loaded; constructing the reader again is O(packs).
+        IndexReader::new(self.bytes.as_slice()).expect("index validated at load")
+    }
+}
+
+/// All index files of a repository.
+pub(crate) struct MasterIndex {
+    pub files: Vec<IndexFile>,
+}
+
+impl MasterIndex {
+    /// An index over files already read into memory.
+    pub(crate) fn from_owned(files: Vec<(Id, Vec<u8>)>) -> MasterIndex {
+        MasterIndex {
+            files: files
+                .into_iter()
+                .map(|(id, b)| IndexFile {
+                    id,
+                    bytes: Bytes::Owned(b),
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn lookup(&self, id: &Id) -> Option<IndexEntry> {
+        self.files
+            .iter()
+            .find_map(|f| f.reader().lookup(id).ok().flatten())
+    }
+
+    pub(crate) fn contains(&self, id: &Id) -> bool {
+        self.lookup(id).is_some()
+    }
+
+    /// Every pack id any index names.
+    pub(crate) fn packs(&self) -> std::collections::BTreeSet<Id> {
+        self.files
+            .iter()
+            .flat_map(|f| f.reader().packs().collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+impl Repository {
+    /// Loads every index file. A damaged one is an error naming it.
+    pub(crate) fn load_index(&self) -> Result<MasterIndex, Error> {
+        let names = self
+            .backend()
+            .list(RepoFile::Index.dir())
+            .map_err(|e| Error::io("listing indexes", self.file_path(RepoFile::Index.dir()), e))?;
+        let mut files = Vec::new();
+        for name in names {
+            let Some((RepoFile::Index, id)) = RepoFile::parse_path(&name) else {
+                continue;
+            };
+            let path = self.file_path(&name);
+            let bytes = match self.backend().local_path(&name) {
+                Some(p) => {
+                    let f = std::fs::File::open(&p)
+                        .map_err(|e| Error::io("opening index", &path, e))?;
+                    Bytes::Mapped(
+                        sys::map_readonly(&f).map_err(|e| Error::io("mapping index", &path, e))?,
+                    )
+                }
+                None => Bytes::Owned(
+                    self.backend()
+                        .get(&name, u64::MAX)
+                        .map_err(|e| Error::io("reading index", &path, e))?,
+                ),
+            };
+            IndexReader::new(bytes.as_slice())
+                .map_err(|e| Error::corrupt("reading index", &path, e))?;
+            files.push(IndexFile { id, bytes });
+        }
+        Ok(MasterIndex { files })
+    }
+
+    /// Packs in `data/` that no index names: left by a run that was
+    /// interrupted before writing its index. Their trailers describe them, so
+    /// an index is written for them and their blobs are reused.
+    pub(crate) fn recover_unindexed(&self, index: &mut MasterIndex) -> Result<usize, Error> {
+        let known = index.packs();
+        let names = self
+            .backend()
+            .list(RepoFile::Pack.dir())
+            .map_err(|e| Error::io("listing packs", self.file_path(RepoFile::Pack.dir()), e))?;
+        let mut writer = IndexWriter::new();
+        let mut found = 0;
+        for name in names {
+            let Some((RepoFile::Pack, id)) = RepoFile::parse_path(&name) else {
+                continue;
+            };
+            if known.contains(&id) {
+                continue;
+            }
+            // A pack that cannot be read back is left for check/prune to report.
+            if let Ok(entries) = self.read_pack_entries(&name) {
+                writer.add_pack(id, &entries);
+                found += 1;
+            }
+        }
+        if found > 0 {
+            let (written, bytes) = writer
+                .finish()
+                .map_err(|e| Error::corrupt("writing index", self.location(), e))?;
+            let name = RepoFile::Index.path(&written.id);
+            self.backend()
+                .put(&name, &bytes)
+                .map_err(|e| Error::io("writing index", self.file_path(&name), e))?;
+            *index = self.load_index()?;
+        }
+        Ok(found)
+    }
+
+    /// Reads a pack's own index from its tail.
+    pub(crate) fn read_pack_entries(
+        &self,
+        name: &str,
+    ) -> Result<Vec<haul_formats::PackEntry>, Error> {
+        let path = self.file_path(name);
+        let size = self
+            .backend()
+            .size(name)
+            .map_err(|e| Error::io("reading pack", &path, e))?;
+        let foot = PACK_FOOTER_LEN as u64;
+        if size < foot {
+            return Err(Error::corrupt(
+                "reading pack",
+                &path,
+                super::bad("pack", format!("{size} bytes is too short")),
+            ));
+        }
+        let tail = self
+            .backend()
+            .get_range(name, size - foot, foot)
+            .map_err(|e| Error::io("reading pack", &path, e))?;
+        let tlen = pack_trailer_len(&tail).map_err(|e| Error::corrupt("reading pack", &path, e))?;
+        if tlen > size {
+            return Err(Error::corrupt(
+                "reading pack",
+                &path,
+                super::bad("pack", "trailer longer than the file"),
+            ));
+        }
+        let tail = self
+            .backend()
+            .get_range(name, size - tlen, tlen)
+            .map_err(|e| Error::io("reading pack", &path, e))?;
+        let t = parse_pack_trailer(&tail).map_err(|e| Error::corrupt("reading pack", &path, e))?;
+        Ok(t.entries)
+    }
+}

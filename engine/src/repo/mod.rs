@@ -1,0 +1,287 @@
+//! Snapshot repositories: content-addressed, deduplicated, compressed.
+//!
+//! The on-disk structures are defined (and pinned by golden vectors) in
+//! `haul-formats`; this module decides how they are written and read:
+//! - every file is written whole, under a temporary name, fsynced and
+//!   renamed ([`backend`]), so a crash leaves each file complete or absent;
+//! - a snapshot record is written last, after the packs and index it needs
+//!   are durable, so a recorded snapshot is always restorable;
+//! - packs written by an interrupted run are found by the next run (they are
+//!   self-describing) and reused.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use haul_formats::{
+    FileKind as RepoFile, Id, RepoConfig, Snapshot, Timestamp, CONFIG_FILE, DATA_DIR, INDEX_DIR,
+    KEYS_DIR, LOCKS_DIR, MAX_CONFIG_LEN, MAX_SNAPSHOT_LEN, SNAPSHOTS_DIR,
+};
+
+use crate::error::Error;
+
+pub(crate) mod backend;
+mod check;
+mod create;
+mod index;
+mod lock;
+mod packer;
+mod prune;
+mod read;
+mod restore;
+pub(crate) mod retention;
+
+pub use check::{CheckOptions, CheckReport};
+pub use create::{CreateOptions, CreateSummary};
+pub use lock::LockGuard;
+pub use prune::PruneSummary;
+pub use read::{DiffChange, LsEntry};
+pub use restore::RestoreOptions;
+pub use retention::{KeepPolicy, RetentionError};
+
+use backend::{Backend, LocalBackend};
+
+/// A snapshot record together with its id.
+#[derive(Clone, Debug)]
+pub struct SnapshotInfo {
+    /// The record's id (blake3 of its bytes).
+    pub id: Id,
+    /// The record.
+    pub snapshot: Snapshot,
+}
+
+/// Options for a new repository.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    /// zstd level for new blobs (None: the format's default, 3).
+    pub zstd_level: Option<i32>,
+}
+
+/// An open repository.
+pub struct Repository {
+    location: PathBuf,
+    backend: Arc<dyn Backend>,
+    config: RepoConfig,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+fn random_id() -> Id {
+    // Uniqueness, not secrecy: time, pid, a counter and the stack address.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(&now.as_nanos().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(
+        &N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_le_bytes(),
+    );
+    let local = 0u8;
+    h.update(&(std::ptr::addr_of!(local) as usize).to_le_bytes());
+    h.update(hostname().as_bytes());
+    Id::from_bytes(*h.finalize().as_bytes())
+}
+
+pub(crate) fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+pub(crate) fn username() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| nix::unistd::geteuid().to_string())
+}
+
+impl Repository {
+    /// Creates a repository at `path`. Creation is atomic: the directory is
+    /// assembled under a temporary name beside `path` and renamed into place,
+    /// so `path` is either a complete repository or absent. An existing empty
+    /// directory is replaced; a non-empty one is an error.
+    pub fn init(path: &Path, opts: &InitOptions) -> Result<Repository, Error> {
+        if let Ok(mut rd) = std::fs::read_dir(path) {
+            if rd.next().is_some() {
+                return Err(Error::invalid(path, "already exists and is not empty"));
+            }
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io("creating parent", &parent, e))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::invalid(path, "no final component"))?;
+        let tmp = parent.join(format!(
+            ".{}{}{}",
+            name.to_string_lossy(),
+            backend::TMP_MARK,
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let mut config = RepoConfig::new(random_id(), Timestamp::now());
+        if let Some(l) = opts.zstd_level {
+            config.zstd_level = l;
+        }
+        config
+            .validate()
+            .map_err(|e| Error::corrupt("checking config", path, e))?;
+        let build = || -> std::io::Result<()> {
+            std::fs::create_dir(&tmp)?;
+            for d in [DATA_DIR, INDEX_DIR, SNAPSHOTS_DIR, LOCKS_DIR, KEYS_DIR] {
+                std::fs::create_dir(tmp.join(d))?;
+            }
+            let bytes = config.to_json().map_err(std::io::Error::from)?;
+            backend::write_atomic(&tmp.join(CONFIG_FILE), &bytes)?;
+            for d in [DATA_DIR, INDEX_DIR, SNAPSHOTS_DIR, LOCKS_DIR, KEYS_DIR] {
+                std::fs::File::open(tmp.join(d))?.sync_all()?;
+            }
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            std::fs::File::open(&parent)?.sync_all()
+        };
+        if let Err(e) = build() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::io("creating repository", path, e));
+        }
+        Repository::open(path)
+    }
+
+    /// Opens an existing repository, refusing a format version it does not know.
+    pub fn open(path: &Path) -> Result<Repository, Error> {
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
+        let bytes =
+            backend
+                .get(CONFIG_FILE, MAX_CONFIG_LEN as u64)
+                .map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Error::io("opening repository", path, std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no repository here (no config file); create one with `haul repo init`",
+                ))
+                    } else {
+                        Error::io("reading config", path.join(CONFIG_FILE), e)
+                    }
+                })?;
+        let config = RepoConfig::from_json(&bytes)
+            .map_err(|e| Error::corrupt("reading config", path.join(CONFIG_FILE), e))?;
+        Ok(Repository {
+            location: path.to_path_buf(),
+            backend,
+            config,
+        })
+    }
+
+    /// Opens the repository at `path`, creating it first if nothing is there.
+    /// Returns whether it was created.
+    pub fn open_or_init(path: &Path) -> Result<(Repository, bool), Error> {
+        match std::fs::symlink_metadata(path.join(CONFIG_FILE)) {
+            Ok(_) => Ok((Repository::open(path)?, false)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok((Repository::init(path, &InitOptions::default())?, true))
+            }
+            Err(e) => Err(Error::io("opening repository", path, e)),
+        }
+    }
+
+    /// Where the repository is.
+    pub fn location(&self) -> &Path {
+        &self.location
+    }
+
+    /// The repository's configuration.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// A path naming repository file `name`, for messages.
+    pub(crate) fn file_path(&self, name: &str) -> PathBuf {
+        self.location.join(name)
+    }
+
+    fn list_ids(&self, kind: RepoFile) -> Result<Vec<Id>, Error> {
+        let names = self
+            .backend
+            .list(kind.dir())
+            .map_err(|e| Error::io("listing", self.file_path(kind.dir()), e))?;
+        Ok(names
+            .iter()
+            .filter_map(|n| {
+                RepoFile::parse_path(n)
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, id)| id)
+            })
+            .collect())
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, Error> {
+        let mut out = Vec::new();
+        for id in self.list_ids(RepoFile::Snapshot)? {
+            out.push(self.load_snapshot(&id)?);
+        }
+        out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    fn load_snapshot(&self, id: &Id) -> Result<SnapshotInfo, Error> {
+        let name = RepoFile::Snapshot.path(id);
+        let bytes = self
+            .backend
+            .get(&name, MAX_SNAPSHOT_LEN as u64)
+            .map_err(|e| Error::io("reading snapshot", self.file_path(&name), e))?;
+        let snapshot = Snapshot::from_json(&bytes, id)
+            .map_err(|e| Error::corrupt("reading snapshot", self.file_path(&name), e))?;
+        Ok(SnapshotInfo { id: *id, snapshot })
+    }
+
+    /// Finds a snapshot by unique hex prefix, or `latest`.
+    pub fn find_snapshot(&self, spec: &str) -> Result<SnapshotInfo, Error> {
+        if spec == "latest" {
+            return self
+                .snapshots()?
+                .pop()
+                .ok_or_else(|| Error::invalid(&self.location, "the repository has no snapshots"));
+        }
+        let ids = self.list_ids(RepoFile::Snapshot)?;
+        let id = haul_formats::find_by_prefix(spec, ids.iter())
+            .map_err(|e| Error::invalid(&self.location, format!("snapshot {spec:?}: {e}")))?;
+        self.load_snapshot(&id)
+    }
+
+    /// Deletes the given snapshot records (their data stays until `prune`).
+    pub fn forget(&self, ids: &[Id]) -> Result<(), Error> {
+        let _lock = self.lock(false)?;
+        for id in ids {
+            let name = RepoFile::Snapshot.path(id);
+            self.backend
+                .remove(&name)
+                .map_err(|e| Error::io("removing snapshot", self.file_path(&name), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// A format error raised by the engine itself (a length that does not fit, a
+/// missing blob), in the same type the decoders use.
+pub(crate) fn bad(what: &'static str, reason: impl Into<String>) -> haul_formats::FormatError {
+    haul_formats::FormatError::Invalid {
+        what,
+        reason: reason.into(),
+    }
+}

@@ -1,0 +1,346 @@
+//! Reading snapshots back: blobs, trees, listings and differences.
+use std::path::Path;
+
+use haul_formats::{
+    decode_blob, decode_tree, FileKind as RepoFile, Id, Node, NodeKind, MAX_DATA_BLOB_LEN,
+    MAX_TREE_BLOB_LEN,
+};
+use serde::Serialize;
+
+use super::create::KindName;
+use super::index::MasterIndex;
+use super::Repository;
+use crate::error::Error;
+
+/// One entry of a snapshot listing.
+#[derive(Clone, Debug, Serialize)]
+pub struct LsEntry {
+    /// Path relative to the snapshot root.
+    pub path: String,
+    /// file, dir, symlink, fifo, socket, chardev or blockdev.
+    pub kind: &'static str,
+    /// Size in bytes (files).
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+    /// Modification time, RFC 3339.
+    pub mtime: String,
+}
+
+/// How an entry differs between two snapshots.
+#[derive(Clone, Debug, Serialize)]
+pub struct DiffChange {
+    /// Path relative to the snapshot root.
+    pub path: String,
+    /// added, removed, content or metadata.
+    pub change: &'static str,
+}
+
+fn join(prefix: &str, name: &[u8]) -> String {
+    let n = String::from_utf8_lossy(name);
+    if prefix.is_empty() {
+        n.into_owned()
+    } else {
+        format!("{prefix}/{n}")
+    }
+}
+
+impl Repository {
+    /// Reads and verifies one blob (its plaintext must hash to `id`).
+    pub(crate) fn load_blob(
+        &self,
+        index: &MasterIndex,
+        id: &Id,
+        max: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let e = index.lookup(id).ok_or_else(|| {
+            Error::corrupt(
+                "reading blob",
+                self.location(),
+                super::bad("blob", format!("{} is not in any index", id.to_hex())),
+            )
+        })?;
+        let name = RepoFile::Pack.path(&e.pack);
+        let stored = self
+            .backend()
+            .get_range(&name, u64::from(e.offset), u64::from(e.stored_len))
+            .map_err(|err| Error::io("reading pack", self.file_path(&name), err))?;
+        let (_, plain) = decode_blob(&stored, id, max)
+            .map_err(|err| Error::corrupt("reading blob", self.file_path(&name), err))?;
+        Ok(plain)
+    }
+
+    /// Reads a data blob.
+    pub(crate) fn load_data(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>, Error> {
+        self.load_blob(index, id, MAX_DATA_BLOB_LEN)
+    }
+
+    /// Reads and decodes a tree blob.
+    pub(crate) fn load_tree(&self, index: &MasterIndex, id: &Id) -> Result<Vec<Node>, Error> {
+        let bytes = self.load_blob(index, id, MAX_TREE_BLOB_LEN)?;
+        decode_tree(&bytes).map_err(|e| Error::corrupt("reading tree", self.location(), e))
+    }
+
+    /// The nodes at `path` (relative to the snapshot root; empty for the root),
+    /// and the tree they came from. For a snapshot of one path, the root is
+    /// that path's own contents.
+    pub(crate) fn resolve_path(
+        &self,
+        index: &MasterIndex,
+        root: &Id,
+        single: bool,
+        path: &Path,
+    ) -> Result<Option<Node>, Error> {
+        let roots = self.load_tree(index, root)?;
+        let mut comps: Vec<&[u8]> = path
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(s) => Some(std::os::unix::ffi::OsStrExt::as_bytes(s)),
+                _ => None,
+            })
+            .collect();
+        let mut cur: Node = if single {
+            match roots.into_iter().next() {
+                Some(n) => n,
+                None => return Ok(None),
+            }
+        } else {
+            // A virtual directory holding one node per recorded path.
+            if comps.is_empty() {
+                return Ok(Some(virtual_root(*root)));
+            }
+            let first = comps.remove(0);
+            match roots.into_iter().find(|n| n.name == first) {
+                Some(n) => n,
+                None => return Ok(None),
+            }
+        };
+        for c in comps {
+            let NodeKind::Dir { subtree } = &cur.kind else {
+                return Ok(None);
+            };
+            let nodes = self.load_tree(index, subtree)?;
+            match nodes.into_iter().find(|n| n.name == c) {
+                Some(n) => cur = n,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    /// Every entry of snapshot `spec` below `path`, depth first, sorted by name.
+    pub fn ls(&self, spec: &str, path: Option<&Path>) -> Result<Vec<LsEntry>, Error> {
+        let snap = self.find_snapshot(spec)?;
+        let index = self.load_index()?;
+        let single = snap.snapshot.paths.len() == 1;
+        let start = path.unwrap_or(Path::new(""));
+        let node = self
+            .resolve_path(&index, &snap.snapshot.tree, single, start)?
+            .ok_or_else(|| Error::invalid(start, "no such path in the snapshot"))?;
+        let mut out = Vec::new();
+        let prefix = start.to_string_lossy().trim_matches('/').to_string();
+        if !prefix.is_empty() {
+            out.push(ls_entry(&prefix, &node));
+        }
+        if let NodeKind::Dir { subtree } = &node.kind {
+            self.ls_tree(&index, subtree, &prefix, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn ls_tree(
+        &self,
+        index: &MasterIndex,
+        id: &Id,
+        prefix: &str,
+        out: &mut Vec<LsEntry>,
+    ) -> Result<(), Error> {
+        for n in self.load_tree(index, id)? {
+            let p = join(prefix, &n.name);
+            out.push(ls_entry(&p, &n));
+            if let NodeKind::Dir { subtree } = &n.kind {
+                self.ls_tree(index, subtree, &p, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries added, removed or changed from snapshot `a` to `b`.
+    pub fn diff(&self, a: &str, b: &str) -> Result<Vec<DiffChange>, Error> {
+        let (sa, sb) = (self.find_snapshot(a)?, self.find_snapshot(b)?);
+        let index = self.load_index()?;
+        let root = |s: &super::SnapshotInfo| -> Result<Option<Id>, Error> {
+            let single = s.snapshot.paths.len() == 1;
+            Ok(
+                match self.resolve_path(&index, &s.snapshot.tree, single, Path::new(""))? {
+                    Some(Node {
+                        kind: NodeKind::Dir { subtree },
+                        ..
+                    }) => Some(subtree),
+                    _ => None,
+                },
+            )
+        };
+        let mut out = Vec::new();
+        self.diff_trees(&index, root(&sa)?, root(&sb)?, "", &mut out)?;
+        Ok(out)
+    }
+
+    fn diff_trees(
+        &self,
+        index: &MasterIndex,
+        a: Option<Id>,
+        b: Option<Id>,
+        prefix: &str,
+        out: &mut Vec<DiffChange>,
+    ) -> Result<(), Error> {
+        if a == b {
+            return Ok(()); // identical subtrees: same id, nothing to walk
+        }
+        let load = |id: Option<Id>| -> Result<Vec<Node>, Error> {
+            id.map(|i| self.load_tree(index, &i))
+                .transpose()
+                .map(Option::unwrap_or_default)
+        };
+        let (na, nb) = (load(a)?, load(b)?);
+        let (mut i, mut j) = (0, 0);
+        while i < na.len() || j < nb.len() {
+            let ord = match (na.get(i), nb.get(j)) {
+                (Some(x), Some(y)) => x.name.cmp(&y.name),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match ord {
+                std::cmp::Ordering::Less => {
+                    self.report_all(index, &na[i], prefix, "removed", out)?;
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    self.report_all(index, &nb[j], prefix, "added", out)?;
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    let (x, y) = (&na[i], &nb[j]);
+                    let p = join(prefix, &x.name);
+                    match (&x.kind, &y.kind) {
+                        (NodeKind::Dir { subtree: sa }, NodeKind::Dir { subtree: sb }) => {
+                            if meta_differs(x, y) {
+                                out.push(DiffChange {
+                                    path: p.clone(),
+                                    change: "metadata",
+                                });
+                            }
+                            self.diff_trees(index, Some(*sa), Some(*sb), &p, out)?;
+                        }
+                        (ka, kb) if x.kind_name() != y.kind_name() || content_differs(ka, kb) => {
+                            out.push(DiffChange {
+                                path: p,
+                                change: "content",
+                            });
+                        }
+                        _ if x.size != y.size => out.push(DiffChange {
+                            path: p,
+                            change: "content",
+                        }),
+                        _ if meta_differs(x, y) => out.push(DiffChange {
+                            path: p,
+                            change: "metadata",
+                        }),
+                        _ => {}
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn report_all(
+        &self,
+        index: &MasterIndex,
+        n: &Node,
+        prefix: &str,
+        change: &'static str,
+        out: &mut Vec<DiffChange>,
+    ) -> Result<(), Error> {
+        let p = join(prefix, &n.name);
+        out.push(DiffChange {
+            path: p.clone(),
+            change,
+        });
+        if let NodeKind::Dir { subtree } = &n.kind {
+            for c in self.load_tree(index, subtree)? {
+                self.report_all(index, &c, &p, change, out)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn content_differs(a: &NodeKind, b: &NodeKind) -> bool {
+    match (a, b) {
+        (
+            NodeKind::File {
+                data_map: ma,
+                chunks: ca,
+            },
+            NodeKind::File {
+                data_map: mb,
+                chunks: cb,
+            },
+        ) => ma != mb || ca != cb,
+        (NodeKind::Symlink { target: a }, NodeKind::Symlink { target: b }) => a != b,
+        (NodeKind::CharDevice { rdev: a }, NodeKind::CharDevice { rdev: b })
+        | (NodeKind::BlockDevice { rdev: a }, NodeKind::BlockDevice { rdev: b }) => a != b,
+        _ => false,
+    }
+}
+
+fn meta_differs(a: &Node, b: &Node) -> bool {
+    a.mode != b.mode
+        || a.uid != b.uid
+        || a.gid != b.gid
+        || a.mtime != b.mtime
+        || a.xattrs != b.xattrs
+}
+
+fn virtual_root(tree: Id) -> Node {
+    Node {
+        name: b"ROOT".to_vec(),
+        kind: NodeKind::Dir { subtree: tree },
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        user: None,
+        group: None,
+        mtime: haul_formats::Timestamp::EPOCH,
+        atime: haul_formats::Timestamp::EPOCH,
+        ctime: haul_formats::Timestamp::EPOCH,
+        inode: 0,
+        device: 0,
+        nlink: 1,
+        size: 0,
+        hardlink_group: None,
+        xattrs: Vec::new(),
+    }
+}
+
+fn ls_entry(path: &str, n: &Node) -> LsEntry {
+    LsEntry {
+        path: path.to_string(),
+        kind: n.kind_name(),
+        size: n.size,
+        mode: n.mode,
+        uid: n.uid,
+        gid: n.gid,
+        mtime: n
+            .mtime
+            .to_rfc3339()
+            .unwrap_or_else(|_| n.mtime.secs().to_string()),
+    }
+}

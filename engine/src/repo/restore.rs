@@ -1,0 +1,445 @@
+//! `snapshot restore`: the copy engine's destination side, fed from a
+//! snapshot's trees instead of a source directory. Everything copy promises
+//! about the destination holds here too: fd-relative writes that never follow
+//! a symlink, temp-name-then-rename, metadata after contents, hardlink groups,
+//! and only differences written when restoring over an existing tree.
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use haul_formats::{Node, NodeKind, Xattr};
+use rayon::prelude::*;
+
+use super::index::MasterIndex;
+use super::Repository;
+use crate::copy::{
+    has_default_acl, open_or_create_root, tmp_name, worker_pool, CopyOptions, CopySummary, Fresh,
+    Outcome, Run, Target,
+};
+use crate::error::{Error, Step, StepError};
+use crate::meta::{FileKind, Xattrs};
+use crate::progress::Progress;
+use crate::sys::{self, Stat};
+
+/// What to restore and how.
+#[derive(Debug, Default)]
+pub struct RestoreOptions {
+    /// Subtrees to restore (relative to the snapshot root); empty: everything.
+    pub paths: Vec<PathBuf>,
+    /// Owner, xattr and ACL choices, id maps and parallelism, as for copy.
+    /// (`delete`, `checksum`, `filter` and `verify` are not used.)
+    pub copy: CopyOptions,
+}
+
+struct Ctx<'r> {
+    repo: &'r Repository,
+    index: &'r MasterIndex,
+}
+
+fn node_stat(n: &Node) -> Stat {
+    let (kind, rdev) = match &n.kind {
+        NodeKind::File { .. } => (FileKind::File, 0),
+        NodeKind::Dir { .. } => (FileKind::Dir, 0),
+        NodeKind::Symlink { .. } => (FileKind::Symlink, 0),
+        NodeKind::Fifo => (FileKind::Fifo, 0),
+        NodeKind::Socket => (FileKind::Socket, 0),
+        NodeKind::CharDevice { rdev } => (FileKind::CharDev, *rdev),
+        NodeKind::BlockDevice { rdev } => (FileKind::BlockDev, *rdev),
+    };
+    let t = |t: haul_formats::Timestamp| (t.secs(), i64::from(t.nanos()));
+    Stat {
+        // Hardlink groups are keyed by (u64::MAX, group) in the link table,
+        // which no real (dev, ino) pair from a copy can equal.
+        dev: u64::MAX,
+        ino: n.hardlink_group.unwrap_or(0),
+        mode: kind.type_bits() | n.mode,
+        nlink: if n.hardlink_group.is_some() {
+            n.nlink.max(2)
+        } else {
+            1
+        },
+        uid: n.uid,
+        gid: n.gid,
+        rdev,
+        size: n.size,
+        blocks: 0,
+        atime: t(n.atime),
+        mtime: t(n.mtime),
+        ctime: t(n.ctime),
+    }
+}
+
+fn node_xattrs(n: &Node, run: &Run<'_>) -> Xattrs {
+    let p = run.policy;
+    n.xattrs
+        .iter()
+        .filter(|x| p.xattrs && (p.acls || !x.name.starts_with(b"system.posix_acl_")))
+        .map(|Xattr { name, value }| (OsStr::from_bytes(name).to_os_string(), value.clone()))
+        .collect()
+}
+
+impl Repository {
+    /// Restores snapshot `spec` into `dst`. Per-entry failures (a corrupt
+    /// chunk, a permission) are in the summary; the affected file is never
+    /// left under its final name.
+    pub fn restore(
+        &self,
+        spec: &str,
+        dst: &Path,
+        opts: &RestoreOptions,
+        progress: &dyn Progress,
+    ) -> Result<CopySummary, Error> {
+        let start = std::time::Instant::now();
+        sys::raise_nofile_limit();
+        let snap = self.find_snapshot(spec)?;
+        let _lock = self.lock(false)?;
+        let index = self.load_index()?;
+        let ctx = Ctx {
+            repo: self,
+            index: &index,
+        };
+        let pool = worker_pool(opts.copy.jobs, "restore")
+            .map_err(|e| Error::io("starting workers", dst, e))?;
+        let mut run = Run::new(&opts.copy, progress);
+        let (root, existed) = open_or_create_root(dst, false)?;
+        let root = root.expect("not a dry run");
+        run.dst_root = Some(
+            root.try_clone()
+                .map_err(|e| Error::io("opening destination", dst, e))?,
+        );
+        let run = &run;
+        let single = snap.snapshot.paths.len() == 1;
+        let wanted: Vec<PathBuf> = if opts.paths.is_empty() {
+            vec![PathBuf::new()]
+        } else {
+            opts.paths.clone()
+        };
+        pool.install(|| -> Result<(), Error> {
+            for p in &wanted {
+                let node = self
+                    .resolve_path(&index, &snap.snapshot.tree, single, p)?
+                    .ok_or_else(|| Error::invalid(p, "no such path in the snapshot"))?;
+                let rel = p
+                    .components()
+                    .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                    .collect::<PathBuf>();
+                if rel.as_os_str().is_empty() {
+                    // The root itself: its contents go into DST, and for a
+                    // one-path snapshot its metadata is DST's.
+                    let NodeKind::Dir { subtree } = &node.kind else {
+                        return Err(Error::invalid(dst, "the snapshot root is not a directory"));
+                    };
+                    let children = self.load_tree(&index, subtree)?;
+                    let acl = has_default_acl(&root);
+                    run.restore_dir(&ctx, &children, &root, PathBuf::new(), !existed, acl);
+                    if single {
+                        run.restore_dir_meta(&node, &root, existed, Path::new(""));
+                    }
+                } else {
+                    let (parent, name) = open_parents(&root, &rel)
+                        .map_err(|e| Error::io("creating parents", dst.join(&rel), e))?;
+                    let acl = has_default_acl(&parent);
+                    run.restore_node(&ctx, &node, &parent, &name, rel, false, acl);
+                }
+            }
+            Ok(())
+        })?;
+        let mut s = run.summary(start);
+        s.seconds = start.elapsed().as_secs_f64();
+        Ok(s)
+    }
+}
+
+/// Opens (creating as needed) the directories above `rel` inside `root`,
+/// one component at a time without following symlinks.
+fn open_parents(root: &File, rel: &Path) -> io::Result<(File, CString)> {
+    let name = rel
+        .file_name()
+        .ok_or_else(|| io::Error::other("empty path"))?;
+    let mut d = root.try_clone()?;
+    if let Some(parent) = rel.parent() {
+        for c in parent.components() {
+            let c = CString::new(c.as_os_str().as_bytes())?;
+            match sys::mkdir_at(&d, &c, 0o755) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            d = sys::open_dir_at(&d, &c)?;
+        }
+    }
+    Ok((d, CString::new(name.as_bytes())?))
+}
+
+impl Run<'_> {
+    fn restore_dir(
+        &self,
+        ctx: &Ctx<'_>,
+        nodes: &[Node],
+        dst: &File,
+        rel: PathBuf,
+        fresh: bool,
+        acl: bool,
+    ) {
+        nodes.par_iter().for_each(|n| {
+            let Ok(name) = CString::new(n.name.clone()) else {
+                return;
+            };
+            let crel = rel.join(OsStr::from_bytes(&n.name));
+            self.restore_node(ctx, n, dst, &name, crel, fresh, acl);
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn restore_node(
+        &self,
+        ctx: &Ctx<'_>,
+        n: &Node,
+        dst: &File,
+        name: &CStr,
+        rel: PathBuf,
+        fresh: bool,
+        acl: bool,
+    ) {
+        let st = node_stat(n);
+        if let NodeKind::Dir { subtree } = &n.kind {
+            self.count_source(&st, false);
+            let (d, existed) = match self.ensure_dir(Some(dst), fresh, name, &rel) {
+                Ok((Some(d), e)) => (d, e),
+                Ok((None, _)) => return,
+                Err(e) => return self.fail(&rel, e),
+            };
+            match ctx.repo.load_tree(ctx.index, subtree) {
+                Ok(children) => {
+                    let cacl = if existed { has_default_acl(&d) } else { acl };
+                    self.restore_dir(ctx, &children, &d, rel.clone(), !existed, cacl);
+                }
+                Err(e) => self.fail(&rel, format!("reading tree: {e}")),
+            }
+            self.restore_dir_meta(n, &d, existed, &rel);
+            self.progress.entry_done();
+            return;
+        }
+        let r = if let Some(g) = n.hardlink_group {
+            match self.linked((u64::MAX, g), Some(dst), name, &rel, || {
+                self.restore_leaf(ctx, n, &st, dst, name, &rel, fresh, acl)
+            }) {
+                Ok((first, r)) => {
+                    self.count_source(&st, !first);
+                    r
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            self.count_source(&st, false);
+            self.restore_leaf(ctx, n, &st, dst, name, &rel, fresh, acl)
+        };
+        if let Err(e) = r {
+            self.fail(&rel, e);
+        }
+        self.progress.entry_done();
+    }
+
+    fn restore_dir_meta(&self, n: &Node, d: &File, existed: bool, rel: &Path) {
+        let st = node_stat(n);
+        let r = (|| -> Result<bool, StepError> {
+            let have = sys::stat_fd(d).step("stat destination")?;
+            let mut partial = Vec::new();
+            let fresh = if existed { Fresh::No } else { Fresh::Yes(None) };
+            let x = node_xattrs(n, self);
+            let wrote = self.sync_meta(Target::Fd(d), &st, &x, &have, fresh, &mut partial)?;
+            self.partial(rel, partial);
+            Ok(wrote)
+        })();
+        match r {
+            Ok(wrote) if existed => self.record(
+                if wrote {
+                    Outcome::Metadata
+                } else {
+                    Outcome::Unchanged
+                },
+                rel,
+            ),
+            Ok(_) => {}
+            Err(e) => self.fail(rel, e),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn restore_leaf(
+        &self,
+        ctx: &Ctx<'_>,
+        n: &Node,
+        st: &Stat,
+        dst: &File,
+        name: &CStr,
+        rel: &Path,
+        fresh: bool,
+        acl: bool,
+    ) -> Result<(), StepError> {
+        let cur = if fresh {
+            None
+        } else {
+            sys::stat_at_opt(dst, name).step("stat destination")?
+        };
+        let kind = st.kind();
+        let want_x = node_xattrs(n, self);
+        // Reuse what is there when it already holds this content (the same
+        // quick check as copy: size and mtime; targets for symlinks).
+        let reusable = cur.is_some_and(|c| {
+            c.kind() == kind
+                && (c.nlink == 1 || n.hardlink_group.is_some())
+                && match &n.kind {
+                    NodeKind::File { .. } => c.size == st.size && c.mtime == st.mtime,
+                    NodeKind::Symlink { target } => {
+                        sys::readlink_at(dst, name).is_ok_and(|t| &t == target)
+                    }
+                    NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } => {
+                        c.rdev == *rdev
+                    }
+                    _ => true,
+                }
+        });
+        if let (true, Some(c)) = (reusable, cur) {
+            let mut partial = Vec::new();
+            let wrote = self.sync_meta(
+                Target::At(dst, name, kind),
+                st,
+                &want_x,
+                &c,
+                Fresh::No,
+                &mut partial,
+            )?;
+            self.record(
+                if wrote {
+                    Outcome::Metadata
+                } else {
+                    Outcome::Unchanged
+                },
+                rel,
+            );
+            self.partial(rel, partial);
+            return Ok(());
+        }
+        let tmp = tmp_name(name);
+        let none = Xattrs::new();
+        let have_x = (!acl).then_some(&none);
+        let mut partial = Vec::new();
+        let written = (|| -> Result<(), StepError> {
+            match &n.kind {
+                NodeKind::File { data_map, chunks } => {
+                    let out =
+                        self.create_tmp(dst, &tmp, || sys::create_excl_at(dst, &tmp, 0o600))?;
+                    self.write_chunks(ctx, &out, n, data_map.as_deref(), chunks)?;
+                    let have = sys::stat_fd(&out).step("stat new file")?;
+                    self.sync_meta(
+                        Target::Fd(&out),
+                        st,
+                        &want_x,
+                        &have,
+                        Fresh::Yes(have_x),
+                        &mut partial,
+                    )?;
+                }
+                other => {
+                    match other {
+                        NodeKind::Symlink { target } => {
+                            self.create_tmp(dst, &tmp, || sys::symlink_at(target, dst, &tmp))?;
+                        }
+                        _ => {
+                            let mode = kind.type_bits() | 0o600;
+                            self.create_tmp(dst, &tmp, || sys::mknod_at(dst, &tmp, mode, st.rdev))?;
+                        }
+                    }
+                    let have = sys::stat_at(dst, &tmp).step("stat new entry")?;
+                    let t = Target::At(dst, &tmp, kind);
+                    self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            let _ = sys::unlink_at(dst, &tmp, false);
+            return Err(e);
+        }
+        if cur.is_some_and(|c| c.kind() == FileKind::Dir) {
+            self.remove_tree(dst, name, rel, false)?;
+        }
+        if let Err(e) = sys::rename_at(dst, &tmp, dst, name).step("rename into place") {
+            let _ = sys::unlink_at(dst, &tmp, false);
+            return Err(e);
+        }
+        self.record(
+            if cur.is_some() {
+                Outcome::Updated
+            } else {
+                Outcome::Created
+            },
+            rel,
+        );
+        self.partial(rel, partial);
+        Ok(())
+    }
+
+    /// Writes a file's chunks at their offsets (leaving holes as holes) and
+    /// sets its size. Every chunk is verified against its id as it is read.
+    fn write_chunks(
+        &self,
+        ctx: &Ctx<'_>,
+        out: &File,
+        n: &Node,
+        data_map: Option<&[haul_formats::Extent]>,
+        chunks: &[haul_formats::Id],
+    ) -> Result<(), StepError> {
+        let dense = [haul_formats::Extent {
+            offset: 0,
+            len: n.size,
+        }];
+        let extents = data_map.unwrap_or(if n.size > 0 { &dense } else { &[] });
+        let mut ext = extents.iter();
+        let mut cur = ext.next().copied();
+        let mut pos_in_ext = 0u64;
+        for id in chunks {
+            let data = ctx.repo.load_data(ctx.index, id).map_err(|e| StepError {
+                op: "reading data",
+                err: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+            })?;
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let Some(e) = cur else {
+                    return Err(StepError {
+                        op: "reading data",
+                        err: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "chunks hold more data than the file's extents",
+                        ),
+                    });
+                };
+                let room = (e.len - pos_in_ext) as usize;
+                let take = room.min(rest.len());
+                out.write_all_at(&rest[..take], e.offset + pos_in_ext)
+                    .step("write")?;
+                self.copied(take as u64);
+                rest = &rest[take..];
+                pos_in_ext += take as u64;
+                if pos_in_ext == e.len {
+                    cur = ext.next().copied();
+                    pos_in_ext = 0;
+                }
+            }
+        }
+        if cur.is_some() {
+            return Err(StepError {
+                op: "reading data",
+                err: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "chunks hold less data than the file's size",
+                ),
+            });
+        }
+        sys::truncate_fd(out, n.size).step("set size")
+    }
+}
