@@ -1,0 +1,323 @@
+//! Blobs: one chunk of file data or one tree, as stored inside a pack.
+//!
+//! ```text
+//! byte 0      encoding: 0x00 raw, 0x01 zstd, 0x02..=0x7f reserved,
+//!             0x80..=0xff reserved for encrypted encodings
+//! byte 1      kind: 0 data, 1 tree
+//! byte 2..    payload: the plaintext (raw) or one zstd frame (zstd)
+//! ```
+//!
+//! A blob's id is the blake3 hash of its plaintext, so it does not depend on
+//! the compression level or, later, on the encryption key's nonce.
+
+use std::fmt;
+use std::io::Read;
+
+use crate::error::FormatError;
+use crate::id::Id;
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BlobKind {
+    /// A chunk of file content.
+    Data,
+    /// An encoded directory listing ([`crate::TreeWriter`]).
+    Tree,
+}
+
+impl BlobKind {
+    /// The byte stored for this kind in blobs, pack and index records.
+    pub const fn as_u8(self) -> u8 {
+        match self {
+            BlobKind::Data => 0,
+            BlobKind::Tree => 1,
+        }
+    }
+
+    /// The kind stored as `b`, if it is one.
+    pub fn from_u8(what: &'static str, b: u8) -> Result<Self, FormatError> {
+        match b {
+            0 => Ok(BlobKind::Data),
+            1 => Ok(BlobKind::Tree),
+            got => Err(FormatError::UnknownKind { what, got }),
+        }
+    }
+}
+
+impl fmt::Display for BlobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BlobKind::Data => "data",
+            BlobKind::Tree => "tree",
+        })
+    }
+}
+
+/// Encoding byte: the payload is the plaintext.
+pub const ENCODING_RAW: u8 = 0x00;
+/// Encoding byte: the payload is one zstd frame of the plaintext.
+pub const ENCODING_ZSTD: u8 = 0x01;
+/// Encoding bytes reserved for encrypted blobs (a later format version).
+pub const ENCODING_ENCRYPTED: std::ops::RangeInclusive<u8> = 0x80..=0xff;
+/// Bytes of a blob before its payload.
+pub const BLOB_HEADER_LEN: usize = 2;
+
+/// Largest plaintext of a data blob a reader should accept: FastCDC's
+/// largest possible chunk (16 MiB).
+pub const MAX_DATA_BLOB_LEN: usize = 16 * 1024 * 1024;
+/// Largest plaintext of a tree blob a reader should accept by default.
+pub const MAX_TREE_BLOB_LEN: usize = 256 * 1024 * 1024;
+
+/// A blob ready to be put into a pack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedBlob {
+    /// blake3 of the plaintext.
+    pub id: Id,
+    /// What the plaintext is.
+    pub kind: BlobKind,
+    /// Length of the plaintext.
+    pub raw_len: u32,
+    /// The stored bytes: header and payload.
+    pub bytes: Vec<u8>,
+}
+
+/// Encodes `plaintext` as a blob, compressed with zstd at `level` (0 means
+/// zstd's default, 3) unless compression does not make it smaller, in which
+/// case it is stored raw.
+pub fn encode_blob(
+    kind: BlobKind,
+    plaintext: &[u8],
+    level: i32,
+) -> Result<EncodedBlob, FormatError> {
+    let raw_len = u32::try_from(plaintext.len()).map_err(|_| FormatError::Unencodable {
+        what: "blob",
+        reason: format!("{} bytes is over the 4 GiB limit", plaintext.len()),
+    })?;
+    let id = Id::hash(plaintext);
+    let compressed = zstd::bulk::compress(plaintext, level).map_err(FormatError::Zstd)?;
+    let (encoding, payload) = if compressed.len() < plaintext.len() {
+        (ENCODING_ZSTD, &compressed[..])
+    } else {
+        (ENCODING_RAW, plaintext)
+    };
+    let mut bytes = Vec::with_capacity(BLOB_HEADER_LEN + payload.len());
+    bytes.push(encoding);
+    bytes.push(kind.as_u8());
+    bytes.extend_from_slice(payload);
+    Ok(EncodedBlob {
+        id,
+        kind,
+        raw_len,
+        bytes,
+    })
+}
+
+/// Decodes a stored blob, refusing plaintext longer than `max_len`, and checks
+/// that the plaintext hashes to `expected_id`. Returns the kind and plaintext.
+///
+/// Memory use is bounded by `max_len` whatever the input claims.
+pub fn decode_blob(
+    bytes: &[u8],
+    expected_id: &Id,
+    max_len: usize,
+) -> Result<(BlobKind, Vec<u8>), FormatError> {
+    let (kind, data) = decode_blob_unverified(bytes, max_len)?;
+    let got = Id::hash(&data);
+    if got != *expected_id {
+        return Err(FormatError::IdMismatch {
+            what: "blob",
+            expected: *expected_id,
+            got,
+        });
+    }
+    Ok((kind, data))
+}
+
+/// [`decode_blob`] without the id check, for callers that do not know the id
+/// (they must hash the result themselves before trusting it).
+pub fn decode_blob_unverified(
+    bytes: &[u8],
+    max_len: usize,
+) -> Result<(BlobKind, Vec<u8>), FormatError> {
+    if bytes.len() < BLOB_HEADER_LEN {
+        return Err(FormatError::truncated("blob", BLOB_HEADER_LEN, bytes.len()));
+    }
+    let encoding = bytes[0];
+    let kind = BlobKind::from_u8("blob", bytes[1])?;
+    let payload = &bytes[BLOB_HEADER_LEN..];
+    let data = match encoding {
+        ENCODING_RAW => {
+            if payload.len() > max_len {
+                return Err(FormatError::too_large(
+                    "blob plaintext",
+                    payload.len() as u64,
+                    max_len as u64,
+                ));
+            }
+            payload.to_vec()
+        }
+        ENCODING_ZSTD => zstd_decompress(payload, max_len)?,
+        e if ENCODING_ENCRYPTED.contains(&e) => return Err(FormatError::Encrypted(e)),
+        e => return Err(FormatError::UnknownEncoding(e)),
+    };
+    Ok((kind, data))
+}
+
+fn zstd_decompress(payload: &[u8], max_len: usize) -> Result<Vec<u8>, FormatError> {
+    match zstd::zstd_safe::get_frame_content_size(payload) {
+        Ok(Some(claimed)) => {
+            // Our writer always records the content size, so this is the
+            // usual path: one exact allocation, and zstd itself refuses to
+            // write past it.
+            if claimed > max_len as u64 {
+                return Err(FormatError::too_large(
+                    "blob plaintext",
+                    claimed,
+                    max_len as u64,
+                ));
+            }
+            let data =
+                zstd::bulk::decompress(payload, claimed as usize).map_err(FormatError::Zstd)?;
+            if data.len() as u64 != claimed {
+                return Err(FormatError::invalid(
+                    "blob",
+                    format!("zstd frame claims {claimed} bytes but holds {}", data.len()),
+                ));
+            }
+            Ok(data)
+        }
+        Ok(None) => {
+            // Frames written by streaming encoders may omit the size: stream
+            // with the output capped by max_len, and zstd's window (which it
+            // allocates up front, sized by the frame header) capped by
+            // max_len but never below 16 MiB, which covers the windows zstd
+            // picks for levels up to 18 or so.
+            let mut decoder =
+                zstd::stream::read::Decoder::with_buffer(payload).map_err(FormatError::Zstd)?;
+            let window_log =
+                (usize::BITS - max_len.saturating_sub(1).leading_zeros()).clamp(24, 31);
+            decoder
+                .window_log_max(window_log)
+                .map_err(FormatError::Zstd)?;
+            let mut data = Vec::new();
+            decoder
+                .take(max_len as u64 + 1)
+                .read_to_end(&mut data)
+                .map_err(FormatError::Zstd)?;
+            if data.len() > max_len {
+                return Err(FormatError::too_large(
+                    "blob plaintext",
+                    data.len() as u64,
+                    max_len as u64,
+                ));
+            }
+            Ok(data)
+        }
+        Err(_) => Err(FormatError::invalid("blob", "payload is not a zstd frame")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn compressible_and_not() {
+        let text = vec![b'a'; 10_000];
+        let b = encode_blob(BlobKind::Data, &text, 3).unwrap();
+        assert_eq!(b.bytes[0], ENCODING_ZSTD);
+        assert_eq!(b.bytes[1], 0);
+        assert!(b.bytes.len() < 100);
+        assert_eq!(b.raw_len, 10_000);
+        assert_eq!(
+            decode_blob(&b.bytes, &b.id, 10_000).unwrap(),
+            (BlobKind::Data, text)
+        );
+
+        let tiny = b"xy";
+        let b = encode_blob(BlobKind::Tree, tiny, 3).unwrap();
+        assert_eq!(b.bytes, [ENCODING_RAW, 1, b'x', b'y']);
+        assert_eq!(
+            decode_blob(&b.bytes, &b.id, 2).unwrap(),
+            (BlobKind::Tree, tiny.to_vec())
+        );
+        assert!(matches!(
+            decode_blob(&b.bytes, &b.id, 1),
+            Err(FormatError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects() {
+        let text = vec![b'a'; 10_000];
+        let b = encode_blob(BlobKind::Data, &text, 3).unwrap();
+        assert!(matches!(
+            decode_blob(&b.bytes, &Id::hash(b"other"), 1 << 20),
+            Err(FormatError::IdMismatch { .. })
+        ));
+        assert!(matches!(
+            decode_blob(&b.bytes, &b.id, 9_999),
+            Err(FormatError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_blob(&[], &b.id, 10),
+            Err(FormatError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode_blob(&[0x05, 0], &b.id, 10),
+            Err(FormatError::UnknownEncoding(5))
+        ));
+        assert!(matches!(
+            decode_blob(&[0x80, 0], &b.id, 10),
+            Err(FormatError::Encrypted(0x80))
+        ));
+        assert!(matches!(
+            decode_blob(&[0, 9], &b.id, 10),
+            Err(FormatError::UnknownKind { got: 9, .. })
+        ));
+        // A frame claiming 4 GiB of output must not allocate it.
+        let mut huge = b.bytes.clone();
+        huge.truncate(BLOB_HEADER_LEN + 4);
+        huge.extend_from_slice(&[0x20 | 0xc0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(decode_blob(&huge, &b.id, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn frame_without_size_is_capped() {
+        let text = vec![b'z'; 100_000];
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        std::io::Write::write_all(&mut enc, &text).unwrap();
+        let frame = enc.finish().unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&frame).unwrap(),
+            None
+        );
+        let mut bytes = vec![ENCODING_ZSTD, 0];
+        bytes.extend_from_slice(&frame);
+        let id = Id::hash(&text);
+        assert_eq!(decode_blob(&bytes, &id, 100_000).unwrap().1, text);
+        assert!(matches!(
+            decode_blob(&bytes, &id, 99_999),
+            Err(FormatError::TooLarge { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(data in proptest::collection::vec(any::<u8>(), 0..5000), level in 0i32..=9, tree in any::<bool>()) {
+            let kind = if tree { BlobKind::Tree } else { BlobKind::Data };
+            let b = encode_blob(kind, &data, level).unwrap();
+            prop_assert_eq!(b.id, Id::hash(&data));
+            prop_assert!(b.bytes.len() <= data.len() + BLOB_HEADER_LEN);
+            let (k, out) = decode_blob(&b.bytes, &b.id, data.len()).unwrap();
+            prop_assert_eq!(k, kind);
+            prop_assert_eq!(out, data);
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_blob(&data, &Id::default(), 1 << 16);
+        }
+    }
+}
