@@ -358,7 +358,7 @@ pub fn copy(
             if progress.wants_totals() {
                 s.spawn(|| {
                     if let Ok(d) = sys::open_dir_path(src) {
-                        run.scan(&d, PathBuf::new());
+                        scan(&d, PathBuf::new(), &opts.filter, progress);
                     }
                     progress.discovery_done();
                 });
@@ -421,6 +421,41 @@ pub fn copy(
         });
     }
     Ok(run.summary(start))
+}
+
+/// Counting-only walk for progress totals (entries and bytes), run on its
+/// own thread beside the real work so a progress bar can show an ETA.
+pub(crate) fn scan(dir: &File, rel: PathBuf, filter: &Filter, progress: &dyn Progress) {
+    let Ok(mut stream) = sys::DirStream::new(dir) else {
+        return;
+    };
+    let mut batch = Vec::new();
+    while let Ok(n) = stream.read_batch(&mut batch, BATCH) {
+        if n == 0 {
+            break;
+        }
+        let (mut files, mut bytes) = (0, 0);
+        for e in batch.drain(..) {
+            let Ok(st) = sys::stat_at(dir, &e.name) else {
+                continue;
+            };
+            let crel = rel.join(name_of(&e.name));
+            let is_dir = st.kind() == FileKind::Dir;
+            if filter.excluded(&crel, is_dir) {
+                continue;
+            }
+            files += 1;
+            if st.kind() == FileKind::File {
+                bytes += st.size;
+            }
+            if is_dir {
+                if let Ok(d) = sys::open_dir_at(dir, &e.name) {
+                    scan(&d, crel, filter, progress);
+                }
+            }
+        }
+        progress.discovered(files, bytes);
+    }
 }
 
 /// A rayon pool with deep stacks (the walk recurses per directory level).
@@ -583,39 +618,6 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Counting-only walk for progress totals, on its own thread.
-    fn scan(&self, dir: &File, rel: PathBuf) {
-        let Ok(mut stream) = sys::DirStream::new(dir) else {
-            return;
-        };
-        let mut batch = Vec::new();
-        while let Ok(n) = stream.read_batch(&mut batch, BATCH) {
-            if n == 0 {
-                break;
-            }
-            let (mut files, mut bytes) = (0, 0);
-            for e in batch.drain(..) {
-                let Ok(st) = sys::stat_at(dir, &e.name) else {
-                    continue;
-                };
-                let crel = rel.join(name_of(&e.name));
-                let is_dir = st.kind() == FileKind::Dir;
-                if self.opts.filter.excluded(&crel, is_dir) {
-                    continue;
-                }
-                files += 1;
-                if st.kind() == FileKind::File {
-                    bytes += st.size;
-                }
-                if is_dir {
-                    if let Ok(d) = sys::open_dir_at(dir, &e.name) {
-                        self.scan(&d, crel);
-                    }
-                }
-            }
-            self.progress.discovered(files, bytes);
-        }
-    }
     fn walk_dir(&self, dir: &DirPair) {
         if !dir.fresh {
             self.clean_dst(dir);

@@ -603,36 +603,51 @@ impl Repository {
             .thread_name(|i| format!("haul-backup-{i}"))
             .build()
             .map_err(|e| Error::io("starting workers", self.location(), io::Error::other(e)))?;
-        let root_tree = pool.install(|| -> Result<Id, Error> {
-            let mut roots = Vec::new();
-            for p in &paths {
-                let parent_dir = p.parent().unwrap_or(Path::new("/"));
-                let pd = sys::open_dir_path(parent_dir)
-                    .map_err(|e| Error::io("opening source", parent_dir, e))?;
-                let name = match p.file_name() {
-                    Some(n) => {
-                        CString::new(n.as_bytes()).map_err(|_| Error::invalid(p, "NUL in path"))?
+        let root_tree = std::thread::scope(|sc| {
+            if progress.wants_totals() {
+                let (paths, filter) = (&paths, &opts.filter);
+                sc.spawn(move || {
+                    for p in paths {
+                        match sys::open_dir_path(p) {
+                            Ok(d) => crate::copy::scan(&d, PathBuf::new(), filter, progress),
+                            Err(_) => progress
+                                .discovered(1, std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)),
+                        }
                     }
-                    None => CString::new(".").expect("no NUL"),
-                };
-                let rel = PathBuf::from(p.file_name().unwrap_or(OsStr::new("ROOT")));
-                let old = parent_root.as_deref().and_then(|r| {
-                    r.iter()
-                        .find(|n| n.name.as_slice() == rel.as_os_str().as_bytes())
+                    progress.discovery_done();
                 });
-                let st = sys::stat_at(&pd, &name).map_err(|e| Error::io("reading source", p, e))?;
-                match backup.node_for(&pd, &name, &rel, &st, old) {
-                    Ok(mut n) => {
-                        n.name = rel.as_os_str().as_bytes().to_vec();
-                        roots.push(n);
-                    }
-                    Err(Fail::Repo(e)) => return Err(e),
-                    Err(Fail::Entry(msg)) => {
-                        return Err(Error::io("reading source", p, io::Error::other(msg)))
+            }
+            pool.install(|| -> Result<Id, Error> {
+                let mut roots = Vec::new();
+                for p in &paths {
+                    let parent_dir = p.parent().unwrap_or(Path::new("/"));
+                    let pd = sys::open_dir_path(parent_dir)
+                        .map_err(|e| Error::io("opening source", parent_dir, e))?;
+                    let name = match p.file_name() {
+                        Some(n) => CString::new(n.as_bytes())
+                            .map_err(|_| Error::invalid(p, "NUL in path"))?,
+                        None => CString::new(".").expect("no NUL"),
+                    };
+                    let rel = PathBuf::from(p.file_name().unwrap_or(OsStr::new("ROOT")));
+                    let old = parent_root.as_deref().and_then(|r| {
+                        r.iter()
+                            .find(|n| n.name.as_slice() == rel.as_os_str().as_bytes())
+                    });
+                    let st =
+                        sys::stat_at(&pd, &name).map_err(|e| Error::io("reading source", p, e))?;
+                    match backup.node_for(&pd, &name, &rel, &st, old) {
+                        Ok(mut n) => {
+                            n.name = rel.as_os_str().as_bytes().to_vec();
+                            roots.push(n);
+                        }
+                        Err(Fail::Repo(e)) => return Err(e),
+                        Err(Fail::Entry(msg)) => {
+                            return Err(Error::io("reading source", p, io::Error::other(msg)))
+                        }
                     }
                 }
-            }
-            backup.store_tree(roots)
+                backup.store_tree(roots)
+            })
         })?;
 
         let Backup {

@@ -96,6 +96,12 @@ impl Repository {
         sys::raise_nofile_limit();
         let snap = self.find_snapshot(spec)?;
         let _lock = self.lock(false)?;
+        if opts.paths.is_empty() {
+            // The record carries the totals, so the bar needs no scan.
+            let sum = &snap.snapshot.summary;
+            progress.discovered(sum.files + sum.dirs, sum.bytes);
+            progress.discovery_done();
+        }
         let index = self.load_index()?;
         let ctx = Ctx {
             repo: self,
