@@ -1,11 +1,13 @@
 //! Where repository files live. The format only needs whole-object put, get,
 //! ranged get, list and delete, so the same repository can later live on an
 //! ssh host or in object storage; this file is the local-directory backend.
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Storage for repository files, addressed by `/`-separated relative names
 /// such as `data/ab/abcd...` or `snapshots/<id>`.
@@ -31,7 +33,13 @@ pub(crate) trait Backend: Send + Sync {
 /// A repository in a local directory.
 pub(crate) struct LocalBackend {
     root: PathBuf,
+    /// Open handles for ranged reads: a restore reads thousands of blobs
+    /// from each pack, and an open per blob would dominate small files.
+    handles: Mutex<HashMap<String, Arc<File>>>,
 }
+
+/// Open read handles kept at most; the cache is simply emptied when full.
+const MAX_HANDLES: usize = 64;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -42,6 +50,7 @@ impl LocalBackend {
     pub(crate) fn new(root: &Path) -> LocalBackend {
         LocalBackend {
             root: root.to_path_buf(),
+            handles: Mutex::default(),
         }
     }
 
@@ -110,7 +119,24 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let f = File::open(self.path(name))?;
+        let cached = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        let f = match cached {
+            Some(f) => f,
+            None => {
+                let f = Arc::new(File::open(self.path(name))?);
+                let mut h = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+                if h.len() >= MAX_HANDLES {
+                    h.clear();
+                }
+                h.insert(name.to_string(), f.clone());
+                f
+            }
+        };
         let mut v = vec![0u8; len as usize];
         f.read_exact_at(&mut v, offset)?;
         Ok(v)
@@ -147,6 +173,10 @@ impl Backend for LocalBackend {
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
         match fs::remove_file(self.path(name)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,
