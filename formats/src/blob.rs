@@ -89,11 +89,22 @@ pub fn encode_blob(
     plaintext: &[u8],
     level: i32,
 ) -> Result<EncodedBlob, FormatError> {
+    encode_blob_with_id(kind, plaintext, Id::hash(plaintext), level)
+}
+
+/// [`encode_blob`] for a caller that has already hashed `plaintext` (to
+/// look it up before deciding to store it): `id` must be its blake3 hash.
+/// A wrong id is not detected here; [`decode_blob`] rejects the blob later.
+pub fn encode_blob_with_id(
+    kind: BlobKind,
+    plaintext: &[u8],
+    id: Id,
+    level: i32,
+) -> Result<EncodedBlob, FormatError> {
     let raw_len = u32::try_from(plaintext.len()).map_err(|_| FormatError::Unencodable {
         what: "blob",
         reason: format!("{} bytes is over the 4 GiB limit", plaintext.len()),
     })?;
-    let id = Id::hash(plaintext);
     let compressed = zstd::bulk::compress(plaintext, level).map_err(FormatError::Zstd)?;
     let (encoding, payload) = if compressed.len() < plaintext.len() {
         (ENCODING_ZSTD, &compressed[..])

@@ -315,6 +315,20 @@ impl<'a> IndexReader<'a> {
         Ok(r)
     }
 
+    /// Rebuilds a reader from a layout already obtained from these bytes
+    /// (via [`IndexReader::layout`]) in O(1), skipping the pack-table check
+    /// [`IndexReader::new`] did the first time. Bytes of another length are
+    /// refused, so a mismatched layout cannot index out of bounds.
+    pub fn with_layout(bytes: &'a [u8], layout: IndexLayout) -> Result<Self, FormatError> {
+        if layout.file_len != bytes.len() as u64 {
+            return Err(FormatError::invalid(
+                WHAT,
+                "layout does not belong to these bytes",
+            ));
+        }
+        Ok(IndexReader { bytes, layout })
+    }
+
     fn pack_table(&self) -> &'a [u8] {
         &self.bytes[self.layout.packs.start as usize..self.layout.packs.end as usize]
     }

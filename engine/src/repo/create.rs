@@ -11,8 +11,8 @@ use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
 use haul_formats::{
-    encode_blob, encode_tree, BlobKind, ChunkerParams, Extent, FileKind as RepoFile, Id, Node,
-    NodeKind, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
+    encode_blob_with_id, encode_tree, BlobKind, ChunkerParams, Extent, FileKind as RepoFile, Id,
+    Node, NodeKind, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -215,7 +215,7 @@ impl Backup<'_> {
         {
             return Ok(id);
         }
-        let blob = encode_blob(kind, data, self.level)
+        let blob = encode_blob_with_id(kind, data, id, self.level)
             .map_err(|e| Error::corrupt("encoding blob", self.repo.location(), e))?;
         self.packer.add(&blob)?;
         if kind == BlobKind::Data {

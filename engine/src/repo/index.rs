@@ -3,8 +3,8 @@
 //! lookup touches are read), plus the packs no index names yet, which an
 //! interrupted run left behind.
 use haul_formats::{
-    pack_trailer_len, parse_pack_trailer, FileKind as RepoFile, Id, IndexEntry, IndexReader,
-    IndexWriter, PACK_FOOTER_LEN,
+    pack_trailer_len, parse_pack_trailer, FileKind as RepoFile, Id, IndexEntry, IndexLayout,
+    IndexReader, IndexWriter, PACK_FOOTER_LEN,
 };
 
 use super::Repository;
@@ -29,12 +29,19 @@ impl Bytes {
 pub(crate) struct IndexFile {
     pub id: Id,
     bytes: Bytes,
+    layout: IndexLayout,
 }
 
 impl IndexFile {
+    fn new(id: Id, bytes: Bytes) -> Result<IndexFile, haul_formats::FormatError> {
+        let layout = IndexReader::new(bytes.as_slice())?.layout().clone();
+        Ok(IndexFile { id, bytes, layout })
+    }
+
     pub(crate) fn reader(&self) -> IndexReader<'_> {
-        // Validated when loaded; constructing the reader again is O(packs).
-        IndexReader::new(self.bytes.as_slice()).expect("index validated at load")
+        // The layout was read from these very bytes at load, so this is O(1).
+        IndexReader::with_layout(self.bytes.as_slice(), self.layout.clone())
+            .expect("layout of these bytes")
     }
 }
 
@@ -49,10 +56,7 @@ impl MasterIndex {
         MasterIndex {
             files: files
                 .into_iter()
-                .map(|(id, b)| IndexFile {
-                    id,
-                    bytes: Bytes::Owned(b),
-                })
+                .filter_map(|(id, b)| IndexFile::new(id, Bytes::Owned(b)).ok())
                 .collect(),
         }
     }
@@ -103,9 +107,9 @@ impl Repository {
                         .map_err(|e| Error::io("reading index", &path, e))?,
                 ),
             };
-            IndexReader::new(bytes.as_slice())
-                .map_err(|e| Error::corrupt("reading index", &path, e))?;
-            files.push(IndexFile { id, bytes });
+            let file =
+                IndexFile::new(id, bytes).map_err(|e| Error::corrupt("reading index", &path, e))?;
+            files.push(file);
         }
         Ok(MasterIndex { files })
     }
