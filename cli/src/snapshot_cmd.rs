@@ -3,11 +3,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use haul_engine::{
-    parse_duration, parse_interval, CheckOptions, CopyOptions, CreateOptions, Filter, IdMap,
-    InitOptions, KeepPolicy, Repository, RestoreOptions, SnapshotInfo, Timestamp,
+    parse_duration, parse_interval, Bucket, CheckOptions, CopyOptions, CreateOptions, Filter,
+    IdMap, InitOptions, KeepPolicy, Repository, RestoreOptions, SnapshotInfo, Timestamp,
 };
 use serde_json::{json, Value};
 
@@ -57,8 +57,8 @@ pub enum SnapshotCommand {
         #[arg(long, value_name = "GLOB")]
         exclude: Vec<String>,
         /// Record this time instead of now (RFC 3339).
-        #[arg(long, value_name = "RFC3339")]
-        time: Option<String>,
+        #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+        time: Option<Timestamp>,
         /// Worker threads [default: one per CPU].
         #[arg(short = 'j', long, value_name = "N")]
         jobs: Option<usize>,
@@ -141,8 +141,8 @@ pub enum SnapshotCommand {
         #[arg(long, value_name = "N")]
         keep_last: Option<u64>,
         /// Keep snapshots newer than (newest − DUR), e.g. 7d, 1h30m.
-        #[arg(long, value_name = "DUR")]
-        keep_within: Option<String>,
+        #[arg(long, value_name = "DUR", value_parser = parse_dur)]
+        keep_within: Option<i64>,
         /// Keep the newest snapshot of each of the last N hours.
         #[arg(long, value_name = "N")]
         keep_hourly: Option<u64>,
@@ -162,8 +162,8 @@ pub enum SnapshotCommand {
         /// DUR (repeatable), e.g. a CycleCloud-style schedule:
         /// --keep-interval 5m:12 --keep-interval 15m:4 --keep-interval 1h:24
         /// --keep-interval 4h:6 --keep-interval 8h:3 --keep-interval 1d:7 --keep-interval 7d:4
-        #[arg(long, value_name = "DUR:N")]
-        keep_interval: Vec<String>,
+        #[arg(long, value_name = "DUR:N", value_parser = parse_every)]
+        keep_interval: Vec<(i64, u64)>,
         /// Show what would be removed.
         #[arg(short = 'n', long)]
         dry_run: bool,
@@ -173,6 +173,24 @@ pub enum SnapshotCommand {
         #[command(flatten)]
         repo: RepoArgs,
     },
+}
+
+// Value parsers: a bad value is a usage error (exit 2) with clap's message.
+fn parse_time(s: &str) -> Result<Timestamp, String> {
+    Timestamp::parse_rfc3339(s).map_err(|e| e.to_string())
+}
+
+fn parse_dur(s: &str) -> Result<i64, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_every(s: &str) -> Result<(i64, u64), String> {
+    parse_interval(s).map_err(|e| e.to_string())
+}
+
+fn usage(msg: &str) -> Result<u8> {
+    eprintln!("haul: error: {msg}");
+    Ok(exit::USAGE)
 }
 
 fn open(r: &RepoArgs) -> Result<Repository> {
@@ -260,12 +278,6 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             if repo.force_unlock {
                 r.force_unlock()?;
             }
-            let time = match time {
-                Some(t) => {
-                    Some(Timestamp::parse_rfc3339(&t).with_context(|| format!("--time {t}"))?)
-                }
-                None => None,
-            };
             let opts = CreateOptions {
                 paths,
                 tags,
@@ -474,11 +486,9 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             let r = open(&repo)?;
             let mut policy = KeepPolicy {
                 last: keep_last,
+                within_secs: keep_within,
                 ..Default::default()
             };
-            if let Some(w) = &keep_within {
-                policy.within_secs = Some(parse_duration(w)?);
-            }
             for (n, f) in [
                 (
                     keep_hourly,
@@ -493,13 +503,15 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     policy = f(policy, n);
                 }
             }
-            for i in &keep_interval {
-                policy.intervals.push(parse_interval(i)?);
-            }
+            policy.buckets.extend(
+                keep_interval
+                    .iter()
+                    .map(|&(len, n)| (Bucket::Every(len), n)),
+            );
             let all = r.snapshots()?;
             let (keep, remove) = if !ids.is_empty() {
                 if !policy.is_empty() {
-                    bail!("give snapshot ids or a policy, not both");
+                    return usage("give snapshot ids or a --keep-* policy, not both");
                 }
                 let mut remove = Vec::new();
                 for id in &ids {
@@ -513,7 +525,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 (keep, remove)
             } else {
                 if policy.is_empty() {
-                    bail!("nothing to do: give snapshot ids or a --keep-* policy");
+                    return usage("nothing to do: give snapshot ids or a --keep-* policy");
                 }
                 let pairs: Vec<_> = all.iter().map(|s| (s.id, s.snapshot.time)).collect();
                 policy.apply(&pairs)

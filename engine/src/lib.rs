@@ -32,6 +32,7 @@ pub use meta::FileKind;
 pub use progress::{Action, NoProgress, Progress};
 pub use repo::retention::{parse_duration, parse_interval};
 pub use repo::{
-    CheckOptions, CheckReport, CreateOptions, CreateSummary, DiffChange, InitOptions, KeepPolicy,
-    LockGuard, LsEntry, PruneSummary, Repository, RestoreOptions, RetentionError, SnapshotInfo,
+    Bucket, CheckOptions, CheckReport, CreateOptions, CreateSummary, DiffChange, InitOptions,
+    KeepPolicy, LockGuard, LsEntry, PruneSummary, Repository, RestoreOptions, RetentionError,
+    SnapshotInfo,
 };

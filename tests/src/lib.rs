@@ -5,6 +5,7 @@
 //! haul against an implementation that shares none of its code.
 
 pub mod fixture;
+pub mod repo;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};

@@ -334,8 +334,22 @@ impl Backup<'_> {
             return Ok(None);
         }
         let node = self.node_for(dir, name, rel, &st, old)?;
+        self.count(&node);
         self.progress.entry_done();
         Ok(Some(node))
+    }
+
+    /// Counts an entry once it is recorded (a failed one is not in the
+    /// snapshot, so it is not in its totals either).
+    fn count(&self, n: &Node) {
+        match n.kind {
+            NodeKind::Dir { .. } => self.dirs.fetch_add(1, Relaxed),
+            NodeKind::File { .. } => {
+                self.bytes.fetch_add(n.size, Relaxed);
+                self.files.fetch_add(1, Relaxed)
+            }
+            _ => self.files.fetch_add(1, Relaxed),
+        };
     }
 
     fn node_for(
@@ -353,7 +367,6 @@ impl Backup<'_> {
         let same = old.filter(|o| unchanged(o, st));
         match st.kind() {
             FileKind::Dir => {
-                self.dirs.fetch_add(1, Relaxed);
                 let d = sys::open_dir_at(dir, name).ctx("opening directory")?;
                 let old_sub = match old.map(|o| &o.kind) {
                     Some(NodeKind::Dir { subtree }) => {
@@ -372,9 +385,14 @@ impl Backup<'_> {
                 })
             }
             FileKind::File => {
-                self.files.fetch_add(1, Relaxed);
-                self.bytes.fetch_add(st.size, Relaxed);
-                if let Some(o) = same.filter(|o| matches!(o.kind, NodeKind::File { .. })) {
+                // Reuse also requires every chunk to be indexed: a damaged or
+                // pruned index must lead to re-reading, not to a snapshot
+                // that names data the repository does not have.
+                let reusable = same.filter(|o| match &o.kind {
+                    NodeKind::File { chunks, .. } => chunks.iter().all(|c| self.index.contains(c)),
+                    _ => false,
+                });
+                if let Some(o) = reusable {
                     self.progress.bytes(st.size);
                     return Ok(o.clone());
                 }
@@ -384,7 +402,6 @@ impl Backup<'_> {
                 Ok(self.node(bname, st, NodeKind::File { data_map, chunks }, x))
             }
             other => {
-                self.files.fetch_add(1, Relaxed);
                 if let Some(o) = same.filter(|o| o.kind_name() == kind_name(other)) {
                     return Ok(o.clone());
                 }
@@ -628,16 +645,25 @@ impl Repository {
                             .map_err(|_| Error::invalid(p, "NUL in path"))?,
                         None => CString::new(".").expect("no NUL"),
                     };
-                    let rel = PathBuf::from(p.file_name().unwrap_or(OsStr::new("ROOT")));
+                    let root_name = PathBuf::from(p.file_name().unwrap_or(OsStr::new("ROOT")));
                     let old = parent_root.as_deref().and_then(|r| {
                         r.iter()
-                            .find(|n| n.name.as_slice() == rel.as_os_str().as_bytes())
+                            .find(|n| n.name.as_slice() == root_name.as_os_str().as_bytes())
                     });
+                    // Paths (in excludes and in reports) are relative to what
+                    // a restore recreates: a one-path snapshot's root is the
+                    // path's contents; several paths sit under their names.
+                    let rel = if paths.len() == 1 {
+                        PathBuf::new()
+                    } else {
+                        root_name.clone()
+                    };
                     let st =
                         sys::stat_at(&pd, &name).map_err(|e| Error::io("reading source", p, e))?;
                     match backup.node_for(&pd, &name, &rel, &st, old) {
                         Ok(mut n) => {
-                            n.name = rel.as_os_str().as_bytes().to_vec();
+                            n.name = root_name.as_os_str().as_bytes().to_vec();
+                            backup.count(&n);
                             roots.push(n);
                         }
                         Err(Fail::Repo(e)) => return Err(e),

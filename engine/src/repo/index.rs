@@ -33,8 +33,14 @@ pub(crate) struct IndexFile {
 }
 
 impl IndexFile {
+    /// Checks the whole file once (its name is the hash of its bytes; the
+    /// checksum; records sorted and well-formed): a damaged index must stop
+    /// a command with its name, not make blobs look absent.
     fn new(id: Id, bytes: Bytes) -> Result<IndexFile, haul_formats::FormatError> {
-        let layout = IndexReader::new(bytes.as_slice())?.layout().clone();
+        let r = IndexReader::new(bytes.as_slice())?;
+        r.verify_id(&id)?;
+        r.verify()?;
+        let layout = r.layout().clone();
         Ok(IndexFile { id, bytes, layout })
     }
 

@@ -35,7 +35,7 @@ pub use lock::LockGuard;
 pub use prune::PruneSummary;
 pub use read::{DiffChange, LsEntry};
 pub use restore::RestoreOptions;
-pub use retention::{KeepPolicy, RetentionError};
+pub use retention::{Bucket, KeepPolicy, RetentionError};
 
 use backend::{Backend, LocalBackend};
 

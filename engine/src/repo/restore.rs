@@ -109,6 +109,25 @@ impl Repository {
         };
         let pool = worker_pool(opts.copy.jobs, "restore")
             .map_err(|e| Error::io("starting workers", dst, e))?;
+        let single = snap.snapshot.paths.len() == 1;
+        let wanted: Vec<PathBuf> = if opts.paths.is_empty() {
+            vec![PathBuf::new()]
+        } else {
+            opts.paths.clone()
+        };
+        // Every requested path is resolved before DST is touched, so a typo
+        // does not leave an empty destination behind.
+        let mut nodes = Vec::new();
+        for p in &wanted {
+            let node = self
+                .resolve_path(&index, &snap.snapshot.tree, single, p)?
+                .ok_or_else(|| Error::invalid(p, "no such path in the snapshot"))?;
+            let rel: PathBuf = p
+                .components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                .collect();
+            nodes.push((rel, node));
+        }
         let mut run = Run::new(&opts.copy, progress);
         let (root, existed) = open_or_create_root(dst, false)?;
         let root = root.expect("not a dry run");
@@ -117,21 +136,9 @@ impl Repository {
                 .map_err(|e| Error::io("opening destination", dst, e))?,
         );
         let run = &run;
-        let single = snap.snapshot.paths.len() == 1;
-        let wanted: Vec<PathBuf> = if opts.paths.is_empty() {
-            vec![PathBuf::new()]
-        } else {
-            opts.paths.clone()
-        };
         pool.install(|| -> Result<(), Error> {
-            for p in &wanted {
-                let node = self
-                    .resolve_path(&index, &snap.snapshot.tree, single, p)?
-                    .ok_or_else(|| Error::invalid(p, "no such path in the snapshot"))?;
-                let rel = p
-                    .components()
-                    .filter(|c| matches!(c, std::path::Component::Normal(_)))
-                    .collect::<PathBuf>();
+            for (rel, node) in &nodes {
+                let rel = rel.clone();
                 if rel.as_os_str().is_empty() {
                     // The root itself: its contents go into DST, and for a
                     // one-path snapshot its metadata is DST's.
@@ -142,13 +149,13 @@ impl Repository {
                     let acl = has_default_acl(&root);
                     run.restore_dir(&ctx, &children, &root, PathBuf::new(), !existed, acl);
                     if single {
-                        run.restore_dir_meta(&node, &root, existed, Path::new(""));
+                        run.restore_dir_meta(node, &root, existed, Path::new(""));
                     }
                 } else {
                     let (parent, name) = open_parents(&root, &rel)
                         .map_err(|e| Error::io("creating parents", dst.join(&rel), e))?;
                     let acl = has_default_acl(&parent);
-                    run.restore_node(&ctx, &node, &parent, &name, rel, false, acl);
+                    run.restore_node(&ctx, node, &parent, &name, rel, false, acl);
                 }
             }
             Ok(())

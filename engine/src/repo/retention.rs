@@ -1,10 +1,11 @@
 //! Which snapshots a retention policy keeps. Pure logic over (id, time)
 //! pairs, so it is tested without a repository.
 //!
-//! Rules are unions: a snapshot kept by any rule is kept. Bucket rules
-//! (`--keep-hourly`, `--keep-interval 5m:12`, ...) keep the newest snapshot
-//! in each of the N most recent buckets that hold one; buckets are aligned
-//! to the Unix epoch in UTC, so "daily" means UTC days.
+//! Rules are unions: a snapshot kept by any rule is kept. Bucket rules keep
+//! the newest snapshot in each of the N most recent buckets that hold one:
+//! `--keep-interval DUR:N` (and hourly, daily) use fixed-length buckets
+//! aligned to the Unix epoch; weekly, monthly and yearly use ISO weeks and
+//! calendar months and years, as restic does. All in UTC.
 use std::collections::BTreeSet;
 
 use haul_formats::{Id, Timestamp};
@@ -18,6 +19,51 @@ pub struct RetentionError {
     why: &'static str,
 }
 
+/// How a bucket rule groups snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bucket {
+    /// Fixed-length buckets of this many seconds, aligned to the Unix epoch
+    /// (`--keep-interval`, and hourly and daily, which are the same in UTC).
+    Every(i64),
+    /// ISO weeks (Monday to Sunday, UTC), as restic's `--keep-weekly`.
+    Week,
+    /// Calendar months (UTC).
+    Month,
+    /// Calendar years (UTC).
+    Year,
+}
+
+impl Bucket {
+    fn key(self, secs: i64) -> i64 {
+        let day = secs.div_euclid(DAY);
+        match self {
+            Bucket::Every(len) => secs.div_euclid(len),
+            // 1970-01-01 was a Thursday; a week is named by its Monday.
+            Bucket::Week => day - (day + 3).rem_euclid(7),
+            Bucket::Month => {
+                let (y, m, _) = civil_from_days(day);
+                y * 12 + i64::from(m) - 1
+            }
+            Bucket::Year => civil_from_days(day).0,
+        }
+    }
+}
+
+/// (year, month 1-12, day 1-31) of a day number counted from 1970-01-01, in
+/// the proleptic Gregorian calendar (H. Hinnant's civil_from_days).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
 /// A retention policy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeepPolicy {
@@ -25,8 +71,9 @@ pub struct KeepPolicy {
     pub last: Option<u64>,
     /// Keep everything within this many seconds of the newest snapshot.
     pub within_secs: Option<i64>,
-    /// (bucket length in seconds, how many buckets) pairs.
-    pub intervals: Vec<(i64, u64)>,
+    /// Bucket rules: keep the newest snapshot of each of the N most recent
+    /// buckets that hold one.
+    pub buckets: Vec<(Bucket, u64)>,
 }
 
 const MINUTE: i64 = 60;
@@ -37,32 +84,32 @@ impl KeepPolicy {
     /// Whether the policy keeps anything at all (an empty policy is refused
     /// rather than taken to mean "remove everything").
     pub fn is_empty(&self) -> bool {
-        self.last.is_none() && self.within_secs.is_none() && self.intervals.is_empty()
+        self.last.is_none() && self.within_secs.is_none() && self.buckets.is_empty()
     }
 
     /// `--keep-hourly N` and friends as bucket rules.
     pub fn hourly(mut self, n: u64) -> Self {
-        self.intervals.push((HOUR, n));
+        self.buckets.push((Bucket::Every(HOUR), n));
         self
     }
     /// `--keep-daily N`.
     pub fn daily(mut self, n: u64) -> Self {
-        self.intervals.push((DAY, n));
+        self.buckets.push((Bucket::Every(DAY), n));
         self
     }
-    /// `--keep-weekly N` (7-day buckets).
+    /// `--keep-weekly N` (ISO weeks).
     pub fn weekly(mut self, n: u64) -> Self {
-        self.intervals.push((7 * DAY, n));
+        self.buckets.push((Bucket::Week, n));
         self
     }
-    /// `--keep-monthly N` (30-day buckets).
+    /// `--keep-monthly N` (calendar months).
     pub fn monthly(mut self, n: u64) -> Self {
-        self.intervals.push((30 * DAY, n));
+        self.buckets.push((Bucket::Month, n));
         self
     }
-    /// `--keep-yearly N` (365-day buckets).
+    /// `--keep-yearly N` (calendar years).
     pub fn yearly(mut self, n: u64) -> Self {
-        self.intervals.push((365 * DAY, n));
+        self.buckets.push((Bucket::Year, n));
         self
     }
 
@@ -78,14 +125,14 @@ impl KeepPolicy {
             let cutoff = newest.1.secs().saturating_sub(w);
             keep.extend(sorted.iter().filter(|s| s.1.secs() >= cutoff).map(|s| s.0));
         }
-        for &(len, n) in &self.intervals {
+        for &(bucket, n) in &self.buckets {
             let mut seen = 0u64;
             let mut last_bucket = None;
             for s in &sorted {
                 if seen >= n {
                     break;
                 }
-                let b = s.1.secs().div_euclid(len);
+                let b = bucket.key(s.1.secs());
                 if last_bucket != Some(b) {
                     last_bucket = Some(b);
                     keep.insert(s.0);
@@ -204,11 +251,42 @@ mod tests {
         assert_eq!(k, vec![s[5].0, s[3].0]);
         // A CycleCloud-style schedule is a union of interval rules.
         let p = KeepPolicy {
-            intervals: vec![(300, 1), (3600, 3)],
+            buckets: vec![(Bucket::Every(300), 1), (Bucket::Every(3600), 3)],
             ..Default::default()
         };
         let (k, r) = p.apply(&s);
         assert_eq!(k, vec![s[5].0, s[3].0, s[1].0]);
         assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn calendar_buckets() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        // 2024-03-03 (Sun) and 2024-02-26 (Mon) share an ISO week; 03-04 (Mon) starts one.
+        let d = |y: i64, m: u32, dd: u32| {
+            (0..40_000i64)
+                .find(|&z| civil_from_days(z) == (y, m, dd))
+                .unwrap()
+                * DAY
+        };
+        assert_eq!(
+            Bucket::Week.key(d(2024, 3, 3)),
+            Bucket::Week.key(d(2024, 2, 26))
+        );
+        assert_ne!(
+            Bucket::Week.key(d(2024, 3, 4)),
+            Bucket::Week.key(d(2024, 3, 3))
+        );
+        assert_eq!(
+            Bucket::Month.key(d(2024, 2, 1)),
+            Bucket::Month.key(d(2024, 2, 29))
+        );
+        assert_ne!(
+            Bucket::Month.key(d(2024, 3, 1)),
+            Bucket::Month.key(d(2024, 2, 29))
+        );
+        assert_eq!(Bucket::Year.key(d(2024, 12, 31) + 86_399), 2024);
     }
 }
