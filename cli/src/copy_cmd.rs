@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use haul_engine::{copy, CopyOptions, CopySummary, Filter, IdMap};
+use haul_engine::{copy, CopyOptions, CopySummary, EntryIssue, Filter, IdMap};
 use serde_json::json;
 
 use crate::exit;
@@ -117,12 +117,7 @@ pub fn run(a: CopyArgs) -> Result<u8> {
         let mut v = serde_json::to_value(&summary)?;
         v["ok"] = json!(code == exit::OK);
         v["exit_code"] = json!(code);
-        // Failed entries carry an "error", partial ones a "reason".
-        v["failed"] = summary
-            .failed
-            .iter()
-            .map(|i| json!({"path": i.path.to_string_lossy(), "error": i.reason}))
-            .collect();
+        v["failed"] = failed_json(&summary.failed);
         v["changes"] = changes
             .iter()
             .map(|(act, p)| json!({"action": action_word(*act), "path": p}))
@@ -134,6 +129,15 @@ pub fn run(a: CopyArgs) -> Result<u8> {
         print_human(&summary)?;
     }
     Ok(code)
+}
+
+/// The JSON list of failed entries: each carries an "error" (partial ones,
+/// serialised by the engine, carry a "reason").
+pub fn failed_json(items: &[EntryIssue]) -> serde_json::Value {
+    items
+        .iter()
+        .map(|i| json!({"path": i.path.to_string_lossy(), "error": i.reason}))
+        .collect()
 }
 
 pub fn exit_code(s: &CopySummary) -> u8 {

@@ -11,7 +11,7 @@ use haul_engine::{
 };
 use serde_json::{json, Value};
 
-use crate::copy_cmd::{exit_code, print_human};
+use crate::copy_cmd::{exit_code, failed_json, print_human};
 use crate::exit;
 use crate::render::{ChangeSink, Reporter};
 
@@ -297,11 +297,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             };
             if repo.json {
                 let mut v = serde_json::to_value(&s)?;
-                v["failed"] = s
-                    .failed
-                    .iter()
-                    .map(|i| json!({"path": i.path.to_string_lossy(), "error": i.reason}))
-                    .collect();
+                v["failed"] = failed_json(&s.failed);
                 print_json(&v)?;
             } else {
                 for i in &s.failed {
@@ -428,11 +424,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 let mut v = serde_json::to_value(&s)?;
                 v["ok"] = json!(code == exit::OK);
                 v["exit_code"] = json!(code);
-                v["failed"] = s
-                    .failed
-                    .iter()
-                    .map(|i| json!({"path": i.path.to_string_lossy(), "error": i.reason}))
-                    .collect();
+                v["failed"] = failed_json(&s.failed);
                 print_json(&v)?;
             } else {
                 print_human(&s)?;

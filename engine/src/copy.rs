@@ -34,8 +34,6 @@ use crate::meta::{read_xattrs, sync_xattrs, FileKind, XTarget, XattrPolicy, Xatt
 use crate::progress::{Action, Progress};
 use crate::sys::{self, Stat};
 
-/// Entries read from a directory before they are handed to the workers.
-const BATCH: usize = 512;
 /// At most this many failed (and, separately, partial) entries are kept with
 /// their reasons; the rest are only counted, so memory stays bounded.
 const MAX_ISSUES: usize = 100_000;
@@ -426,16 +424,10 @@ pub fn copy(
 /// Counting-only walk for progress totals (entries and bytes), run on its
 /// own thread beside the real work so a progress bar can show an ETA.
 pub(crate) fn scan(dir: &File, rel: PathBuf, filter: &Filter, progress: &dyn Progress) {
-    let Ok(mut stream) = sys::DirStream::new(dir) else {
-        return;
-    };
-    let mut batch = Vec::new();
-    while let Ok(n) = stream.read_batch(&mut batch, BATCH) {
-        if n == 0 {
-            break;
-        }
+    // A scan is only an estimate for the bar: unreadable parts are skipped.
+    let _ = sys::each_batch(dir, |batch| -> io::Result<()> {
         let (mut files, mut bytes) = (0, 0);
-        for e in batch.drain(..) {
+        for e in batch {
             let Ok(st) = sys::stat_at(dir, &e.name) else {
                 continue;
             };
@@ -455,7 +447,8 @@ pub(crate) fn scan(dir: &File, rel: PathBuf, filter: &Filter, progress: &dyn Pro
             }
         }
         progress.discovered(files, bytes);
-    }
+        Ok(())
+    });
 }
 
 /// A rayon pool with deep stacks (the walk recurses per directory level).
@@ -622,25 +615,15 @@ impl<'a> Run<'a> {
         if !dir.fresh {
             self.clean_dst(dir);
         }
-        let mut stream = match sys::DirStream::new(&dir.src) {
-            Ok(s) => s,
-            Err(e) => return self.fail(&dir.rel, format!("reading directory: {e}")),
-        };
-        let mut batch = Vec::with_capacity(BATCH);
-        loop {
-            batch.clear();
-            match stream.read_batch(&mut batch, BATCH) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    self.fail(&dir.rel, format!("reading directory: {e}"));
-                    break;
-                }
-            }
+        let r = sys::each_batch(&dir.src, |batch| -> io::Result<()> {
             batch.par_iter().for_each(|e| {
                 let rel = dir.rel.join(name_of(&e.name));
                 self.entry(dir, &e.name, &e.name, rel);
             });
+            Ok(())
+        });
+        if let Err(e) = r {
+            self.fail(&dir.rel, format!("reading directory: {e}"));
         }
     }
 
@@ -649,22 +632,8 @@ impl<'a> Run<'a> {
     /// space is freed first.
     fn clean_dst(&self, dir: &DirPair) {
         let Some(dst) = &dir.dst else { return };
-        let mut stream = match sys::DirStream::new(dst) {
-            Ok(s) => s,
-            Err(e) => return self.fail(&dir.rel, format!("reading destination directory: {e}")),
-        };
-        let mut batch = Vec::with_capacity(BATCH);
-        loop {
-            batch.clear();
-            match stream.read_batch(&mut batch, BATCH) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    self.fail(&dir.rel, format!("reading destination directory: {e}"));
-                    break;
-                }
-            }
-            for e in &batch {
+        let r = sys::each_batch(dst, |batch| -> io::Result<()> {
+            for e in batch {
                 let tmp = is_tmp_name(e.name.to_bytes());
                 if !tmp && !self.opts.delete {
                     continue;
@@ -698,6 +667,10 @@ impl<'a> Run<'a> {
                     Err(err) => self.fail(&rel, format!("deleting: {err}")),
                 }
             }
+            Ok(())
+        });
+        if let Err(e) = r {
+            self.fail(&dir.rel, format!("reading destination directory: {e}"));
         }
     }
 
@@ -715,17 +688,12 @@ impl<'a> Run<'a> {
             if !self.is_root && st.perm() & 0o700 != 0o700 {
                 sys::chmod_fd(&d, st.perm() | 0o700).step("chmod")?;
             }
-            let mut stream = sys::DirStream::new(&d).step("read directory")?;
-            let mut batch = Vec::new();
-            while stream
-                .read_batch(&mut batch, BATCH)
-                .step("read directory")?
-                > 0
-            {
-                for e in batch.drain(..) {
+            sys::each_batch(&d, |batch| -> Result<(), StepError> {
+                for e in batch {
                     self.remove_tree(&d, &e.name, &rel.join(name_of(&e.name)), report)?;
                 }
-            }
+                Ok(())
+            })?;
             sys::unlink_at(dir, name, true).step("rmdir")?;
         } else {
             sys::unlink_at(dir, name, false).step("unlink")?;
@@ -1353,24 +1321,32 @@ impl<'a> Run<'a> {
     /// Applies a directory's metadata once its contents are done.
     fn finish_dir(&self, dir: &DirPair, st: &Stat, existed: bool, rel: &Path) {
         let Some(d) = &dir.dst else { return };
+        let src_x = || read_xattrs(&XTarget::Fd(&dir.src), self.policy).step("read xattrs");
+        self.apply_dir_meta(d, st, src_x, existed, rel);
+    }
+
+    /// Brings a finished directory's metadata in line with `st` and `want_x`,
+    /// and records the outcome (for one that existed: metadata or unchanged).
+    pub(crate) fn apply_dir_meta(
+        &self,
+        d: &File,
+        st: &Stat,
+        want_x: impl FnOnce() -> Result<Xattrs, StepError>,
+        existed: bool,
+        rel: &Path,
+    ) {
         let r = (|| -> Result<bool, StepError> {
-            let src_x = read_xattrs(&XTarget::Fd(&dir.src), self.policy).step("read xattrs")?;
+            let want_x = want_x()?;
             let have = sys::stat_fd(d).step("stat destination")?;
             let mut partial = Vec::new();
             let fresh = if existed { Fresh::No } else { Fresh::Yes(None) };
-            let wrote = self.sync_meta(Target::Fd(d), st, &src_x, &have, fresh, &mut partial)?;
+            let wrote = self.sync_meta(Target::Fd(d), st, &want_x, &have, fresh, &mut partial)?;
             self.partial(rel, partial);
             Ok(wrote)
         })();
         match r {
-            Ok(wrote) if existed => self.record(
-                if wrote {
-                    Outcome::Metadata
-                } else {
-                    Outcome::Unchanged
-                },
-                rel,
-            ),
+            Ok(true) if existed => self.record(Outcome::Metadata, rel),
+            Ok(false) if existed => self.record(Outcome::Unchanged, rel),
             Ok(_) => {}
             Err(e) => self.fail(rel, e),
         }
@@ -1378,19 +1354,14 @@ impl<'a> Run<'a> {
 
     /// `--verify`: re-reads DST and compares it with SRC entry by entry.
     fn verify_dir(&self, src: &File, dst: &File, rel: PathBuf) {
-        let mut stream = match sys::DirStream::new(src) {
-            Ok(s) => s,
-            Err(e) => return self.mismatch(&rel, format!("reading directory: {e}")),
-        };
-        let mut batch = Vec::with_capacity(BATCH);
-        while let Ok(n) = stream.read_batch(&mut batch, BATCH) {
-            if n == 0 {
-                break;
-            }
+        let r = sys::each_batch(src, |batch| -> io::Result<()> {
             batch.par_iter().for_each(|e| {
                 self.verify_entry(src, dst, &e.name, &e.name, rel.join(name_of(&e.name)));
             });
-            batch.clear();
+            Ok(())
+        });
+        if let Err(e) = r {
+            self.mismatch(&rel, format!("reading directory: {e}"));
         }
     }
 

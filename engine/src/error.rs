@@ -121,6 +121,16 @@ impl std::fmt::Display for StepError {
     }
 }
 
+impl From<io::Error> for StepError {
+    /// The one bare `io::Error` a step meets is a failed directory read.
+    fn from(err: io::Error) -> StepError {
+        StepError {
+            op: "read directory",
+            err,
+        }
+    }
+}
+
 /// Attaches the operation name to an `io::Result`.
 pub(crate) trait Step<T> {
     fn step(self, op: &'static str) -> Result<T, StepError>;

@@ -27,8 +27,6 @@ use crate::meta::{read_xattrs, FileKind, XTarget, XattrPolicy};
 use crate::progress::Progress;
 use crate::sys::{self, Stat};
 
-const BATCH: usize = 512;
-
 /// What to record.
 #[derive(Debug, Default)]
 pub struct CreateOptions {
@@ -267,25 +265,9 @@ impl Backup<'_> {
 
     /// The tree of the directory `dir` (already open); returns its id.
     fn dir_tree(&self, dir: &File, rel: &Path, parent: Option<&[Node]>) -> Result<Id, Error> {
-        let mut stream = match sys::DirStream::new(dir) {
-            Ok(s) => s,
-            Err(e) => {
-                self.fail(rel, format!("reading directory: {e}"));
-                return self.store_tree(Vec::new());
-            }
-        };
         let mut nodes = Vec::new();
-        let mut batch = Vec::with_capacity(BATCH);
-        loop {
-            batch.clear();
-            match stream.read_batch(&mut batch, BATCH) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    self.fail(rel, format!("reading directory: {e}"));
-                    break;
-                }
-            }
+        let mut fatal = None;
+        let read = sys::each_batch(dir, |batch| -> io::Result<()> {
             let got: Result<Vec<Option<Node>>, Error> = batch
                 .par_iter()
                 .map(|e| {
@@ -305,7 +287,23 @@ impl Backup<'_> {
                     }
                 })
                 .collect();
-            nodes.extend(got?.into_iter().flatten());
+            match got {
+                Ok(v) => {
+                    nodes.extend(v.into_iter().flatten());
+                    Ok(())
+                }
+                Err(e) => {
+                    fatal = Some(e);
+                    Err(io::Error::other("stopped"))
+                }
+            }
+        });
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        if let Err(e) = read {
+            // What was read is recorded; the rest of the directory is a failure.
+            self.fail(rel, format!("reading directory: {e}"));
         }
         self.store_tree(nodes)
     }

@@ -257,28 +257,7 @@ impl Run<'_> {
     }
 
     fn restore_dir_meta(&self, n: &Node, d: &File, existed: bool, rel: &Path) {
-        let st = node_stat(n);
-        let r = (|| -> Result<bool, StepError> {
-            let have = sys::stat_fd(d).step("stat destination")?;
-            let mut partial = Vec::new();
-            let fresh = if existed { Fresh::No } else { Fresh::Yes(None) };
-            let x = node_xattrs(n, self);
-            let wrote = self.sync_meta(Target::Fd(d), &st, &x, &have, fresh, &mut partial)?;
-            self.partial(rel, partial);
-            Ok(wrote)
-        })();
-        match r {
-            Ok(wrote) if existed => self.record(
-                if wrote {
-                    Outcome::Metadata
-                } else {
-                    Outcome::Unchanged
-                },
-                rel,
-            ),
-            Ok(_) => {}
-            Err(e) => self.fail(rel, e),
-        }
+        self.apply_dir_meta(d, &node_stat(n), || Ok(node_xattrs(n, self)), existed, rel);
     }
 
     #[allow(clippy::too_many_arguments)]
