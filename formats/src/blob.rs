@@ -81,6 +81,43 @@ pub struct EncodedBlob {
     pub bytes: Vec<u8>,
 }
 
+thread_local! {
+    // zstd contexts are costly to create (allocations sized for the level's
+    // window) and a repository holds one blob per small file, so each thread
+    // keeps one compressor (per level) and one decompressor.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((
+                level,
+                zstd::bulk::Compressor::new(level).map_err(FormatError::Zstd)?,
+            ));
+        }
+        let (_, comp) = c.as_mut().expect("just set");
+        comp.compress(data).map_err(FormatError::Zstd)
+    })
+}
+
+fn decompress(data: &[u8], capacity: usize) -> Result<Vec<u8>, FormatError> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(FormatError::Zstd)?);
+        }
+        d.as_mut()
+            .expect("just set")
+            .decompress(data, capacity)
+            .map_err(FormatError::Zstd)
+    })
+}
+
 /// Encodes `plaintext` as a blob, compressed with zstd at `level` (0 means
 /// zstd's default, 3) unless compression does not make it smaller, in which
 /// case it is stored raw.
@@ -105,7 +142,7 @@ pub fn encode_blob_with_id(
         what: "blob",
         reason: format!("{} bytes is over the 4 GiB limit", plaintext.len()),
     })?;
-    let compressed = zstd::bulk::compress(plaintext, level).map_err(FormatError::Zstd)?;
+    let compressed = compress(plaintext, level)?;
     let (encoding, payload) = if compressed.len() < plaintext.len() {
         (ENCODING_ZSTD, &compressed[..])
     } else {
@@ -187,8 +224,7 @@ fn zstd_decompress(payload: &[u8], max_len: usize) -> Result<Vec<u8>, FormatErro
                     max_len as u64,
                 ));
             }
-            let data =
-                zstd::bulk::decompress(payload, claimed as usize).map_err(FormatError::Zstd)?;
+            let data = decompress(payload, claimed as usize)?;
             if data.len() as u64 != claimed {
                 return Err(FormatError::invalid(
                     "blob",
