@@ -1,0 +1,450 @@
+//! Results of a benchmark run: medians, goals, and their text and Markdown
+//! renderings, plus a machine-readable block that `compare` reads back.
+
+use std::fmt::Write as _;
+
+use crate::measure::Run;
+
+/// All runs of one tool in one scenario on one corpus.
+pub struct Cell {
+    pub corpus: String,
+    pub scenario: String,
+    pub tool: String,
+    pub runs: Vec<Run>,
+    /// Failed runs and verification mismatches.
+    pub problems: Vec<String>,
+    /// What the tool wrote to stderr in its last run, if anything.
+    pub last_stderr: String,
+}
+
+impl Cell {
+    pub fn valid(&self) -> bool {
+        !self.runs.is_empty() && self.problems.is_empty()
+    }
+
+    pub fn walls(&self) -> Vec<f64> {
+        self.runs.iter().map(|r| r.wall_secs).collect()
+    }
+
+    pub fn median_wall(&self) -> Option<f64> {
+        median(self.walls())
+    }
+
+    pub fn median_cpu(&self) -> Option<f64> {
+        median(self.runs.iter().map(|r| r.cpu_secs).collect())
+    }
+
+    pub fn max_others_load(&self) -> Option<f64> {
+        self.runs.iter().map(|r| r.others_load).reduce(f64::max)
+    }
+
+    pub fn max_rss_kib(&self) -> Option<u64> {
+        self.runs.iter().map(|r| r.max_rss_kib).max()
+    }
+}
+
+pub fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+#[derive(Default)]
+pub struct Results {
+    pub cells: Vec<Cell>,
+}
+
+impl Results {
+    pub fn cell(&mut self, corpus: &str, scenario: &str, tool: &str) -> &mut Cell {
+        let i = match self.position(corpus, scenario, tool) {
+            Some(i) => i,
+            None => {
+                self.cells.push(Cell {
+                    corpus: corpus.into(),
+                    scenario: scenario.into(),
+                    tool: tool.into(),
+                    runs: Vec::new(),
+                    problems: Vec::new(),
+                    last_stderr: String::new(),
+                });
+                self.cells.len() - 1
+            }
+        };
+        &mut self.cells[i]
+    }
+
+    pub fn get(&self, corpus: &str, scenario: &str, tool: &str) -> Option<&Cell> {
+        self.position(corpus, scenario, tool)
+            .map(|i| &self.cells[i])
+    }
+
+    fn position(&self, corpus: &str, scenario: &str, tool: &str) -> Option<usize> {
+        self.cells
+            .iter()
+            .position(|c| c.corpus == corpus && c.scenario == scenario && c.tool == tool)
+    }
+
+    pub fn all_valid(&self) -> bool {
+        self.cells.iter().all(Cell::valid)
+    }
+
+    pub fn table_rows(&self) -> (Vec<&'static str>, Vec<Vec<String>>) {
+        let header = vec![
+            "corpus",
+            "scenario",
+            "tool",
+            "median s",
+            "min s",
+            "max s",
+            "peak RSS MiB",
+            "CPU s",
+            "others' CPU",
+            "runs",
+            "check",
+        ];
+        let rows = self
+            .cells
+            .iter()
+            .map(|c| {
+                let walls = c.walls();
+                let min = walls.iter().copied().reduce(f64::min);
+                let max = walls.iter().copied().reduce(f64::max);
+                vec![
+                    c.corpus.clone(),
+                    c.scenario.clone(),
+                    c.tool.clone(),
+                    secs(c.median_wall()),
+                    secs(min),
+                    secs(max),
+                    c.max_rss_kib()
+                        .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+                    secs(c.median_cpu()),
+                    c.max_others_load()
+                        .map_or("-".into(), |l| format!("{l:.2}")),
+                    c.runs.len().to_string(),
+                    if c.valid() {
+                        "ok".into()
+                    } else {
+                        "INVALID".into()
+                    },
+                ]
+            })
+            .collect();
+        (header, rows)
+    }
+
+    /// A `run` line with the parameters (`params`: `key=value` pairs), then
+    /// one line per cell, `key=value` fields; read back by [`parse_data`].
+    pub fn data_block(&self, params: &str) -> String {
+        let mut out = format!("haul-bench-data v1\nrun {params}\n");
+        for c in &self.cells {
+            let samples: Vec<String> = c.walls().iter().map(|w| format!("{w:.4}")).collect();
+            let _ = writeln!(
+                out,
+                "cell corpus={} scenario={} tool={} median_s={} rss_kib={} cpu_s={} others_load={} valid={} samples={}",
+                c.corpus,
+                c.scenario,
+                c.tool,
+                c.median_wall().map_or("-".into(), |m| format!("{m:.4}")),
+                c.max_rss_kib().map_or("-".into(), |k| k.to_string()),
+                c.median_cpu().map_or("-".into(), |m| format!("{m:.3}")),
+                c.max_others_load().map_or("-".into(), |l| format!("{l:.2}")),
+                u8::from(c.valid()),
+                samples.join(",")
+            );
+        }
+        out
+    }
+}
+
+fn secs(x: Option<f64>) -> String {
+    x.map_or("-".into(), |s| format!("{s:.3}"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Miss,
+    /// A run involved failed or did not verify: the number means nothing.
+    Invalid,
+    NotRun,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Miss => "MISS",
+            Verdict::Invalid => "INVALID",
+            Verdict::NotRun => "not run",
+        }
+    }
+}
+
+pub struct Goal {
+    pub label: String,
+    pub value: String,
+    pub target: String,
+    pub verdict: Verdict,
+}
+
+impl Goal {
+    fn verdict(value: Option<f64>, cells: &[Option<&Cell>], max: f64) -> Verdict {
+        match value {
+            None => Verdict::NotRun,
+            Some(_) if !cells.iter().all(|c| c.is_some_and(Cell::valid)) => Verdict::Invalid,
+            Some(v) if v <= max => Verdict::Pass,
+            Some(_) => Verdict::Miss,
+        }
+    }
+
+    /// `median(num) / median(den)` in `scenario` on `corpus`, at most `max`.
+    pub fn ratio(
+        r: &Results,
+        corpus: &str,
+        scenario: &str,
+        num: &str,
+        den: &str,
+        max: f64,
+    ) -> Goal {
+        let (a, b) = (r.get(corpus, scenario, num), r.get(corpus, scenario, den));
+        let value = a
+            .and_then(Cell::median_wall)
+            .zip(b.and_then(Cell::median_wall))
+            .map(|(x, y)| x / y);
+        Goal {
+            label: format!("{corpus} {scenario}: {num}/{den} wall time"),
+            value: value.map_or("-".into(), |v| format!("{v:.3}")),
+            target: format!("<= {max:.2}"),
+            verdict: Goal::verdict(value, &[a, b], max),
+        }
+    }
+
+    /// Largest peak RSS of `tool` over every scenario on `corpus`.
+    pub fn rss(r: &Results, corpus: &str, tool: &str, max_mib: f64) -> Goal {
+        let cells: Vec<Option<&Cell>> = r
+            .cells
+            .iter()
+            .filter(|c| c.corpus == corpus && c.tool == tool)
+            .map(Some)
+            .collect();
+        let value = cells
+            .iter()
+            .flatten()
+            .filter_map(|c| c.max_rss_kib())
+            .max()
+            .map(|k| k as f64 / 1024.0);
+        Goal {
+            label: format!("{corpus}: {tool} peak RSS"),
+            value: value.map_or("-".into(), |v| format!("{v:.1} MiB")),
+            target: format!("<= {max_mib:.0} MiB"),
+            verdict: Goal::verdict(value, &cells, max_mib),
+        }
+    }
+
+    pub fn rows(goals: &[Goal]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+        let rows = goals
+            .iter()
+            .map(|g| {
+                vec![
+                    g.label.clone(),
+                    g.value.clone(),
+                    g.target.clone(),
+                    g.verdict.as_str().into(),
+                ]
+            })
+            .collect();
+        (vec!["goal", "measured", "target", "verdict"], rows)
+    }
+}
+
+/// A plain-text table with aligned columns (numbers right-aligned).
+pub fn text_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let numeric = |s: &str| s.parse::<f64>().is_ok() || s.ends_with(" MiB");
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, &w)| {
+                if numeric(c) {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", parts.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    line(
+        widths
+            .iter()
+            .map(|&w| &"------------------------------------------------------------"[..w.min(60)])
+            .collect(),
+    );
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = format!("| {} |\n", header.join(" | "));
+    let _ = writeln!(out, "|{}", " --- |".repeat(header.len()));
+    for row in rows {
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    out
+}
+
+/// One cell as read back from a results file.
+pub struct DataRow {
+    pub corpus: String,
+    pub scenario: String,
+    pub tool: String,
+    pub median_s: Option<f64>,
+    pub rss_kib: Option<u64>,
+    pub valid: bool,
+}
+
+/// The parameters on the `run` line of a results file's data block.
+pub fn parse_params(text: &str) -> Option<&str> {
+    text.lines()
+        .skip_while(|l| l.trim() != "haul-bench-data v1")
+        .find_map(|l| l.strip_prefix("run "))
+}
+
+/// Reads the `haul-bench-data v1` block out of a results file.
+pub fn parse_data(text: &str) -> Vec<DataRow> {
+    let mut rows = Vec::new();
+    for line in text
+        .lines()
+        .skip_while(|l| l.trim() != "haul-bench-data v1")
+    {
+        let Some(rest) = line.strip_prefix("cell ") else {
+            continue;
+        };
+        let field = |key: &str| {
+            rest.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                .unwrap_or("-")
+                .to_owned()
+        };
+        rows.push(DataRow {
+            corpus: field("corpus"),
+            scenario: field("scenario"),
+            tool: field("tool"),
+            median_s: field("median_s").parse().ok(),
+            rss_kib: field("rss_kib").parse().ok(),
+            valid: field("valid") == "1",
+        });
+    }
+    rows
+}
+
+pub struct Comparison {
+    /// Set when the two runs used different parameters (scale, seed, ...).
+    pub warning: Option<String>,
+    pub header: Vec<&'static str>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// Compares the data blocks of two results files, cell by cell.
+pub fn compare(base_text: &str, new_text: &str) -> Option<Comparison> {
+    let (base, new) = (parse_data(base_text), parse_data(new_text));
+    if base.is_empty() || new.is_empty() {
+        return None;
+    }
+    let warning = match (parse_params(base_text), parse_params(new_text)) {
+        (Some(b), Some(n)) if b == n => None,
+        (b, n) => Some(format!(
+            "the runs differ in parameters: baseline `{}`, new `{}`",
+            b.unwrap_or("?"),
+            n.unwrap_or("?")
+        )),
+    };
+    let (header, rows) = comparison(&base, &new);
+    Some(Comparison {
+        warning,
+        header,
+        rows,
+    })
+}
+
+/// Baseline vs current, cell by cell: medians, change, peak RSS.
+fn comparison(base: &[DataRow], new: &[DataRow]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let header = vec![
+        "corpus",
+        "scenario",
+        "tool",
+        "base s",
+        "new s",
+        "change",
+        "base RSS MiB",
+        "new RSS MiB",
+    ];
+    let mib = |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let mark = |r: &DataRow, s: String| if r.valid { s } else { format!("{s} (invalid)") };
+    let rows = new
+        .iter()
+        .map(|n| {
+            let b = base
+                .iter()
+                .find(|b| b.corpus == n.corpus && b.scenario == n.scenario && b.tool == n.tool);
+            let change = match (b.and_then(|b| b.median_s), n.median_s) {
+                (Some(x), Some(y)) if x > 0.0 => format!("{:+.1}%", (y / x - 1.0) * 100.0),
+                _ => "-".into(),
+            };
+            vec![
+                n.corpus.clone(),
+                n.scenario.clone(),
+                n.tool.clone(),
+                b.map_or("-".into(), |b| mark(b, secs(b.median_s))),
+                mark(n, secs(n.median_s)),
+                change,
+                mib(b.and_then(|b| b.rss_kib)),
+                mib(n.rss_kib),
+            ]
+        })
+        .collect();
+    (header, rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn data_block_round_trips() {
+        let text = "# title\n```text\nhaul-bench-data v1\nrun scale=1\ncell corpus=kernel scenario=full tool=haul median_s=1.5000 rss_kib=2048 cpu_s=0.1 valid=1 samples=1.5\n```\n";
+        let rows = parse_data(text);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].corpus.as_str(), rows[0].median_s, rows[0].rss_kib),
+            ("kernel", Some(1.5), Some(2048))
+        );
+        assert!(rows[0].valid);
+        assert_eq!(parse_params(text), Some("scale=1"));
+    }
+}
