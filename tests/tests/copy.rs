@@ -1259,3 +1259,49 @@ fn unreadable_source_entries_fail_with_exit_3() {
     );
     assert_no_tmp_leftovers(&dst);
 }
+
+/// A new empty file is created under its final name (it has no content to
+/// tear). If a kill leaves it there with unfinished metadata (mode 0600, the
+/// creation time, no xattrs), the next run completes it in place.
+#[test]
+fn empty_file_with_unfinished_metadata_is_completed_in_place() {
+    require_root("empty_file_with_unfinished_metadata_is_completed_in_place");
+    let t = tmp();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    fixture::write_file(&src.join("empty"), b"");
+    fixture::chmod(&src.join("empty"), 0o4755);
+    fixture::lchown(&src.join("empty"), 1234, 5678);
+    fixture::set_xattr(&src.join("empty"), "user.tag", b"kept");
+    fixture::set_mtime(&src.join("empty"), 1_600_000_000, 5);
+    fixture::set_mtime(&src, 1_600_000_000, 6);
+    // What a kill between create and metadata leaves behind.
+    fixture::write_file(&dst.join("empty"), b"");
+    fixture::chmod(&dst.join("empty"), 0o600);
+    let ino = inode(&dst.join("empty"));
+
+    let r = haul_copy(&[], &src, &dst);
+    r.expect_clean();
+    assert_trees_equal(
+        &walk(&src),
+        &walk(&dst),
+        &all(),
+        "after completing an empty file",
+    );
+    assert_eq!(
+        inode(&dst.join("empty")),
+        ino,
+        "the empty file was replaced, not completed"
+    );
+
+    // And a fresh copy of empty files is exact too (they take the direct path).
+    let dst2 = t.path().join("dst2");
+    haul_copy(&["-j", "4"], &src, &dst2).expect_clean();
+    assert_trees_equal(
+        &walk(&src),
+        &walk(&dst2),
+        &all(),
+        "fresh copy of an empty file",
+    );
+    assert!(tmp_leftovers(&dst2).is_empty());
+}
