@@ -38,6 +38,9 @@ pub enum RepoCommand {
         /// zstd level for new data (1-22, default 3).
         #[arg(long, value_name = "N")]
         compression_level: Option<i32>,
+        /// Size pack files aim for, in MiB (1-1024, default 32).
+        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
+        pack_size: Option<u32>,
     },
 }
 
@@ -65,6 +68,9 @@ pub enum SnapshotCommand {
         /// Do not show a progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Write an index file every N new blobs (tests and tuning).
+        #[arg(long, value_name = "N", hide = true, default_value_t = 0)]
+        index_flush_every: usize,
     },
     /// List snapshots, oldest first.
     List {
@@ -130,6 +136,9 @@ pub enum SnapshotCommand {
         /// Read every pack and verify every blob's hash.
         #[arg(long)]
         read_data: bool,
+        /// Do not show a progress bar.
+        #[arg(long)]
+        no_progress: bool,
     },
     /// Remove snapshots by id or by retention policy (data stays until prune).
     Forget {
@@ -239,13 +248,13 @@ pub fn run_repo(c: RepoCommand) -> Result<u8> {
         RepoCommand::Init {
             repo,
             compression_level,
+            pack_size,
         } => {
-            let r = Repository::init(
-                &repo.repo,
-                &InitOptions {
-                    zstd_level: compression_level,
-                },
-            )?;
+            let opts = InitOptions {
+                zstd_level: compression_level,
+                pack_size: pack_size.map(|m| m << 20),
+            };
+            let r = Repository::init(&repo.repo, &opts)?;
             if repo.json {
                 print_json(&json!({"location": r.location(), "id": r.config().id.to_hex()}))?;
             } else {
@@ -270,6 +279,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             time,
             jobs,
             no_progress,
+            index_flush_every,
         } => {
             let (r, created) = Repository::open_or_init(&repo.repo)?;
             if created {
@@ -284,6 +294,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 filter: Filter::new(&exclude)?,
                 jobs: jobs.unwrap_or(0),
                 time,
+                index_flush_every,
             };
             let reporter = Reporter::new(!no_progress && !repo.json, ChangeSink::None);
             let res = r.create_snapshot(&opts, &reporter);
@@ -431,9 +442,16 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             }
             Ok(code)
         }
-        SnapshotCommand::Check { repo, read_data } => {
+        SnapshotCommand::Check {
+            repo,
+            read_data,
+            no_progress,
+        } => {
             let r = open(&repo)?;
-            let rep = r.check(CheckOptions { read_data })?;
+            let reporter = Reporter::new(!no_progress && !repo.json, ChangeSink::None);
+            let res = r.check(CheckOptions { read_data }, &reporter);
+            reporter.finish();
+            let rep = res?;
             notices(&rep.notices);
             if repo.json {
                 print_json(&rep)?;

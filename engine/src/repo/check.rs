@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::index::MasterIndex;
 use super::Repository;
 use crate::error::Error;
+use crate::progress::Progress;
 
 /// What to check.
 #[derive(Clone, Copy, Debug, Default)]
@@ -54,7 +55,7 @@ pub struct CheckReport {
 
 impl Repository {
     /// Checks the repository; see the module docs.
-    pub fn check(&self, opts: CheckOptions) -> Result<CheckReport, Error> {
+    pub fn check(&self, opts: CheckOptions, progress: &dyn Progress) -> Result<CheckReport, Error> {
         let lock = self.lock(false)?;
         let mut rep = CheckReport {
             notices: lock.notices().to_vec(),
@@ -114,9 +115,21 @@ impl Repository {
         }
 
         // Packs: present, self-consistent, and (read_data) every blob intact.
+        if opts.read_data {
+            let total: u64 = by_pack
+                .keys()
+                .map(|p| self.backend().size(&RepoFile::Pack.path(p)).unwrap_or(0))
+                .sum();
+            progress.discovered(by_pack.len() as u64, total);
+            progress.discovery_done();
+        }
         let results: Vec<(Vec<String>, Vec<Id>)> = by_pack
             .par_iter()
-            .map(|(pack, entries)| self.check_pack(pack, entries, opts.read_data))
+            .map(|(pack, entries)| {
+                let r = self.check_pack(pack, entries, opts.read_data, progress);
+                progress.entry_done();
+                r
+            })
             .collect();
         let mut bad: HashSet<Id> = HashSet::new();
         for (errs, blobs) in results {
@@ -186,6 +199,7 @@ impl Repository {
         pack: &Id,
         entries: &[IndexEntry],
         read_data: bool,
+        progress: &dyn Progress,
     ) -> (Vec<String>, Vec<Id>) {
         let name = RepoFile::Pack.path(pack);
         let path = self.file_path(&name);
@@ -216,7 +230,10 @@ impl Repository {
             };
         }
         let bytes = match self.backend().get(&name, u64::MAX) {
-            Ok(b) => b,
+            Ok(b) => {
+                progress.bytes(b.len() as u64);
+                b
+            }
             Err(e) => return (vec![format!("pack {}: {e}", path.display())], all()),
         };
         let mut errs = Vec::new();

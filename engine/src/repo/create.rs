@@ -27,6 +27,9 @@ use crate::meta::{read_xattrs, FileKind, XTarget, XattrPolicy};
 use crate::progress::Progress;
 use crate::sys::{self, Stat};
 
+/// New blobs between index flushes during one create (about 5 MiB of index).
+pub const DEFAULT_INDEX_FLUSH: usize = 100_000;
+
 /// What to record.
 #[derive(Debug, Default)]
 pub struct CreateOptions {
@@ -40,6 +43,9 @@ pub struct CreateOptions {
     pub jobs: usize,
     /// The time to record instead of now (for imports and tests).
     pub time: Option<Timestamp>,
+    /// Write an index file every this many new blobs (0: the default), so
+    /// memory stays flat and an interrupted run leaves its packs indexed.
+    pub index_flush_every: usize,
 }
 
 /// The outcome of a create.
@@ -118,6 +124,7 @@ struct Backup<'a> {
     chunker: ChunkerParams,
     level: i32,
     progress: &'a dyn Progress,
+    flush_every: usize,
     files: AtomicU64,
     dirs: AtomicU64,
     bytes: AtomicU64,
@@ -201,6 +208,26 @@ impl Backup<'_> {
         n
     }
 
+    /// Writes an index file for the packs finished so far and forgets their
+    /// blobs from the in-memory set: memory stays flat however much new data
+    /// one run adds, and an interrupted run leaves those packs indexed.
+    fn flush_index(&self) -> Result<(), Error> {
+        let entries = self.packer.take_written();
+        let ids: Vec<Id> = entries.iter().map(|e| e.id).collect();
+        if let Some((name, id)) = self.repo.write_index(entries)? {
+            // Into the lookups first, out of `pending` second: a concurrent
+            // store sees the blob in one or the other (at worst in neither,
+            // which stores a harmless duplicate).
+            self.index.add(self.repo.load_index_file(&name, id)?);
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                pending.remove(id);
+            }
+            pending.shrink_to_fit();
+        }
+        Ok(())
+    }
+
     /// Stores a blob unless the repository (or this run) already has it.
     fn store(&self, kind: BlobKind, data: &[u8]) -> Result<Id, Error> {
         let id = Id::hash(data);
@@ -216,6 +243,9 @@ impl Backup<'_> {
         let blob = encode_blob_with_id(kind, data, id, self.level)
             .map_err(|e| Error::corrupt("encoding blob", self.repo.location(), e))?;
         self.packer.add(&blob)?;
+        if self.packer.written_len() >= self.flush_every {
+            self.flush_index()?;
+        }
         if kind == BlobKind::Data {
             self.bytes_new.fetch_add(data.len() as u64, Relaxed);
         }
@@ -597,6 +627,11 @@ impl Repository {
             chunker: self.config().chunker,
             level: self.config().zstd_level,
             progress,
+            flush_every: if opts.index_flush_every == 0 {
+                DEFAULT_INDEX_FLUSH
+            } else {
+                opts.index_flush_every
+            },
             files: AtomicU64::new(0),
             dirs: AtomicU64::new(0),
             bytes: AtomicU64::new(0),

@@ -51,9 +51,11 @@ impl IndexFile {
     }
 }
 
-/// All index files of a repository.
+/// All index files of a repository, plus those a running create wrote.
 pub(crate) struct MasterIndex {
     pub files: Vec<IndexFile>,
+    /// Index files written during this run (see `Backup::flush_index`).
+    added: std::sync::RwLock<Vec<IndexFile>>,
 }
 
 impl MasterIndex {
@@ -64,6 +66,7 @@ impl MasterIndex {
                 .into_iter()
                 .filter_map(|(id, b)| IndexFile::new(id, Bytes::Owned(b)).ok())
                 .collect(),
+            added: Default::default(),
         }
     }
 
@@ -71,6 +74,20 @@ impl MasterIndex {
         self.files
             .iter()
             .find_map(|f| f.reader().lookup(id).ok().flatten())
+            .or_else(|| {
+                let added = self.added.read().unwrap_or_else(|e| e.into_inner());
+                added
+                    .iter()
+                    .find_map(|f| f.reader().lookup(id).ok().flatten())
+            })
+    }
+
+    /// Makes a freshly written index file part of the lookups.
+    pub(crate) fn add(&self, f: IndexFile) {
+        self.added
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(f);
     }
 
     pub(crate) fn contains(&self, id: &Id) -> bool {
@@ -98,26 +115,32 @@ impl Repository {
             let Some((RepoFile::Index, id)) = RepoFile::parse_path(&name) else {
                 continue;
             };
-            let path = self.file_path(&name);
-            let bytes = match self.backend().local_path(&name) {
-                Some(p) => {
-                    let f = std::fs::File::open(&p)
-                        .map_err(|e| Error::io("opening index", &path, e))?;
-                    Bytes::Mapped(
-                        sys::map_readonly(&f).map_err(|e| Error::io("mapping index", &path, e))?,
-                    )
-                }
-                None => Bytes::Owned(
-                    self.backend()
-                        .get(&name, u64::MAX)
-                        .map_err(|e| Error::io("reading index", &path, e))?,
-                ),
-            };
-            let file =
-                IndexFile::new(id, bytes).map_err(|e| Error::corrupt("reading index", &path, e))?;
-            files.push(file);
+            files.push(self.load_index_file(&name, id)?);
         }
-        Ok(MasterIndex { files })
+        Ok(MasterIndex {
+            files,
+            added: Default::default(),
+        })
+    }
+
+    /// Loads (memory-maps, where the backend is local) and verifies one index file.
+    pub(crate) fn load_index_file(&self, name: &str, id: Id) -> Result<IndexFile, Error> {
+        let path = self.file_path(name);
+        let bytes = match self.backend().local_path(name) {
+            Some(p) => {
+                let f =
+                    std::fs::File::open(&p).map_err(|e| Error::io("opening index", &path, e))?;
+                Bytes::Mapped(
+                    sys::map_readonly(&f).map_err(|e| Error::io("mapping index", &path, e))?,
+                )
+            }
+            None => Bytes::Owned(
+                self.backend()
+                    .get(name, u64::MAX)
+                    .map_err(|e| Error::io("reading index", &path, e))?,
+            ),
+        };
+        IndexFile::new(id, bytes).map_err(|e| Error::corrupt("reading index", &path, e))
     }
 
     /// Packs in `data/` that no index names: left by a run that was

@@ -53,6 +53,8 @@ pub struct SnapshotInfo {
 pub struct InitOptions {
     /// zstd level for new blobs (None: the format's default, 3).
     pub zstd_level: Option<i32>,
+    /// Size pack files aim for, in bytes (None: the format's default, 32 MiB).
+    pub pack_size: Option<u32>,
 }
 
 /// An open repository.
@@ -133,6 +135,9 @@ impl Repository {
         let mut config = RepoConfig::new(random_id(), Timestamp::now());
         if let Some(l) = opts.zstd_level {
             config.zstd_level = l;
+        }
+        if let Some(n) = opts.pack_size {
+            config.pack_size = n;
         }
         config
             .validate()

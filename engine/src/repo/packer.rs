@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use haul_formats::{EncodedBlob, FileKind as RepoFile, IndexEntry, PackWriter};
+use haul_formats::{EncodedBlob, FileKind as RepoFile, Id, IndexEntry, PackWriter};
 
 use super::Repository;
 use crate::error::Error;
@@ -77,6 +77,17 @@ impl<'r> Packer<'r> {
         Ok(())
     }
 
+    /// Entries of the packs written since the last call (the current,
+    /// unfinished pack is not among them).
+    pub(crate) fn take_written(&self) -> Vec<IndexEntry> {
+        std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many entries `take_written` would return.
+    pub(crate) fn written_len(&self) -> usize {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Writes the last, partial pack and returns where every blob went,
     /// with the number of packs and bytes written.
     pub(crate) fn finish(self) -> Result<(Vec<IndexEntry>, u64, u64), Error> {
@@ -98,10 +109,14 @@ impl<'r> Packer<'r> {
 }
 
 impl Repository {
-    /// Writes an index file naming `entries`; returns nothing when empty.
-    pub(crate) fn write_index(&self, entries: Vec<IndexEntry>) -> Result<(), Error> {
+    /// Writes an index file naming `entries` and returns its repository
+    /// name and id (nothing is written for no entries).
+    pub(crate) fn write_index(
+        &self,
+        entries: Vec<IndexEntry>,
+    ) -> Result<Option<(String, Id)>, Error> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut w = haul_formats::IndexWriter::new();
         for e in entries {
@@ -113,6 +128,7 @@ impl Repository {
         let name = RepoFile::Index.path(&written.id);
         self.backend()
             .put(&name, &bytes)
-            .map_err(|e| Error::io("writing index", self.file_path(&name), e))
+            .map_err(|e| Error::io("writing index", self.file_path(&name), e))?;
+        Ok(Some((name, written.id)))
     }
 }
