@@ -124,7 +124,7 @@ fn preflight(opts: &CopyOpts) -> Result<Commands> {
 
 /// Removes `dst` and recreates it empty, the same for every tool (`cp -a
 /// SRC/. DST/` needs it to exist). Not timed.
-fn fresh_dst(dst: &Path) -> Result<()> {
+pub(crate) fn fresh_dst(dst: &Path) -> Result<()> {
     corpus::remove_if_exists(dst)?;
     fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))
 }
@@ -270,7 +270,7 @@ fn check_room(dir: &Path, summary: &tree::Summary) -> Result<()> {
 }
 
 /// `tools`, starting at a different one each round.
-fn rotated(tools: &[Tool], round: usize) -> Vec<Tool> {
+pub(crate) fn rotated<T: Clone>(tools: &[T], round: usize) -> Vec<T> {
     let mut order = tools.to_vec();
     let n = order.len().max(1);
     order.rotate_left(round % n);

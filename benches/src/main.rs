@@ -1,6 +1,7 @@
 //! End-to-end benchmarks of haul against the tools it replaces.
 //!
 //! `cargo run --release -p haul-benches -- copy [--rounds N] [--scale F] [--keep-corpus]`
+//! `cargo run --release -p haul-benches -- snapshot [--rounds N] [--scale F] [--keep-corpus]`
 //! See benches/README.md, or run with `--help`.
 
 mod copy;
@@ -11,6 +12,7 @@ mod measure;
 mod prng;
 mod report;
 mod session;
+mod snapshot;
 mod sys;
 mod tree;
 
@@ -27,15 +29,17 @@ usage: cargo run --release -p haul-benches -- <subcommand> [options]
 
 subcommands:
   copy      time haul copy vs rsync -aHAXS vs cp -a: full copy and no-change re-run
+  snapshot  haul snapshot vs restic vs tar+zstd: first create, repository size,
+            unchanged re-create, full restore (kernel corpus by default)
   compare   compare two results files: compare BASELINE.md NEW.md
   corpus    only build the corpora (implies --keep-corpus) and print their summaries
   clean     remove the scratch directory (--root)
 
-options (copy, corpus):
+options (copy, snapshot, corpus):
   --rounds N         interleaved rounds per tool (default 3)
   --scale F          scale the corpora's file counts and sizes (default 1; e.g. 0.02 to try)
-  --corpora LIST     comma-separated: kernel,empty1m (default both)
-  --tools LIST       comma-separated: haul,rsync,cp (default all)
+  --corpora LIST     comma-separated: kernel,empty1m (default both; snapshot: kernel)
+  --tools LIST       copy: haul,rsync,cp; snapshot: haul,restic,tar (default all)
   --keep-corpus      keep the corpora for the next run (rebuilt only if parameters change)
   --seed N           corpus seed (default 1)
   --root DIR         scratch directory, should be tmpfs (default /dev/shm/haul-bench)
@@ -43,7 +47,8 @@ options (copy, corpus):
   --no-write         print the tables but write no results file
   --baseline FILE    also compare with an earlier results file
   --haul PATH        haul binary to use (default: build target/release/haul)
-  --haul-arg ARG     extra argument for `haul copy` (repeatable)
+  --haul-arg ARG     extra argument for `haul copy` (snapshot: for `haul snapshot create`
+                     and `restore`) (repeatable)
   --wait-idle        before each timed run, wait (up to 10 min) until other processes
                      use under 0.2 cores: for shared machines
 
@@ -89,6 +94,23 @@ fn run(argv: Vec<String>) -> Result<bool> {
             })?;
             copy::run(copy::CopyOpts { common, tools })
         }
+        "snapshot" => {
+            let corpora_given = argv
+                .iter()
+                .any(|a| a == "--corpora" || a.starts_with("--corpora="));
+            let mut tools = snapshot::Tool::ALL.to_vec();
+            let mut common = parse_common(&mut args, argv, |flag, args| {
+                if flag != "--tools" {
+                    return Ok(false);
+                }
+                tools = parse_list(&value(args, flag)?, snapshot::Tool::parse, "tool")?;
+                Ok(true)
+            })?;
+            if !corpora_given {
+                common.corpora = vec![Kind::Kernel];
+            }
+            snapshot::run(snapshot::SnapshotOpts { common, tools })
+        }
         "corpus" => {
             let mut common = parse_common(&mut args, argv, |_, _| Ok(false))?;
             common.keep_corpus = true;
@@ -109,10 +131,7 @@ fn run(argv: Vec<String>) -> Result<bool> {
             let Some(c) = report::compare(&read(&base)?, &read(&new)?) else {
                 bail!("{base} or {new} has no `haul-bench-data v1` block");
             };
-            println!(
-                "{base} -> {new}\n\n{}",
-                report::text_table(&c.header, &c.rows)
-            );
+            println!("{base} -> {new}\n\n{}", c.text());
             if let Some(w) = c.warning {
                 println!("warning: {w}");
             }

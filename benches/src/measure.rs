@@ -39,19 +39,29 @@ impl Run {
 
 pub const RUNNER_SUBCOMMAND: &str = "__measure";
 
-/// Runs `cmd` (its program and arguments; nothing else of it is used) with
-/// stdin and stdout on /dev/null and stderr in `stderr_path`.
+/// Runs `cmd` (its program, arguments and environment changes; nothing else
+/// of it is used) with stdin and stdout on /dev/null and stderr in
+/// `stderr_path`.
 pub fn run(cmd: &Command, stderr_path: &Path) -> Result<Run> {
     let err =
         File::create(stderr_path).with_context(|| format!("creating {}", stderr_path.display()))?;
     let exe = std::env::current_exe().context("locating haul-benches itself")?;
-    let busy_before = busy_secs();
-    let out = Command::new(exe)
+    let mut runner = Command::new(exe);
+    runner
         .arg(RUNNER_SUBCOMMAND)
         .arg(cmd.get_program())
         .args(cmd.get_args())
         .stdin(Stdio::null())
-        .stderr(err)
+        .stderr(err);
+    // The runner passes its environment on to the tool.
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => runner.env(key, v),
+            None => runner.env_remove(key),
+        };
+    }
+    let busy_before = busy_secs();
+    let out = runner
         .output()
         .with_context(|| format!("running {cmd:?}"))?;
     let busy = busy_secs()

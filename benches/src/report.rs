@@ -56,9 +56,35 @@ pub fn median(mut xs: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// The size of what one tool wrote (a repository, an archive) after one
+/// scenario, once per round.
+pub struct SizeCell {
+    pub corpus: String,
+    pub scenario: String,
+    pub tool: String,
+    /// Total bytes of the regular files, one sample per round.
+    pub bytes: Vec<u64>,
+    /// Number of regular files, one sample per round.
+    pub files: Vec<u64>,
+    /// Bytes of the source tree, for the ratio column.
+    pub source_bytes: u64,
+}
+
+impl SizeCell {
+    pub fn median_bytes(&self) -> Option<f64> {
+        median(self.bytes.iter().map(|&b| b as f64).collect())
+    }
+
+    fn median_files(&self) -> Option<f64> {
+        median(self.files.iter().map(|&b| b as f64).collect())
+    }
+}
+
 #[derive(Default)]
 pub struct Results {
     pub cells: Vec<Cell>,
+    /// Output sizes (snapshot repositories, archives); empty for `copy`.
+    pub sizes: Vec<SizeCell>,
 }
 
 impl Results {
@@ -78,6 +104,75 @@ impl Results {
             }
         };
         &mut self.cells[i]
+    }
+
+    pub fn size(
+        &mut self,
+        corpus: &str,
+        scenario: &str,
+        tool: &str,
+        source_bytes: u64,
+    ) -> &mut SizeCell {
+        let i = match self.size_position(corpus, scenario, tool) {
+            Some(i) => i,
+            None => {
+                self.sizes.push(SizeCell {
+                    corpus: corpus.into(),
+                    scenario: scenario.into(),
+                    tool: tool.into(),
+                    bytes: Vec::new(),
+                    files: Vec::new(),
+                    source_bytes,
+                });
+                self.sizes.len() - 1
+            }
+        };
+        &mut self.sizes[i]
+    }
+
+    pub fn get_size(&self, corpus: &str, scenario: &str, tool: &str) -> Option<&SizeCell> {
+        self.size_position(corpus, scenario, tool)
+            .map(|i| &self.sizes[i])
+    }
+
+    fn size_position(&self, corpus: &str, scenario: &str, tool: &str) -> Option<usize> {
+        self.sizes
+            .iter()
+            .position(|c| c.corpus == corpus && c.scenario == scenario && c.tool == tool)
+    }
+
+    pub fn size_rows(&self) -> (Vec<&'static str>, Vec<Vec<String>>) {
+        let header = vec![
+            "corpus",
+            "after",
+            "tool",
+            "median MB",
+            "min MB",
+            "max MB",
+            "files",
+            "of source",
+        ];
+        let mb = |b: Option<f64>| b.map_or("-".into(), |b| format!("{:.1}", b / 1e6));
+        let rows = self
+            .sizes
+            .iter()
+            .map(|c| {
+                let med = c.median_bytes();
+                vec![
+                    c.corpus.clone(),
+                    c.scenario.clone(),
+                    c.tool.clone(),
+                    mb(med),
+                    mb(c.bytes.iter().min().map(|&b| b as f64)),
+                    mb(c.bytes.iter().max().map(|&b| b as f64)),
+                    c.median_files().map_or("-".into(), |f| format!("{f:.0}")),
+                    med.filter(|_| c.source_bytes > 0).map_or("-".into(), |b| {
+                        format!("{:.1}%", b / c.source_bytes as f64 * 100.0)
+                    }),
+                ]
+            })
+            .collect();
+        (header, rows)
     }
 
     pub fn get(&self, corpus: &str, scenario: &str, tool: &str) -> Option<&Cell> {
@@ -160,6 +255,19 @@ impl Results {
                 samples.join(",")
             );
         }
+        for c in &self.sizes {
+            let samples: Vec<String> = c.bytes.iter().map(u64::to_string).collect();
+            let _ = writeln!(
+                out,
+                "size corpus={} scenario={} tool={} median_bytes={} files={} samples={}",
+                c.corpus,
+                c.scenario,
+                c.tool,
+                c.median_bytes().map_or("-".into(), |m| format!("{m:.0}")),
+                c.median_files().map_or("-".into(), |f| format!("{f:.0}")),
+                samples.join(",")
+            );
+        }
         out
     }
 }
@@ -224,6 +332,34 @@ impl Goal {
             value: value.map_or("-".into(), |v| format!("{v:.3}")),
             target: format!("<= {max:.2}"),
             verdict: Goal::verdict(value, &[a, b], max),
+        }
+    }
+
+    /// `median size(num) / median size(den)` after `scenario` on `corpus`,
+    /// at most `max`; invalid if a timed run of that scenario was.
+    pub fn size_ratio(
+        r: &Results,
+        corpus: &str,
+        scenario: &str,
+        num: &str,
+        den: &str,
+        max: f64,
+    ) -> Goal {
+        let (a, b) = (
+            r.get_size(corpus, scenario, num),
+            r.get_size(corpus, scenario, den),
+        );
+        let value = a
+            .and_then(SizeCell::median_bytes)
+            .zip(b.and_then(SizeCell::median_bytes))
+            .filter(|&(_, y)| y > 0.0)
+            .map(|(x, y)| x / y);
+        let runs = [r.get(corpus, scenario, num), r.get(corpus, scenario, den)];
+        Goal {
+            label: format!("{corpus} {scenario}: {num} size / {den} size"),
+            value: value.map_or("-".into(), |v| format!("{v:.3}")),
+            target: format!("<= {max:.2}"),
+            verdict: Goal::verdict(value, &runs, max),
         }
     }
 
@@ -356,11 +492,64 @@ pub fn parse_data(text: &str) -> Vec<DataRow> {
     rows
 }
 
+/// One output size as read back from a results file.
+pub struct SizeRow {
+    pub corpus: String,
+    pub scenario: String,
+    pub tool: String,
+    pub median_bytes: Option<f64>,
+}
+
+/// Reads the `size` lines of the `haul-bench-data v1` block.
+pub fn parse_sizes(text: &str) -> Vec<SizeRow> {
+    text.lines()
+        .skip_while(|l| l.trim() != "haul-bench-data v1")
+        .filter_map(|l| l.strip_prefix("size "))
+        .map(|rest| {
+            let field = |key: &str| {
+                rest.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+                    .unwrap_or("-")
+                    .to_owned()
+            };
+            SizeRow {
+                corpus: field("corpus"),
+                scenario: field("scenario"),
+                tool: field("tool"),
+                median_bytes: field("median_bytes").parse().ok(),
+            }
+        })
+        .collect()
+}
+
 pub struct Comparison {
     /// Set when the two runs used different parameters (scale, seed, ...).
     pub warning: Option<String>,
     pub header: Vec<&'static str>,
     pub rows: Vec<Vec<String>>,
+    /// Output sizes, when the new run recorded any.
+    pub size_header: Vec<&'static str>,
+    pub size_rows: Vec<Vec<String>>,
+}
+
+impl Comparison {
+    pub fn text(&self) -> String {
+        let mut out = text_table(&self.header, &self.rows);
+        if !self.size_rows.is_empty() {
+            out.push('\n');
+            out.push_str(&text_table(&self.size_header, &self.size_rows));
+        }
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = markdown_table(&self.header, &self.rows);
+        if !self.size_rows.is_empty() {
+            out.push('\n');
+            out.push_str(&markdown_table(&self.size_header, &self.size_rows));
+        }
+        out
+    }
 }
 
 /// Compares the data blocks of two results files, cell by cell.
@@ -378,11 +567,42 @@ pub fn compare(base_text: &str, new_text: &str) -> Option<Comparison> {
         )),
     };
     let (header, rows) = comparison(&base, &new);
+    let (size_header, size_rows) = size_comparison(&parse_sizes(base_text), &parse_sizes(new_text));
     Some(Comparison {
         warning,
         header,
         rows,
+        size_header,
+        size_rows,
     })
+}
+
+/// Baseline vs current output sizes.
+fn size_comparison(base: &[SizeRow], new: &[SizeRow]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let header = vec!["corpus", "after", "tool", "base MB", "new MB", "change"];
+    let mb = |b: Option<f64>| b.map_or("-".into(), |b| format!("{:.1}", b / 1e6));
+    let rows = new
+        .iter()
+        .map(|n| {
+            let b = base
+                .iter()
+                .find(|b| b.corpus == n.corpus && b.scenario == n.scenario && b.tool == n.tool)
+                .and_then(|b| b.median_bytes);
+            let change = match (b, n.median_bytes) {
+                (Some(x), Some(y)) if x > 0.0 => format!("{:+.1}%", (y / x - 1.0) * 100.0),
+                _ => "-".into(),
+            };
+            vec![
+                n.corpus.clone(),
+                n.scenario.clone(),
+                n.tool.clone(),
+                mb(b),
+                mb(n.median_bytes),
+                change,
+            ]
+        })
+        .collect();
+    (header, rows)
 }
 
 /// Baseline vs current, cell by cell: medians, change, peak RSS.
@@ -446,5 +666,26 @@ mod tests {
         );
         assert!(rows[0].valid);
         assert_eq!(parse_params(text), Some("scale=1"));
+        assert!(parse_sizes(text).is_empty());
+    }
+
+    #[test]
+    fn sizes_round_trip() {
+        let mut r = Results::default();
+        let c = r.size("kernel", "first-create", "haul", 1000);
+        c.bytes.extend([300, 310, 305]);
+        c.files.extend([7, 7, 7]);
+        let text = r.data_block("scale=1");
+        let sizes = parse_sizes(&text);
+        assert_eq!(sizes.len(), 1);
+        assert_eq!(sizes[0].median_bytes, Some(305.0));
+        assert!(parse_data(&text).is_empty());
+        let cmp = compare(
+            &format!("{text}cell corpus=kernel scenario=x tool=haul median_s=1 valid=1\n"),
+            &format!("{text}cell corpus=kernel scenario=x tool=haul median_s=2 valid=1\n"),
+        )
+        .expect("both have data");
+        assert_eq!(cmp.size_rows.len(), 1);
+        assert_eq!(cmp.size_rows[0][5], "+0.0%");
     }
 }

@@ -100,6 +100,8 @@ pub struct RunInfo {
     corpora: Vec<CorpusInfo>,
     /// Harness failures that cut the run short.
     pub errors: Vec<String>,
+    /// Remarks on how the tools were run (Markdown), for the results file.
+    pub notes: Vec<String>,
 }
 
 impl RunInfo {
@@ -113,6 +115,7 @@ impl RunInfo {
             tools: Vec::new(),
             corpora: Vec::new(),
             errors: Vec::new(),
+            notes: Vec::new(),
         }
     }
 }
@@ -208,8 +211,8 @@ fn markdown(
         md,
         "Each figure is the median of {} interleaved rounds (the starting tool rotates each round), \
          wall time from spawn to `wait4`. Peak RSS is the largest `ru_maxrss` over the rounds, as \
-         reported by `wait4` for the child (for multi-process tools such as rsync, the largest \
-         single process, not the sum; the measuring runner itself accounts for ~2.6 MiB of it). \
+         reported by `wait4` for the child (for multi-process tools such as rsync, or tar with its \
+         zstd, the largest single process, not the sum; the measuring runner itself accounts for ~2.6 MiB of it). \
          \"Others' CPU\" is the most CPU (in cores) that other processes used during any one run: \
          well above 0 means something competed with the tools and the figures are noisy. \
          Scratch space: `{}`.\n",
@@ -248,6 +251,20 @@ fn markdown(
         .collect();
     if !problems.is_empty() {
         let _ = writeln!(md, "\n### Problems\n\n{}", problems.join("\n"));
+    }
+    if !results.sizes.is_empty() {
+        md.push_str(
+            "\n## Sizes\n\nTotal bytes (and number) of the regular files each tool wrote, \
+             median over the rounds; \"of source\" relates it to the corpus's bytes.\n\n",
+        );
+        let (h, rows) = results.size_rows();
+        md.push_str(&report::markdown_table(&h, &rows));
+    }
+    if !info.notes.is_empty() {
+        md.push_str("\n## Notes\n\n");
+        for n in &info.notes {
+            let _ = writeln!(md, "- {n}");
+        }
     }
     if let Some(b) = baseline {
         let _ = writeln!(md, "\n## Compared with baseline\n\n{b}");
@@ -341,6 +358,10 @@ pub fn finish(common: &Common, info: RunInfo, results: &Results, goals: &[Goal])
         common.rounds,
         report::text_table(&h, &rows)
     );
+    if !results.sizes.is_empty() {
+        let (h, rows) = results.size_rows();
+        println!("Sizes:\n\n{}", report::text_table(&h, &rows));
+    }
     let (h, rows) = Goal::rows(goals);
     println!("Goals:\n\n{}", report::text_table(&h, &rows));
     let data = results.data_block(&format!(
@@ -355,17 +376,13 @@ pub fn finish(common: &Common, info: RunInfo, results: &Results, goals: &[Goal])
             let Some(c) = report::compare(&text, &data) else {
                 bail!("baseline {} has no `haul-bench-data v1` block", p.display());
             };
-            println!(
-                "Compared with {}:\n\n{}",
-                p.display(),
-                report::text_table(&c.header, &c.rows)
-            );
+            println!("Compared with {}:\n\n{}", p.display(), c.text());
             let mut md = format!("Baseline: `{}`\n\n", p.display());
             if let Some(w) = &c.warning {
                 println!("warning: {w}\n");
                 let _ = writeln!(md, "**Warning:** {w}\n");
             }
-            md.push_str(&report::markdown_table(&c.header, &c.rows));
+            md.push_str(&c.markdown());
             Some(md)
         }
     };

@@ -93,10 +93,31 @@ pub fn scan(root: &Path) -> Result<(Summary, Vec<PathBuf>)> {
     Ok((sum, samples))
 }
 
+/// How exactly [`verify_with`] compares modification times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mtime {
+    /// To the nanosecond.
+    Exact,
+    /// To the second, with the fraction dropped: what a format that keeps
+    /// whole seconds (GNU tar's default) restores.
+    WholeSeconds,
+}
+
 /// Compares `dst` with `src`: the whole-tree summary, then type, mode,
 /// owner, size, mtime and contents (or link target) of the sampled entries.
 /// Returns human-readable problems; empty means the copy looks faithful.
 pub fn verify(src: &Path, expected: &Summary, samples: &[PathBuf], dst: &Path) -> Vec<String> {
+    verify_with(src, expected, samples, dst, Mtime::Exact)
+}
+
+/// [`verify`], with mtimes compared as `mtime` says.
+pub fn verify_with(
+    src: &Path,
+    expected: &Summary,
+    samples: &[PathBuf],
+    dst: &Path,
+    mtime: Mtime,
+) -> Vec<String> {
     let mut problems = Vec::new();
     match scan(dst) {
         Err(e) => problems.push(format!("cannot scan destination: {e}")),
@@ -106,7 +127,7 @@ pub fn verify(src: &Path, expected: &Summary, samples: &[PathBuf], dst: &Path) -
         Ok(_) => {}
     }
     for rel in samples {
-        if let Err(e) = compare_entry(&src.join(rel), &dst.join(rel)) {
+        if let Err(e) = compare_entry(&src.join(rel), &dst.join(rel), mtime) {
             problems.push(format!("{}: {e}", rel.display()));
         }
         if problems.len() >= 8 {
@@ -117,7 +138,7 @@ pub fn verify(src: &Path, expected: &Summary, samples: &[PathBuf], dst: &Path) -
     problems
 }
 
-fn compare_entry(src: &Path, dst: &Path) -> Result<()> {
+fn compare_entry(src: &Path, dst: &Path, mtime: Mtime) -> Result<()> {
     let a = fs::symlink_metadata(src).context("source")?;
     let b = fs::symlink_metadata(dst).context("destination")?;
     let describe = |m: &fs::Metadata| {
@@ -143,7 +164,11 @@ fn compare_entry(src: &Path, dst: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    if (a.mtime(), a.mtime_nsec()) != (b.mtime(), b.mtime_nsec()) {
+    let expected_nsec = match mtime {
+        Mtime::Exact => a.mtime_nsec(),
+        Mtime::WholeSeconds => 0,
+    };
+    if (a.mtime(), expected_nsec) != (b.mtime(), b.mtime_nsec()) {
         crate::error::bail!(
             "mtime {}.{:09} became {}.{:09}",
             a.mtime(),
