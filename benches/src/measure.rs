@@ -137,7 +137,7 @@ fn busy_secs() -> Option<f64> {
 }
 
 /// The `__measure PROGRAM ARGS...` runner: spawns the program (stdout to
-/// /dev/null, stderr inherited), reaps it with `wait4`, and prints
+/// /dev/null, stderr inherited), reaps it (with its rusage), and prints
 /// `<raw wait status> <wall s> <cpu s> <max rss KiB>` on stdout.
 pub fn runner_main(mut args: impl Iterator<Item = String>) -> ExitCode {
     let Some(program) = args.next() else {
@@ -145,7 +145,7 @@ pub fn runner_main(mut args: impl Iterator<Item = String>) -> ExitCode {
         return ExitCode::from(2);
     };
     let start = Instant::now();
-    let child = match Command::new(&program)
+    let mut child = match Command::new(&program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -157,7 +157,7 @@ pub fn runner_main(mut args: impl Iterator<Item = String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let waited = sys::wait4(child.id());
+    let waited = sys::wait_usage(&mut child);
     let wall = start.elapsed().as_secs_f64();
     // `child` is already reaped: dropping it neither waits nor kills.
     drop(child);
