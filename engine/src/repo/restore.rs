@@ -432,6 +432,11 @@ impl Run<'_> {
                 ),
             });
         }
-        sys::truncate_fd(out, n.size).step("set size")
+        // A dense file's writes already gave it its size; a sparse one may
+        // end in a hole, which only setting the size creates.
+        if data_map.is_some() {
+            sys::truncate_fd(out, n.size).step("set size")?;
+        }
+        Ok(())
     }
 }
