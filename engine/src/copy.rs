@@ -946,19 +946,7 @@ impl<'a> Run<'a> {
             let c = cur.expect("reusable implies cur");
             let src_x =
                 read_xattrs(&XTarget::At(&dir.src, sname), self.policy).step("read xattrs")?;
-            let mut partial = Vec::new();
-            let t = Target::At(d, dname, kind);
-            let wrote = self.sync_meta(t, st, &src_x, &c, Fresh::No, &mut partial)?;
-            self.record(
-                if wrote {
-                    Outcome::Metadata
-                } else {
-                    Outcome::Unchanged
-                },
-                rel,
-            );
-            self.partial(rel, partial);
-            return Ok(());
+            return self.fix_in_place(Target::At(d, dname, kind), st, &src_x, &c, rel);
         }
         let outcome = if cur.is_some() {
             Outcome::Updated
@@ -1143,6 +1131,30 @@ impl<'a> Run<'a> {
         // costs the same reads as copying but no writes, and keeps the inode
         // and any other names of it; the first difference ends it.
         files_equal(&src, &dst).step("compare")
+    }
+
+    /// An existing entry that already holds the right content: fixes its
+    /// metadata where it differs and records metadata or unchanged.
+    pub(crate) fn fix_in_place(
+        &self,
+        t: Target<'_>,
+        want: &Stat,
+        want_x: &Xattrs,
+        have: &Stat,
+        rel: &Path,
+    ) -> Result<(), StepError> {
+        let mut partial = Vec::new();
+        let wrote = self.sync_meta(t, want, want_x, have, Fresh::No, &mut partial)?;
+        self.record(
+            if wrote {
+                Outcome::Metadata
+            } else {
+                Outcome::Unchanged
+            },
+            rel,
+        );
+        self.partial(rel, partial);
+        Ok(())
     }
 
     /// Brings `t`'s owner, xattrs, mode and times in line with SRC's, writing

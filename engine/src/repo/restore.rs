@@ -296,25 +296,7 @@ impl Run<'_> {
                 }
         });
         if let (true, Some(c)) = (reusable, cur) {
-            let mut partial = Vec::new();
-            let wrote = self.sync_meta(
-                Target::At(dst, name, kind),
-                st,
-                &want_x,
-                &c,
-                Fresh::No,
-                &mut partial,
-            )?;
-            self.record(
-                if wrote {
-                    Outcome::Metadata
-                } else {
-                    Outcome::Unchanged
-                },
-                rel,
-            );
-            self.partial(rel, partial);
-            return Ok(());
+            return self.fix_in_place(Target::At(dst, name, kind), st, &want_x, &c, rel);
         }
         let tmp = tmp_name(name);
         let none = Xattrs::new();
