@@ -13,7 +13,16 @@ mod snapshot_cmd;
 
 /// haul: fast, lossless tree transfer, snapshots and archives.
 #[derive(Parser, Debug)]
-#[command(name = "haul", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "haul",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "Exit codes: 0 success; 1 fatal error (the run could not proceed); 2 usage error; \
+                  3 some entries failed; 4 some metadata not preserved; \
+                  5 --verify or `snapshot check` found a difference."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
