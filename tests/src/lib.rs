@@ -712,7 +712,13 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let (mut cmd, args) = haul_command(args, as_user);
+    let (cmd, args) = haul_command(args, as_user);
+    run_to_end(cmd, args)
+}
+
+/// Runs a prepared haul command with its output captured, killing it after
+/// [`RUN_TIMEOUT`]; `args` is what it was given, for messages.
+pub fn run_to_end(mut cmd: Command, args: Vec<OsString>) -> RunResult {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd
         .spawn()

@@ -7,12 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::mpsc;
 
-use crate::{command_as, haul_bin, RunResult, RUN_TIMEOUT};
+use crate::{command_as, haul_bin, run_to_end, RunResult};
 
 /// A repository the tests run haul against, optionally as another user.
 #[derive(Clone, Debug)]
@@ -27,42 +24,11 @@ pub fn os<S: AsRef<OsStr>>(s: S) -> OsString {
 }
 
 /// Run haul with `args` (optionally as `uid:gid`), with `TZ=UTC` so that calendar
-/// buckets are unambiguous; killed after [`RUN_TIMEOUT`].
+/// buckets are unambiguous; killed after [`RUN_TIMEOUT`](crate::RUN_TIMEOUT).
 pub fn run_haul_utc(args: Vec<OsString>, as_user: Option<(u32, u32)>) -> RunResult {
     let mut cmd = command_as(&haul_bin(), as_user);
-    cmd.args(&args)
-        .env("TZ", "UTC")
-        .env_remove("HAUL_REPO")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", haul_bin().display()));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(RUN_TIMEOUT) {
-        Ok(r) => r.expect("waiting for haul"),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("haul {args:?} did not finish within {RUN_TIMEOUT:?}; killed it");
-        }
-    };
-    let code = match out.status.code() {
-        Some(c) => c,
-        None => 128 + out.status.signal().unwrap_or(0),
-    };
-    RunResult {
-        args,
-        code,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cmd.args(&args).env("TZ", "UTC").env_remove("HAUL_REPO");
+    run_to_end(cmd, args)
 }
 
 /// Parse stdout as one JSON value (any shape), with the whole run in the panic message.
