@@ -125,6 +125,8 @@ struct Backup<'a> {
     level: i32,
     progress: &'a dyn Progress,
     flush_every: usize,
+    /// First recorded node of each hardlinked inode, by (dev, ino).
+    linked: Mutex<HashMap<(u64, u64), Node>>,
     files: AtomicU64,
     dirs: AtomicU64,
     bytes: AtomicU64,
@@ -424,10 +426,39 @@ impl Backup<'_> {
                     self.progress.bytes(st.size);
                     return Ok(o.clone());
                 }
+                // Later names of a hardlinked inode (same size, mtime and
+                // ctime as when its first name was read) reuse that reading.
+                // Best effort: a name met while another worker is still
+                // reading the first is read again, which costs time, never
+                // correctness (the chunks are the same and dedup stores one).
+                let key = (st.dev, st.ino);
+                if st.nlink > 1 {
+                    let seen = self
+                        .linked
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&key)
+                        .cloned();
+                    if let Some(n) = seen.filter(|n| unchanged(n, st)) {
+                        self.progress.bytes(st.size);
+                        return Ok(Node {
+                            name: bname.to_vec(),
+                            atime: ts(st.atime),
+                            ..n
+                        });
+                    }
+                }
                 let f = sys::open_read_at(dir, name).ctx("open")?;
                 let (data_map, chunks) = self.file_chunks(&f, st)?;
                 let x = self.xattrs(&XTarget::Fd(&f))?;
-                Ok(self.node(bname, st, NodeKind::File { data_map, chunks }, x))
+                let node = self.node(bname, st, NodeKind::File { data_map, chunks }, x);
+                if st.nlink > 1 {
+                    self.linked
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key, node.clone());
+                }
+                Ok(node)
             }
             other => {
                 if let Some(o) = same.filter(|o| o.kind_name() == kind_name(other)) {
@@ -627,6 +658,7 @@ impl Repository {
             chunker: self.config().chunker,
             level: self.config().zstd_level,
             progress,
+            linked: Mutex::default(),
             flush_every: if opts.index_flush_every == 0 {
                 DEFAULT_INDEX_FLUSH
             } else {
