@@ -472,3 +472,14 @@ pub fn build_small(root: &Path) {
     set_mtime(&p("empty_dir"), 1_650_000_006, 4);
     set_mtime(root, 1_650_000_007, 5);
 }
+
+/// [`build_full`] with everything only root can create.
+pub fn build_full_as_root(root: &Path) {
+    build_full(
+        root,
+        &FixtureOpts {
+            privileged: true,
+            owner: None,
+        },
+    );
+}

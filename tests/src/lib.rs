@@ -828,3 +828,55 @@ pub fn exists(path: &Path) -> bool {
         Err(e) => panic!("lstat {}: {e}", path.display()),
     }
 }
+
+/// Bytes in regular files under `dir`, tolerant of entries vanishing meanwhile
+/// (haul may be writing there).
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let Ok(md) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if md.is_file() {
+            n += md.len();
+        } else if md.is_dir() {
+            n += tree_bytes(&e.path());
+        }
+    }
+    n
+}
+
+/// The state of a directory that must not be touched (the target of a
+/// symlink planted in a destination): its tree and ctimes, to compare later.
+pub struct Untouched {
+    dir: PathBuf,
+    tree: Tree,
+    ctimes: BTreeMap<PathBuf, (i64, i64)>,
+}
+
+impl Untouched {
+    /// Records `dir` as it is now.
+    pub fn record(dir: &Path) -> Untouched {
+        Untouched {
+            dir: dir.to_path_buf(),
+            tree: walk(dir),
+            ctimes: ctimes(dir),
+        }
+    }
+
+    /// Panics if anything in the directory changed, its ctimes included.
+    pub fn assert_unchanged(&self, context: &str) {
+        assert_trees_equal(
+            &self.tree,
+            &walk(&self.dir),
+            &CompareOpts::default(),
+            context,
+        );
+        assert_eq!(
+            self.ctimes,
+            ctimes(&self.dir),
+            "{context}: something was modified"
+        );
+    }
+}

@@ -9,6 +9,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub use crate::tree_bytes;
 use crate::{command_as, haul_bin, run_to_end, RunResult};
 
 /// A repository the tests run haul against, optionally as another user.
@@ -273,23 +274,6 @@ fn id_files_in(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-/// Bytes in regular files under `dir`, tolerant of entries vanishing meanwhile.
-pub fn tree_bytes(dir: &Path) -> u64 {
-    let Ok(rd) = fs::read_dir(dir) else { return 0 };
-    let mut n = 0;
-    for e in rd.flatten() {
-        let Ok(md) = fs::symlink_metadata(e.path()) else {
-            continue;
-        };
-        if md.is_file() {
-            n += md.len();
-        } else if md.is_dir() {
-            n += tree_bytes(&e.path());
-        }
-    }
-    n
 }
 
 /// The file name of `p` as a string (ids are ASCII).

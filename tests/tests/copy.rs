@@ -15,7 +15,7 @@ use haul_tests::fixture::{self, paths, FixtureOpts};
 use haul_tests::{
     assert_trees_equal, compare, ctimes, exists, haul_copy, haul_copy_as, inode, is_acl_xattr,
     json_changes, json_count, json_paths, read, require_root, run_haul, spawn_haul, walk, without,
-    CompareOpts, Kind, Tree,
+    CompareOpts, Kind, Tree, Untouched,
 };
 
 /// The unprivileged user the tests run haul as (nobody:nogroup).
@@ -36,13 +36,7 @@ fn tmp_for_nobody() -> tempfile::TempDir {
 }
 
 fn full_fixture(src: &Path) {
-    fixture::build_full(
-        src,
-        &FixtureOpts {
-            privileged: true,
-            owner: None,
-        },
-    );
+    fixture::build_full_as_root(src);
 }
 
 fn all() -> CompareOpts {
@@ -961,24 +955,6 @@ fn no_acls_drops_acls_keeps_xattrs() {
 // Crash safety and destination hazards
 // ---------------------------------------------------------------------------------------
 
-/// Bytes in regular files under `dir` (final and temporary), tolerant of entries
-/// vanishing while haul runs.
-fn dst_bytes(dir: &Path) -> u64 {
-    let Ok(rd) = fs::read_dir(dir) else { return 0 };
-    let mut n = 0;
-    for e in rd.flatten() {
-        let Ok(md) = fs::symlink_metadata(e.path()) else {
-            continue;
-        };
-        if md.is_file() {
-            n += md.len();
-        } else if md.is_dir() {
-            n += dst_bytes(&e.path());
-        }
-    }
-    n
-}
-
 /// Every regular file in DST under a name SRC also has holds SRC's full content.
 fn assert_no_incomplete_final_files(s: &Tree, dst: &Path, when: &str) {
     if !exists(dst) {
@@ -1041,7 +1017,7 @@ fn kill_9_mid_copy_leaves_no_truncated_files_and_rerun_completes() {
                 finished_early = Some(st);
                 break;
             }
-            if dst_bytes(&dst) >= threshold {
+            if haul_tests::tree_bytes(&dst) >= threshold {
                 break;
             }
             assert!(
@@ -1097,8 +1073,7 @@ fn symlink_in_destination_is_replaced_not_followed() {
     fixture::symlink(&victim, &dst.join("nested/a"));
     fixture::write_file(&dst.join("e"), b"regular file where src has a dir\n");
 
-    let victim_before = walk(&victim);
-    let victim_ct = ctimes(&victim);
+    let victim_state = Untouched::record(&victim);
     let r = haul_copy(&[], &src, &dst);
     r.expect_clean();
 
@@ -1120,17 +1095,7 @@ fn symlink_in_destination_is_replaced_not_followed() {
         &all(),
         "copy over symlinks in DST",
     );
-    assert_trees_equal(
-        &victim_before,
-        &walk(&victim),
-        &all(),
-        "victim/ (outside DST)",
-    );
-    assert_eq!(
-        victim_ct,
-        ctimes(&victim),
-        "something in victim/ was modified"
-    );
+    victim_state.assert_unchanged("victim/ (outside DST)");
     assert_eq!(read(&victim.join("target_file")), b"victim target file\n");
 }
 

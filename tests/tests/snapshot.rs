@@ -16,8 +16,8 @@ use haul_tests::repo::{
     os, pack_blobs, parse_rfc3339, rfc3339, stdout_json, write_lock, Calendar, Policy, Repo,
 };
 use haul_tests::{
-    assert_trees_equal, ctimes, exists, json_paths, read, require_root, spawn_haul, walk,
-    CompareOpts, Kind, Tree, ROOT,
+    assert_trees_equal, exists, json_paths, read, require_root, spawn_haul, walk, CompareOpts,
+    Kind, Tree, Untouched, ROOT,
 };
 
 /// The unprivileged user the tests run haul as (nobody:nogroup).
@@ -138,13 +138,7 @@ fn round_trip_full_fixture_as_root() {
     require_root("round_trip_full_fixture_as_root");
     let t = tmp();
     let src = t.path().join("src");
-    fixture::build_full(
-        &src,
-        &FixtureOpts {
-            privileged: true,
-            owner: None,
-        },
-    );
+    fixture::build_full_as_root(&src);
     let repo = Repo::new(t.path().join("repo"));
     let r = repo.create_raw(&[&src], &[]);
     r.expect_code(0);
@@ -210,13 +204,7 @@ fn restore_without_owner_xattrs_or_acls() {
     require_root("restore_without_owner_xattrs_or_acls");
     let t = tmp();
     let src = t.path().join("src");
-    fixture::build_full(
-        &src,
-        &FixtureOpts {
-            privileged: true,
-            owner: None,
-        },
-    );
+    fixture::build_full_as_root(&src);
     let s = walk(&src);
     let repo = Repo::new(t.path().join("repo"));
     let id = repo.create_id(&[&src], &[]);
@@ -481,8 +469,7 @@ fn restore_replaces_symlinks_in_dst_and_never_follows_them() {
         b"a file where the snapshot has a dir\n",
     );
 
-    let victim_before = walk(&victim);
-    let victim_ct = ctimes(&victim);
+    let victim_state = Untouched::record(&victim);
     restore_clean(&repo, &id, &dst, &[]);
     for p in ["dir", "nested/a", "empty_dir"] {
         let md = fs::symlink_metadata(dst.join(p)).unwrap();
@@ -490,17 +477,7 @@ fn restore_replaces_symlinks_in_dst_and_never_follows_them() {
     }
     assert!(fs::symlink_metadata(dst.join("top.txt")).unwrap().is_file());
     assert_trees_equal(&walk(&src), &walk(&dst), &all(), "restore over symlinks");
-    assert_trees_equal(
-        &victim_before,
-        &walk(&victim),
-        &all(),
-        "victim/ (outside DST)",
-    );
-    assert_eq!(
-        victim_ct,
-        ctimes(&victim),
-        "something in victim/ was modified"
-    );
+    victim_state.assert_unchanged("victim/ (outside DST)");
     assert_eq!(read(&victim.join("top.txt")), b"victim top\n");
 }
 

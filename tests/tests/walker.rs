@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use haul_tests::fixture::{self, paths, FixtureOpts};
+use haul_tests::fixture::{self, paths};
 use haul_tests::{compare, require_root, walk, CompareOpts, Kind, ROOT};
 
 fn tmp() -> tempfile::TempDir {
@@ -17,13 +17,7 @@ fn fixture_has_every_kind_and_metadata() {
     require_root("the privileged fixture");
     let t = tmp();
     let src = t.path().join("src");
-    fixture::build_full(
-        &src,
-        &FixtureOpts {
-            privileged: true,
-            owner: None,
-        },
-    );
+    fixture::build_full_as_root(&src);
     let tree = walk(&src);
 
     let kinds: std::collections::BTreeSet<Kind> = tree.values().map(|r| r.kind).collect();
@@ -150,13 +144,7 @@ fn walker_accepts_cp_a_copy() {
     let t = tmp();
     let src = t.path().join("src");
     let dst = t.path().join("dst");
-    fixture::build_full(
-        &src,
-        &FixtureOpts {
-            privileged: true,
-            owner: None,
-        },
-    );
+    fixture::build_full_as_root(&src);
     let st = std::process::Command::new("cp")
         .args(["-a", "--sparse=always"])
         .arg(&src)
