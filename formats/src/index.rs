@@ -4,9 +4,9 @@
 //! header   32 B     "HAULINDX" | version u32 | flags u32 (0) |
 //!                   pack_count u32 | reserved u32 (0) | record_count u64
 //! packs    32 B×p   pack ids, sorted ascending, unique
-//! records  52 B×n   id [32] | kind u8 | 3 zero bytes | pack u32 (into the
-//!                   pack table) | offset u32 | stored_len u32 | raw_len u32
-//!                   sorted by (id, kind), unique
+//! records  56 B×n   id [32] | kind u8 | 3 zero bytes | pack u32 (into the
+//!                   pack table) | offset u32 | stored_len u32 | raw_len u32 |
+//!                   inner u32         sorted by (id, kind), unique
 //! footer   32 B     blake3 of everything before it
 //! ```
 //!
@@ -28,18 +28,19 @@ use crate::pack::PackEntry;
 /// Magic at the start of an index file.
 pub const INDEX_MAGIC: &[u8; 8] = b"HAULINDX";
 /// Index format version this build reads and writes.
-pub const INDEX_VERSION: u32 = 1;
+pub const INDEX_VERSION: u32 = 2;
 /// Length of the index header.
 pub const INDEX_HEADER_LEN: usize = 32;
 /// Length of one record.
-pub const INDEX_RECORD_LEN: usize = 52;
+pub const INDEX_RECORD_LEN: usize = 56;
 /// Length of the checksum at the end.
 pub const INDEX_FOOTER_LEN: usize = 32;
 
 const WHAT: &str = "index";
 
-/// (blob id, kind, pack id, offset): file order plus the duplicate tie-break.
-type OrderKey = (Id, BlobKind, Id, u32);
+/// (blob id, kind, pack id, offset, inner): file order plus the duplicate
+/// tie-break.
+type OrderKey = (Id, BlobKind, Id, u32, u32);
 
 /// Where one blob is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -52,10 +53,13 @@ pub struct IndexEntry {
     pub pack: Id,
     /// Offset of the stored blob in the pack.
     pub offset: u32,
-    /// Length of the stored blob.
+    /// Length of the stored blob (for a bundle member, of the bundle).
     pub stored_len: u32,
     /// Length of the plaintext.
     pub raw_len: u32,
+    /// Offset of the plaintext within the stored blob's plaintext (see
+    /// [`PackEntry::inner`]).
+    pub inner: u32,
 }
 
 impl IndexEntry {
@@ -68,6 +72,7 @@ impl IndexEntry {
             offset: e.offset,
             stored_len: e.stored_len,
             raw_len: e.raw_len,
+            inner: e.inner,
         }
     }
 
@@ -79,7 +84,7 @@ impl IndexEntry {
     // Sort order of the file, plus the tie-break that picks which copy of a
     // duplicated blob is kept: the one in the lowest pack id, then offset.
     fn order_key(&self) -> OrderKey {
-        (self.id, self.kind, self.pack, self.offset)
+        (self.id, self.kind, self.pack, self.offset, self.inner)
     }
 }
 
@@ -257,6 +262,7 @@ fn write_index<W: Write>(
         rec[40..44].copy_from_slice(&e.offset.to_le_bytes());
         rec[44..48].copy_from_slice(&e.stored_len.to_le_bytes());
         rec[48..52].copy_from_slice(&e.raw_len.to_le_bytes());
+        rec[52..56].copy_from_slice(&e.inner.to_le_bytes());
         out.put(&rec)?;
         written += 1;
     }
@@ -393,6 +399,7 @@ impl<'a> IndexReader<'a> {
             offset: u32_at(b, 40),
             stored_len: u32_at(b, 44),
             raw_len: u32_at(b, 48),
+            inner: u32_at(b, 52),
         })
     }
 
@@ -599,6 +606,7 @@ mod tests {
             offset,
             stored_len: 10 + u32::from(id),
             raw_len: 20 + u32::from(id),
+            inner: u32::from(id) % 3,
         }
     }
 
@@ -777,15 +785,19 @@ mod tests {
             any::<u32>(),
             any::<u32>(),
             any::<u32>(),
+            any::<u32>(),
         )
-            .prop_map(|(id, tree, pack, offset, stored_len, raw_len)| IndexEntry {
-                id: Id::from_bytes(id),
-                kind: if tree { BlobKind::Tree } else { BlobKind::Data },
-                pack: Id::from_bytes([pack; 32]),
-                offset,
-                stored_len,
-                raw_len,
-            })
+            .prop_map(
+                |(id, tree, pack, offset, stored_len, raw_len, inner)| IndexEntry {
+                    id: Id::from_bytes(id),
+                    kind: if tree { BlobKind::Tree } else { BlobKind::Data },
+                    pack: Id::from_bytes([pack; 32]),
+                    offset,
+                    stored_len,
+                    raw_len,
+                    inner,
+                },
+            )
     }
 
     proptest! {

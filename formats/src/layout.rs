@@ -11,11 +11,11 @@ use crate::id::Id;
 use crate::time::Timestamp;
 
 /// The repository format version this build reads and writes.
-pub const REPO_VERSION: u32 = 1;
+pub const REPO_VERSION: u32 = 2;
 
 /// The config file's key: `config`.
 pub const CONFIG_FILE: &str = "config";
-/// Directory reserved for key files (encryption; unused in version 1).
+/// Directory reserved for key files (encryption; unused so far).
 pub const KEYS_DIR: &str = "keys";
 /// Directory of pack files, fanned out by the first two hex digits.
 pub const DATA_DIR: &str = "data";
@@ -258,10 +258,15 @@ mod tests {
         bad.chunker.max_size = 1;
         assert!(bad.to_json().is_err());
         let json = String::from_utf8(c.to_json().unwrap()).unwrap();
-        let newer = json.replace("\"version\": 1", "\"version\": 2");
+        let older = json.replace("\"version\": 2", "\"version\": 1");
+        assert!(matches!(
+            RepoConfig::from_json(older.as_bytes()),
+            Err(FormatError::UnsupportedVersion { got: 1, .. })
+        ));
+        let newer = json.replace("\"version\": 2", "\"version\": 3");
         assert!(matches!(
             RepoConfig::from_json(newer.as_bytes()),
-            Err(FormatError::UnsupportedVersion { got: 2, .. })
+            Err(FormatError::UnsupportedVersion { got: 3, .. })
         ));
         assert!(matches!(
             RepoConfig::from_json(br#"{"version": 7}"#),

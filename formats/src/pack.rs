@@ -3,8 +3,8 @@
 //! ```text
 //! header   16 B   "HAULPACK" | version u32 LE | flags u32 LE (0)
 //! blobs           blob 0 | blob 1 | ... (each as in blob.rs), back to back
-//! index  48 B×n   id [32] | offset u32 | stored_len u32 | raw_len u32 |
-//!                 kind u8 | 3 zero bytes            (in blob order)
+//! index  52 B×n   id [32] | offset u32 | stored_len u32 | raw_len u32 |
+//!                 inner u32 | kind u8 | 3 zero bytes   (in blob order)
 //! footer   56 B   entry_count u32 | index_offset u32 | flags u32 (0) |
 //!                 reserved u32 (0) | checksum [32] | "HAULPEND"
 //! ```
@@ -15,11 +15,19 @@
 //! guess), learns the trailer length from [`pack_trailer_len`], fetches that
 //! much from the end, and parses it with [`parse_pack_trailer`]; one blob is
 //! then a ranged read of `offset..offset + stored_len`.
+//!
+//! The members of a bundle (see `blob.rs`) share one stored range: their
+//! entries are consecutive, with the same `offset` and `stored_len`, and
+//! `inner` (the member's offset within the bundle's plaintext) ascending from
+//! 0 without gaps. A blob stored alone has `inner` 0 and is its whole range.
 
 use std::io::Write;
 use std::ops::Range;
 
-use crate::blob::{decode_blob, encode_blob, BlobKind, EncodedBlob, BLOB_HEADER_LEN};
+use crate::blob::{
+    bundle_member, decode_blob_unverified, encode_blob, BlobKind, EncodedBlob, EncodedBundle,
+    BLOB_HEADER_LEN,
+};
 use crate::codec::{id_at, u32_at, HashingWriter};
 use crate::error::FormatError;
 use crate::id::Id;
@@ -29,11 +37,11 @@ pub const PACK_MAGIC: &[u8; 8] = b"HAULPACK";
 /// Magic at the very end of a pack.
 pub const PACK_END_MAGIC: &[u8; 8] = b"HAULPEND";
 /// Pack format version this build reads and writes.
-pub const PACK_VERSION: u32 = 1;
+pub const PACK_VERSION: u32 = 2;
 /// Length of the pack header.
 pub const PACK_HEADER_LEN: usize = 16;
 /// Length of one entry of a pack's own index.
-pub const PACK_ENTRY_LEN: usize = 48;
+pub const PACK_ENTRY_LEN: usize = 52;
 /// Length of the fixed footer at the end of a pack.
 pub const PACK_FOOTER_LEN: usize = 56;
 
@@ -49,10 +57,14 @@ pub struct PackEntry {
     pub kind: BlobKind,
     /// Offset of the blob's first byte from the start of the pack.
     pub offset: u32,
-    /// Length of the blob as stored (header and payload).
+    /// Length of the blob as stored (header and payload); for a bundle
+    /// member, of the whole bundle.
     pub stored_len: u32,
     /// Length of the plaintext.
     pub raw_len: u32,
+    /// Offset of the plaintext within the stored blob's plaintext (0 but for
+    /// the second and later members of a bundle).
+    pub inner: u32,
 }
 
 impl PackEntry {
@@ -66,12 +78,13 @@ impl PackEntry {
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.stored_len.to_le_bytes());
         out.extend_from_slice(&self.raw_len.to_le_bytes());
+        out.extend_from_slice(&self.inner.to_le_bytes());
         out.push(self.kind.as_u8());
         out.extend_from_slice(&[0, 0, 0]);
     }
 
     fn parse(b: &[u8]) -> Result<Self, FormatError> {
-        if b[45..48] != [0, 0, 0] {
+        if b[49..52] != [0, 0, 0] {
             return Err(FormatError::invalid(
                 WHAT_TRAILER,
                 "reserved entry bytes are not zero",
@@ -82,7 +95,8 @@ impl PackEntry {
             offset: u32_at(b, 32),
             stored_len: u32_at(b, 36),
             raw_len: u32_at(b, 40),
-            kind: BlobKind::from_u8(WHAT_TRAILER, b[44])?,
+            inner: u32_at(b, 44),
+            kind: BlobKind::from_u8(WHAT_TRAILER, b[48])?,
         })
     }
 }
@@ -146,29 +160,80 @@ impl<W: Write> PackWriter<W> {
     ///
     /// Fails, leaving the pack as it was, if the pack would pass 4 GiB.
     pub fn add_encoded(&mut self, blob: &EncodedBlob) -> Result<PackEntry, FormatError> {
-        let room = u64::from(u32::MAX)
-            - (PACK_FOOTER_LEN + PACK_ENTRY_LEN * (self.entries.len() + 1)) as u64;
-        let end = self.out.written + blob.bytes.len() as u64;
-        if end > room || blob.bytes.len() < BLOB_HEADER_LEN {
-            return Err(FormatError::Unencodable {
-                what: "pack",
-                reason: format!(
-                    "a {}-byte blob does not fit in a pack of {} bytes",
-                    blob.bytes.len(),
-                    self.out.written
-                ),
-            });
-        }
+        let offset = self.room_for(blob.bytes.len(), 1)?;
         let entry = PackEntry {
             id: blob.id,
             kind: blob.kind,
-            offset: self.out.written as u32,
+            offset,
             stored_len: blob.bytes.len() as u32,
             raw_len: blob.raw_len,
+            inner: 0,
         };
         self.out.put(&blob.bytes)?;
         self.entries.push(entry);
         Ok(entry)
+    }
+
+    /// Appends a bundle encoded earlier: one stored range, one entry per
+    /// member. Fails, leaving the pack as it was, if the bundle is empty or
+    /// its members do not tile its plaintext, or if the pack would pass 4 GiB.
+    pub fn add_bundle(&mut self, bundle: &EncodedBundle) -> Result<&[PackEntry], FormatError> {
+        let mut next = 0u32;
+        for m in &bundle.members {
+            if m.inner != next {
+                return Err(FormatError::Unencodable {
+                    what: "pack",
+                    reason: format!("bundle member {} is not at offset {next}", m.id),
+                });
+            }
+            next = next
+                .checked_add(m.raw_len)
+                .ok_or(FormatError::Unencodable {
+                    what: "pack",
+                    reason: "bundle over 4 GiB".into(),
+                })?;
+        }
+        if bundle.members.is_empty() {
+            return Err(FormatError::Unencodable {
+                what: "pack",
+                reason: "empty bundle".into(),
+            });
+        }
+        let offset = self.room_for(bundle.bytes.len(), bundle.members.len())?;
+        let first = self.entries.len();
+        self.entries
+            .extend(bundle.members.iter().map(|m| PackEntry {
+                id: m.id,
+                kind: bundle.kind,
+                offset,
+                stored_len: bundle.bytes.len() as u32,
+                raw_len: m.raw_len,
+                inner: m.inner,
+            }));
+        if let Err(e) = self.out.put(&bundle.bytes) {
+            self.entries.truncate(first);
+            return Err(e.into());
+        }
+        Ok(&self.entries[first..])
+    }
+
+    /// The offset a stored blob of `len` bytes with `entries` index entries
+    /// would get, if the pack has room for it.
+    fn room_for(&self, len: usize, entries: usize) -> Result<u32, FormatError> {
+        let room = u64::from(u32::MAX).saturating_sub(
+            (PACK_FOOTER_LEN + PACK_ENTRY_LEN * (self.entries.len() + entries)) as u64,
+        );
+        let end = self.out.written + len as u64;
+        if end > room || len < BLOB_HEADER_LEN {
+            return Err(FormatError::Unencodable {
+                what: "pack",
+                reason: format!(
+                    "a {len}-byte blob does not fit in a pack of {} bytes",
+                    self.out.written
+                ),
+            });
+        }
+        Ok(self.out.written as u32)
     }
 
     /// Bytes written so far; compare against the target pack size.
@@ -303,10 +368,34 @@ pub fn parse_pack_trailer(tail: &[u8]) -> Result<PackTrailer, FormatError> {
             got,
         });
     }
-    let mut entries = Vec::with_capacity(count);
+    let mut entries: Vec<PackEntry> = Vec::with_capacity(count);
     let mut expect_offset = PACK_HEADER_LEN as u64;
     for raw in trailer[..count * PACK_ENTRY_LEN].chunks_exact(PACK_ENTRY_LEN) {
         let e = PackEntry::parse(raw)?;
+        if let Some(prev) = entries.last().filter(|p| p.offset == e.offset) {
+            // A later member of the same bundle.
+            let want = prev.inner.checked_add(prev.raw_len);
+            if e.stored_len != prev.stored_len || e.kind != prev.kind || Some(e.inner) != want {
+                return Err(FormatError::invalid(
+                    WHAT_TRAILER,
+                    format!(
+                        "bundle member {} does not follow {} (offset {}, inner {})",
+                        e.id, prev.id, e.offset, e.inner
+                    ),
+                ));
+            }
+            entries.push(e);
+            continue;
+        }
+        if e.inner != 0 {
+            return Err(FormatError::invalid(
+                WHAT_TRAILER,
+                format!(
+                    "blob {} starts a stored blob at inner offset {}",
+                    e.id, e.inner
+                ),
+            ));
+        }
         if u64::from(e.offset) != expect_offset {
             return Err(FormatError::invalid(
                 WHAT_TRAILER,
@@ -384,29 +473,55 @@ impl<'a> PackReader<'a> {
             })
     }
 
-    /// Decodes one blob and checks its id, kind and length against `entry`.
-    pub fn read_blob(&self, entry: &PackEntry, max_len: usize) -> Result<Vec<u8>, FormatError> {
-        let max = max_len.min(entry.raw_len as usize);
-        let (kind, data) = decode_blob(self.stored(entry)?, &entry.id, max)?;
-        if kind != entry.kind {
+    /// The entries grouped by stored blob: one group per single blob, one
+    /// per bundle (its members, in order).
+    pub fn stored_blobs(&self) -> impl Iterator<Item = &[PackEntry]> + '_ {
+        self.entries.chunk_by(|a, b| a.offset == b.offset)
+    }
+
+    /// Decodes one stored blob, given all of its entries (a group from
+    /// [`PackReader::stored_blobs`]), and checks that its kind and length
+    /// match them. Returns the plaintext; check each member with
+    /// [`bundle_member`].
+    pub fn read_stored(&self, group: &[PackEntry], max_len: usize) -> Result<Vec<u8>, FormatError> {
+        let (Some(first), Some(last)) = (group.first(), group.last()) else {
+            return Err(FormatError::invalid("pack", "no entries for a stored blob"));
+        };
+        let len = u64::from(last.inner) + u64::from(last.raw_len);
+        let max = (max_len as u64).min(len) as usize;
+        let (kind, data) = decode_blob_unverified(self.stored(first)?, max)?;
+        if kind != first.kind {
             return Err(FormatError::KindMismatch {
-                id: entry.id,
-                expected: entry.kind,
+                id: first.id,
+                expected: first.kind,
                 got: kind,
             });
         }
-        if data.len() != entry.raw_len as usize {
+        if data.len() as u64 != len {
             return Err(FormatError::invalid(
                 "pack",
                 format!(
-                    "blob {} has {} bytes, index says {}",
-                    entry.id,
+                    "stored blob at offset {} has {} bytes, its entries say {len}",
+                    first.offset,
                     data.len(),
-                    entry.raw_len
                 ),
             ));
         }
         Ok(data)
+    }
+
+    /// Decodes one blob (alone, or from its bundle) and checks its id, kind
+    /// and length against `entry`.
+    pub fn read_blob(&self, entry: &PackEntry, max_len: usize) -> Result<Vec<u8>, FormatError> {
+        let group = self
+            .stored_blobs()
+            .find(|g| g[0].offset == entry.offset)
+            .filter(|g| g.contains(entry))
+            .ok_or_else(|| {
+                FormatError::invalid("pack", format!("blob {} is not in this pack", entry.id))
+            })?;
+        let plain = self.read_stored(group, max_len)?;
+        Ok(bundle_member(&plain, entry.inner, entry.raw_len, &entry.id)?.to_vec())
     }
 
     /// Checks that the pack hashes to `expected` (its file name).
@@ -426,6 +541,7 @@ impl<'a> PackReader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blob::{decode_blob, BundleBuilder};
     use proptest::prelude::*;
 
     fn sample() -> (FinishedPack<Vec<u8>>, Vec<Vec<u8>>) {
@@ -455,7 +571,7 @@ mod tests {
         assert_eq!(r.entries()[2].kind, BlobKind::Tree);
         // Trailer from a suffix only.
         let need = pack_trailer_len(&p.writer[p.writer.len() - PACK_FOOTER_LEN..]).unwrap();
-        assert_eq!(need, 3 * 48 + 56);
+        assert_eq!(need, 3 * 52 + 56);
         let tail = &p.writer[p.writer.len() - need as usize..];
         let t = parse_pack_trailer(tail).unwrap();
         assert_eq!(t.entries, p.entries);
@@ -464,6 +580,113 @@ mod tests {
             Err(FormatError::Truncated { need: n, .. }) => assert_eq!(n, need),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn bundled() -> (FinishedPack<Vec<u8>>, Vec<Vec<u8>>) {
+        let blobs: Vec<Vec<u8>> = vec![
+            b"alone".to_vec(),
+            b"first member ".repeat(20),
+            b"second member".to_vec(),
+            Vec::new(),
+            b"last member".repeat(30),
+        ];
+        let mut w = PackWriter::new(Vec::new(), 3).unwrap();
+        w.add(BlobKind::Data, &blobs[0]).unwrap();
+        let mut b = BundleBuilder::new(BlobKind::Data);
+        for m in &blobs[1..] {
+            b.push(Id::hash(m), m).unwrap();
+        }
+        let enc = b.finish(3).unwrap();
+        assert!(b.is_empty());
+        let es = w.add_bundle(&enc).unwrap().to_vec();
+        assert_eq!(es.len(), 4);
+        assert!(es
+            .iter()
+            .all(|e| e.offset == es[0].offset && e.stored_len == es[0].stored_len));
+        assert_eq!(
+            es.iter().map(|e| e.inner).collect::<Vec<_>>(),
+            [0, 260, 273, 273]
+        );
+        (w.finish().unwrap(), blobs)
+    }
+
+    #[test]
+    fn bundle_round_trip() {
+        let (p, blobs) = bundled();
+        let r = PackReader::new(&p.writer).unwrap();
+        r.verify(&p.id).unwrap();
+        assert_eq!(r.entries(), &p.entries[..]);
+        let groups: Vec<usize> = r.stored_blobs().map(|g| g.len()).collect();
+        assert_eq!(groups, [1, 4]);
+        for (e, b) in r.entries().iter().zip(&blobs) {
+            assert_eq!(&r.read_blob(e, 1 << 20).unwrap(), b);
+            // A ranged read of the stored range, then the member.
+            let stored = &p.writer[e.range().start as usize..e.range().end as usize];
+            let (_, plain) = decode_blob_unverified(stored, 1 << 20).unwrap();
+            assert_eq!(
+                bundle_member(&plain, e.inner, e.raw_len, &e.id).unwrap(),
+                &b[..]
+            );
+        }
+        // A member's id is checked on its own bytes.
+        let e = &r.entries()[2];
+        let group = r.stored_blobs().nth(1).unwrap();
+        let plain = r.read_stored(group, 1 << 20).unwrap();
+        assert!(matches!(
+            bundle_member(&plain, e.inner, e.raw_len, &r.entries()[1].id),
+            Err(FormatError::IdMismatch { .. })
+        ));
+        assert!(bundle_member(&plain, e.inner, u32::MAX, &e.id).is_err());
+        // The cap applies to the whole bundle.
+        assert!(r.read_stored(group, 100).is_err());
+    }
+
+    /// Rewrites entry `i` of the trailer with `f` and fixes the checksum, so
+    /// only the structural rules can object.
+    fn with_entry(p: &FinishedPack<Vec<u8>>, i: usize, f: impl Fn(&mut PackEntry)) -> Vec<u8> {
+        let mut es = p.entries.clone();
+        f(&mut es[i]);
+        let mut b = p.writer.clone();
+        let start = b.len() - PACK_FOOTER_LEN - es.len() * PACK_ENTRY_LEN;
+        let mut t = Vec::new();
+        for e in &es {
+            e.write(&mut t);
+        }
+        b[start..start + t.len()].copy_from_slice(&t);
+        let n = b.len();
+        let sum = blake3::hash(&b[start..n - 40]);
+        b[n - 40..n - 8].copy_from_slice(sum.as_bytes());
+        b
+    }
+
+    #[test]
+    fn bundle_rules_are_enforced() {
+        let (p, _) = bundled();
+        assert!(PackReader::new(&with_entry(&p, 2, |_| {})).is_ok());
+        // A member out of place inside its bundle.
+        assert!(PackReader::new(&with_entry(&p, 2, |e| e.inner += 1)).is_err());
+        // A member claiming another kind or length of bundle.
+        assert!(PackReader::new(&with_entry(&p, 3, |e| e.kind = BlobKind::Tree)).is_err());
+        assert!(PackReader::new(&with_entry(&p, 3, |e| e.stored_len += 1)).is_err());
+        // A stored blob that starts inside its plaintext.
+        assert!(PackReader::new(&with_entry(&p, 0, |e| e.inner = 1)).is_err());
+        assert!(PackReader::new(&with_entry(&p, 1, |e| e.inner = 1)).is_err());
+        // Members claiming more plaintext than the bundle holds.
+        let b = with_entry(&p, 4, |e| e.raw_len += 1);
+        let r = PackReader::new(&b).unwrap();
+        let g = r.stored_blobs().nth(1).unwrap();
+        assert!(r.read_stored(g, 1 << 20).is_err());
+        // An empty or ill-tiled bundle is refused by the writer.
+        let mut w = PackWriter::new(Vec::new(), 3).unwrap();
+        let mut enc = BundleBuilder::new(BlobKind::Data).finish(3).unwrap();
+        assert!(w.add_bundle(&enc).is_err());
+        enc.members.push(crate::blob::BundleMember {
+            id: Id::default(),
+            inner: 1,
+            raw_len: 0,
+        });
+        assert!(w.add_bundle(&enc).is_err());
+        assert!(w.is_empty());
     }
 
     #[test]

@@ -6,10 +6,10 @@
 //! bytes across its releases; instead a pinned zstd blob must still decode.
 
 use haul_formats::{
-    decode_blob, decode_tree, encode_tree, parse_pack_trailer, BlobKind, ChunkerParams,
-    EncodedBlob, Extent, Id, IndexEntry, IndexReader, IndexWriter, Lock, Node, NodeKind,
-    PackReader, PackWriter, RepoConfig, Snapshot, SnapshotSummary, Timestamp, Xattr,
-    SNAPSHOT_VERSION,
+    bundle_member, decode_blob, decode_blob_unverified, decode_tree, encode_tree,
+    parse_pack_trailer, BlobKind, BundleMember, ChunkerParams, EncodedBlob, EncodedBundle, Extent,
+    Id, IndexEntry, IndexReader, IndexWriter, Lock, Node, NodeKind, PackReader, PackWriter,
+    RepoConfig, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
 };
 
 fn hex(b: &[u8]) -> String {
@@ -182,11 +182,29 @@ fn golden_pack() -> haul_formats::FinishedPack<Vec<u8>> {
         bytes: unhex(ZSTD_BLOB_HEX),
     })
     .unwrap();
+    // A bundle of two data blobs, stored raw so its bytes can be pinned.
+    let members: [&[u8]; 2] = [b"small one", b"small two"];
+    let mut bytes = vec![0x00, 0x00];
+    let mut listed = Vec::new();
+    for m in members {
+        listed.push(BundleMember {
+            id: Id::hash(m),
+            inner: (bytes.len() - 2) as u32,
+            raw_len: m.len() as u32,
+        });
+        bytes.extend_from_slice(m);
+    }
+    w.add_bundle(&EncodedBundle {
+        kind: BlobKind::Data,
+        members: listed,
+        bytes,
+    })
+    .unwrap();
     w.finish().unwrap()
 }
 
-const PACK_HEX: &str = "4841554c5041434b0100000000000000000068656c6c6f00014854524501000000010028b52ffd601400dd0000506861756c20206861756c06000502a085020168a143904021152dea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f100000000700000005000000000000001e8cd6baa40027c10dd04e72809ab45631cc3d216bea74779ae9a4f02e3f5b18170000000a0000000800000001000000876edaa9261435fb58e80e4a60033cdb300bec6f875a1dacae63075e0f867e412100000027000000140100000000000003000000480000000000000000000000399e92c2c3f46f20242422655cdee92503d609874635957ba58e02b0e7cc432b4841554c50454e44";
-const PACK_ID: &str = "83ecc28f35eb465a9c606ba2d78f242328861764c09076fe5859d4db70288b0e";
+const PACK_HEX: &str = "4841554c5041434b0200000000000000000068656c6c6f00014854524501000000010028b52ffd601400dd0000506861756c20206861756c06000502a085020168a143904021152d0000736d616c6c206f6e65736d616c6c2074776fea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f10000000070000000500000000000000000000001e8cd6baa40027c10dd04e72809ab45631cc3d216bea74779ae9a4f02e3f5b18170000000a000000080000000000000001000000876edaa9261435fb58e80e4a60033cdb300bec6f875a1dacae63075e0f867e412100000027000000140100000000000000000000069ce81606d07fbb003f7e62b4fd13d000ecc52cc9d1128b16fd535df321fec14800000014000000090000000000000000000000996c08be26eee25ad547542685bb95c339aaf72e2205ec579b9e94c83cfca6ff4800000014000000090000000900000000000000050000005c0000000000000000000000cfab5bc835e933517355282efae117d59f83c522e8985119ba6831d0d48247354841554c50454e44";
+const PACK_ID: &str = "63c16d062c1b8210a2db81899fd88831a4e237334f3b81891601dd72b276cc5a";
 
 #[test]
 fn pack_file() {
@@ -196,11 +214,20 @@ fn pack_file() {
     let r = PackReader::new(&p.writer).unwrap();
     r.verify(&p.id).unwrap();
     assert_eq!(r.read_blob(&r.entries()[0], 100).unwrap(), b"hello");
+    assert_eq!(r.read_blob(&r.entries()[4], 100).unwrap(), b"small two");
+    let e = r.entries()[4];
+    assert_eq!((e.offset, e.stored_len, e.inner, e.raw_len), (72, 20, 9, 9));
+    let stored = &p.writer[e.range().start as usize..e.range().end as usize];
+    let (_, plain) = decode_blob_unverified(stored, 100).unwrap();
+    assert_eq!(
+        bundle_member(&plain, e.inner, e.raw_len, &e.id).unwrap(),
+        b"small two"
+    );
     assert_eq!(parse_pack_trailer(&p.writer).unwrap().entries, p.entries);
 }
 
-const INDEX_HEX: &str = "4841554c494e4458010000000000000002000000000000000400000000000000543e971ab884923ae1fef4d0ee4cd095722cfd2aa5a864b37c4a42aefe28990c83ecc28f35eb465a9c606ba2d78f242328861764c09076fe5859d4db70288b0e1e8cd6baa40027c10dd04e72809ab45631cc3d216bea74779ae9a4f02e3f5b180100000001000000170000000a0000000800000076ea1cfe2346880aa77a3909ef798014533fa81db07a990ab98f2fba83f47a8f000000000000000010000000e8030000a00f0000876edaa9261435fb58e80e4a60033cdb300bec6f875a1dacae63075e0f867e410000000001000000210000002700000014010000ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f000000000100000010000000070000000500000035221bcc5a1739130e709cd56b774e68cdc7d3500bcb2261779ade7fde51ffdf";
-const INDEX_ID: &str = "868a700e725b66386225dc1c3a76a5d224a37f4fc92449a4e6381781caf53ebb";
+const INDEX_HEX: &str = "4841554c494e4458020000000000000002000000000000000600000000000000543e971ab884923ae1fef4d0ee4cd095722cfd2aa5a864b37c4a42aefe28990c63c16d062c1b8210a2db81899fd88831a4e237334f3b81891601dd72b276cc5a069ce81606d07fbb003f7e62b4fd13d000ecc52cc9d1128b16fd535df321fec10000000001000000480000001400000009000000000000001e8cd6baa40027c10dd04e72809ab45631cc3d216bea74779ae9a4f02e3f5b180100000001000000170000000a000000080000000000000076ea1cfe2346880aa77a3909ef798014533fa81db07a990ab98f2fba83f47a8f000000000000000010000000e8030000a00f000046000000876edaa9261435fb58e80e4a60033cdb300bec6f875a1dacae63075e0f867e41000000000100000021000000270000001401000000000000996c08be26eee25ad547542685bb95c339aaf72e2205ec579b9e94c83cfca6ff000000000100000048000000140000000900000009000000ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f000000000100000010000000070000000500000000000000c09fad02dce618330ab01ab810e467e8d29ed5d6b5f7c499f28fbbebcd282c8c";
+const INDEX_ID: &str = "9df56366f5271498ec443ef05ffe1fb2172a5dee40af20e98f92271ad90a2cc3";
 
 #[test]
 fn index_file() {
@@ -214,6 +241,7 @@ fn index_file() {
         offset: 16,
         stored_len: 1000,
         raw_len: 4000,
+        inner: 70,
     });
     let (written, bytes) = w.finish().unwrap();
     assert_eq!(hex(&bytes), INDEX_HEX);
@@ -260,7 +288,7 @@ fn snapshot_record() {
 const LOCK_JSON: &str = r#"{"hostname":"build-01","username":"alice","pid":4321,"time":"2023-11-14T22:13:20Z","exclusive":false}
 "#;
 const CONFIG_JSON: &str = r#"{
-  "version": 1,
+  "version": 2,
   "id": "8c76dc55ea9c9a9f84764ae8fe5dfd8f26dd5e2fbf94d1d53546e010e16995d5",
   "chunker": {
     "min_size": 262144,

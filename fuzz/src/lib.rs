@@ -11,9 +11,9 @@
 #![deny(missing_docs)]
 
 use haul_formats::{
-    decode_blob, decode_blob_unverified, decode_tree, encode_blob, encode_tree, merge_indexes,
-    pack_trailer_len, parse_pack_trailer, BlobKind, Id, IndexReader, Lock, NodeKind, PackReader,
-    RepoConfig, Snapshot, TreeReader,
+    bundle_member, decode_blob, decode_blob_unverified, decode_tree, encode_blob, encode_tree,
+    merge_indexes, pack_trailer_len, parse_pack_trailer, BlobKind, Id, IndexReader, Lock, NodeKind,
+    PackReader, RepoConfig, Snapshot, TreeReader,
 };
 
 /// Inputs longer than this are ignored: the decoders' own caps are what is
@@ -91,6 +91,19 @@ fn check_pack(data: &[u8]) {
             if let Ok(plain) = reader.read_blob(e, MAX_BLOB) {
                 assert_eq!(plain.len(), e.raw_len as usize);
                 assert_eq!(Id::hash(&plain), e.id);
+            }
+        }
+        // Bundles: a decoded stored blob is exactly as long as its entries
+        // say, and each member is its slice.
+        for group in reader.stored_blobs() {
+            if let Ok(plain) = reader.read_stored(group, MAX_BLOB) {
+                let last = group[group.len() - 1];
+                assert_eq!(plain.len(), (last.inner + last.raw_len) as usize);
+                for e in group {
+                    if let Ok(m) = bundle_member(&plain, e.inner, e.raw_len, &e.id) {
+                        assert_eq!(m.len(), e.raw_len as usize);
+                    }
+                }
             }
         }
     }

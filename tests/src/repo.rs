@@ -283,8 +283,11 @@ pub fn file_name(p: &Path) -> String {
 
 // ---------------------------------------------------------------------------------------
 // Pack trailers, parsed independently from the documented layout:
-//   ... blobs ... | entries 48 B × n | footer 56 B
-//   entry:  id [32] | offset u32 | stored_len u32 | raw_len u32 | kind u8 | 3 zero bytes
+//   ... blobs ... | entries 52 B × n | footer 56 B
+//   entry:  id [32] | offset u32 | stored_len u32 | raw_len u32 | inner u32 | kind u8 |
+//           3 zero bytes
+//   The members of a bundle share offset and stored_len; inner is the member's offset
+//   within the bundle's plaintext.
 //   footer: entry_count u32 | index_offset u32 | flags u32 | reserved u32 | checksum [32] |
 //           "HAULPEND"
 // ---------------------------------------------------------------------------------------
@@ -297,6 +300,8 @@ pub struct PackBlob {
     pub offset: u64,
     pub stored_len: u64,
     pub raw_len: u64,
+    /// Offset within the stored blob's plaintext (bundle members).
+    pub inner: u64,
     /// 0 data, 1 tree.
     pub kind: u8,
 }
@@ -308,7 +313,7 @@ fn le32(b: &[u8], at: usize) -> u64 {
 /// The blobs listed in a pack file's trailer.
 pub fn pack_blobs(pack: &[u8]) -> Vec<PackBlob> {
     const FOOTER: usize = 56;
-    const ENTRY: usize = 48;
+    const ENTRY: usize = 52;
     assert!(
         pack.len() >= FOOTER && &pack[pack.len() - 8..] == b"HAULPEND",
         "not a pack (no HAULPEND at the end)"
@@ -324,7 +329,8 @@ pub fn pack_blobs(pack: &[u8]) -> Vec<PackBlob> {
                 offset: le32(e, 32),
                 stored_len: le32(e, 36),
                 raw_len: le32(e, 40),
-                kind: e[44],
+                inner: le32(e, 44),
+                kind: e[48],
             }
         })
         .collect()
@@ -333,7 +339,7 @@ pub fn pack_blobs(pack: &[u8]) -> Vec<PackBlob> {
 /// Byte offsets of the records of an index file, by blob id (hex). Layout:
 ///   header 32 B: "HAULINDX" | version u32 | flags u32 | pack_count u32 | reserved u32 |
 ///                record_count u64
-///   packs 32 B × pack_count, records 52 B × record_count (id [32] first), footer 32 B.
+///   packs 32 B × pack_count, records 56 B × record_count (id [32] first), footer 32 B.
 pub fn index_records(index: &[u8]) -> BTreeMap<String, usize> {
     assert!(
         index.len() >= 64 && &index[..8] == b"HAULINDX",
@@ -343,13 +349,13 @@ pub fn index_records(index: &[u8]) -> BTreeMap<String, usize> {
     let count = u64::from_le_bytes(index[24..32].try_into().unwrap()) as usize;
     let start = 32 + 32 * packs;
     assert_eq!(
-        start + 52 * count + 32,
+        start + 56 * count + 32,
         index.len(),
         "index length does not match its header"
     );
     (0..count)
         .map(|i| {
-            let at = start + 52 * i;
+            let at = start + 56 * i;
             (
                 index[at..at + 32]
                     .iter()

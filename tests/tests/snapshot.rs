@@ -1404,6 +1404,61 @@ fn prune_frees_unreferenced_data_and_keeps_the_rest_restorable() {
     assert_eq!(repo.pack_bytes(), after);
 }
 
+#[test]
+fn prune_rebundles_the_used_members_of_a_partly_used_bundle() {
+    require_root("prune_rebundles_the_used_members_of_a_partly_used_bundle");
+    let t = tmp();
+    let src = t.path().join("src");
+    let text = |i: usize| format!("small file {i}, some text to compress\n").repeat(40 + i);
+    for i in 0..30 {
+        fixture::write_file(&src.join(format!("f{i:02}.txt")), text(i).as_bytes());
+    }
+    let repo = Repo::new(t.path().join("repo"));
+    let id1 = repo.create_id(&[&src], &[]);
+    // Every small file sits in one bundle of one pack.
+    let hash = |i: usize| blake3::hash(text(i).as_bytes()).to_hex().to_string();
+    let (_, b0) = find_blob(&repo, &hash(0));
+    for i in 1..30 {
+        let (_, b) = find_blob(&repo, &hash(i));
+        assert_eq!(
+            b.offset, b0.offset,
+            "f{i:02}.txt is not in f00.txt's bundle"
+        );
+    }
+    // Snapshot 2 drops ten of them; forgetting snapshot 1 leaves that bundle partly used.
+    for i in 0..10 {
+        fs::remove_file(src.join(format!("f{i:02}.txt"))).unwrap();
+    }
+    let id2 = repo.create_id(&[&src], &[]);
+    let s2 = walk(&src);
+    repo.forget(&[&id1]);
+    let r = repo.snap("prune", &[os("--json")]);
+    r.expect_code(0);
+    let v = stdout_json(&r);
+    assert!(ju64(&v, "blobs_removed") >= 10, "{v}");
+
+    // What is left, by an independent reading of the packs: the twenty used files,
+    // once each; none of the ten dropped ones.
+    let stored: Vec<String> = repo
+        .packs()
+        .iter()
+        .flat_map(|p| pack_blobs(&read(p)))
+        .map(|b| b.id)
+        .collect();
+    for i in 0..30 {
+        let n = stored.iter().filter(|s| **s == hash(i)).count();
+        assert_eq!(
+            n,
+            usize::from(i >= 10),
+            "f{i:02}.txt stored {n} times after prune"
+        );
+    }
+    repo.check(true, &[]).expect_code(0);
+    let dst = t.path().join("dst");
+    restore_clean(&repo, &id2, &dst, &[]);
+    assert_trees_equal(&s2, &walk(&dst), &all(), "snapshot 2 after prune");
+}
+
 // ---------------------------------------------------------------------------------------
 // 6. Crash safety
 // ---------------------------------------------------------------------------------------
@@ -1684,7 +1739,15 @@ fn flipped_byte_in_a_pack_is_found_by_read_data_and_never_restored() {
     let (pack, blob) = find_blob(&repo, &blob_id);
     assert_eq!(blob.kind, 0, "victim blob is not a data blob: {blob:?}");
     assert_eq!(blob.raw_len, victim.len() as u64);
-    flip_byte(&pack, blob.offset + blob.stored_len / 2);
+    // Random bytes do not compress, so the victim is stored raw (encoding byte 0),
+    // alone or as a member of a bundle of its neighbours: the flip lands in the
+    // middle of the victim's own bytes, and only the victim is damaged.
+    assert_eq!(
+        read(&pack)[blob.offset as usize],
+        0,
+        "victim not stored raw: {blob:?}"
+    );
+    flip_byte(&pack, blob.offset + 2 + blob.inner + blob.raw_len / 2);
 
     // Structure only: may pass (the pack's layout is intact) but must not crash.
     let r = repo.check(false, &[]);
@@ -1767,6 +1830,101 @@ fn flipped_byte_in_a_pack_is_found_by_read_data_and_never_restored() {
     let dst2 = t.path().join("dst_other");
     restore_clean(&repo, &id_other, &dst2, &[]);
     assert_trees_equal(&walk(&other), &walk(&dst2), &all(), "unaffected snapshot");
+}
+
+/// The last `n` components of a path, to compare paths that check and restore name
+/// relative to different roots.
+fn tail(p: &str, n: usize) -> String {
+    let parts: Vec<&str> = p.split('/').collect();
+    parts[parts.len().saturating_sub(n)..].join("/")
+}
+
+#[test]
+fn flipped_byte_in_a_compressed_bundle_fails_exactly_the_files_it_damages() {
+    require_root("flipped_byte_in_a_compressed_bundle_fails_exactly_the_files_it_damages");
+    let t = tmp();
+    let src = t.path().join("src");
+    // Small text files compress, so they share one zstd bundle; a random file
+    // over the bundling limit is stored alone.
+    let mut texts = Vec::new();
+    for i in 0..40 {
+        let rel = format!("dir/f{i:02}.txt");
+        let body = format!("line {i} of a small text file, repeated\n").repeat(150 + i);
+        fixture::write_file(&src.join(&rel), body.as_bytes());
+        texts.push(rel);
+    }
+    random_file(&src, "alone/other.bin", "bundle-alone", 600_000);
+    let repo = Repo::new(t.path().join("repo"));
+    let id = repo.create_id(&[&src], &[]);
+    repo.check(true, &[]).expect_code(0);
+
+    let first = blake3::hash(&read(&src.join(&texts[0])))
+        .to_hex()
+        .to_string();
+    let (pack, blob) = find_blob(&repo, &first);
+    let bytes = read(&pack);
+    assert_eq!(
+        bytes[blob.offset as usize], 1,
+        "text bundle not zstd: {blob:?}"
+    );
+    let members: BTreeSet<String> = pack_blobs(&bytes)
+        .into_iter()
+        .filter(|b| b.offset == blob.offset)
+        .map(|b| b.id)
+        .collect();
+    let text_ids: BTreeSet<String> = texts
+        .iter()
+        .map(|r| blake3::hash(&read(&src.join(r))).to_hex().to_string())
+        .collect();
+    assert!(
+        text_ids.is_subset(&members),
+        "the 40 small files are not one bundle: {} members",
+        members.len()
+    );
+    flip_byte(&pack, blob.offset + blob.stored_len / 2);
+
+    // check names some of the bundle's files, and nothing else.
+    let r = repo.check(true, &["--json"]);
+    r.expect_code(5);
+    let v = stdout_json(&r);
+    let affected: BTreeSet<String> = jarr(&v["affected_files"])
+        .iter()
+        .map(|f| tail(jstr(f, "path"), 2))
+        .collect();
+    assert!(!affected.is_empty(), "no affected file named: {v}");
+    for p in &affected {
+        assert!(texts.contains(p), "{p} is not in the damaged bundle: {v}");
+    }
+
+    // restore fails exactly those files, writes none of them, and restores the
+    // rest with the right content.
+    let dst = t.path().join("dst");
+    let r = repo.restore(&id, &dst, &[]);
+    r.expect_code(3);
+    let failed: BTreeSet<String> = json_paths(&r.json(), "failed")
+        .iter()
+        .map(|p| tail(p, 2))
+        .collect();
+    assert_eq!(
+        failed,
+        affected,
+        "restore and check disagree:\n{}",
+        r.describe()
+    );
+    for rel in texts.iter().chain([&"alone/other.bin".to_string()]) {
+        if failed.contains(rel) {
+            assert!(
+                !exists(&dst.join(rel)),
+                "{rel} was written although damaged"
+            );
+        } else {
+            assert_eq!(
+                read(&dst.join(rel)),
+                read(&src.join(rel)),
+                "{rel} restored wrong"
+            );
+        }
+    }
 }
 
 #[test]

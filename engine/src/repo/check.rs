@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use haul_formats::{
-    decode_blob_unverified, FileKind as RepoFile, Id, IndexEntry, IndexReader, Node, NodeKind,
-    PackReader, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
+    bundle_member, decode_blob_unverified, FileKind as RepoFile, Id, IndexEntry, IndexReader, Node,
+    NodeKind, PackReader, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -207,10 +207,11 @@ impl Repository {
         if !read_data {
             return match self.read_pack_entries(&name) {
                 Ok(own) => {
-                    let own: HashSet<(Id, u32)> = own.iter().map(|e| (e.id, e.offset)).collect();
+                    let own: HashSet<IndexEntry> =
+                        own.iter().map(|e| IndexEntry::new(*pack, e)).collect();
                     let missing: Vec<Id> = entries
                         .iter()
-                        .filter(|e| !own.contains(&(e.id, e.offset)))
+                        .filter(|e| !own.contains(e))
                         .map(|e| e.id)
                         .collect();
                     if missing.is_empty() {
@@ -246,19 +247,28 @@ impl Repository {
             Err(e) => errs.push(format!("pack {}: {e}", path.display())),
         }
         let mut bad = Vec::new();
-        for e in entries {
-            let r = e.range();
-            let blob = bytes.get(r.start as usize..r.end as usize);
-            let ok = blob.is_some_and(|b| {
-                let max = if e.kind == haul_formats::BlobKind::Tree {
-                    MAX_TREE_BLOB_LEN
-                } else {
-                    MAX_DATA_BLOB_LEN
-                };
-                decode_blob_unverified(b, max).is_ok_and(|(_, plain)| Id::hash(&plain) == e.id)
-            });
-            if !ok {
-                bad.push(e.id);
+        // Each stored blob is decoded once, then every member named in the
+        // index is checked against its own id.
+        let mut sorted: Vec<&IndexEntry> = entries.iter().collect();
+        sorted.sort_by_key(|e| (e.offset, e.inner));
+        for group in sorted.chunk_by(|a, b| a.offset == b.offset) {
+            let first = group[0];
+            let r = first.range();
+            let max = if first.kind == haul_formats::BlobKind::Tree {
+                MAX_TREE_BLOB_LEN
+            } else {
+                MAX_DATA_BLOB_LEN
+            };
+            let plain = bytes
+                .get(r.start as usize..r.end as usize)
+                .and_then(|b| decode_blob_unverified(b, max).ok());
+            for e in group {
+                let ok = plain
+                    .as_ref()
+                    .is_some_and(|(_, p)| bundle_member(p, e.inner, e.raw_len, &e.id).is_ok());
+                if !ok {
+                    bad.push(e.id);
+                }
             }
         }
         if !bad.is_empty() {

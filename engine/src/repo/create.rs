@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::index::MasterIndex;
-use super::packer::Packer;
+use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::{hostname, username, Repository};
 use crate::copy::EntryIssue;
 use crate::error::Error;
@@ -242,9 +242,16 @@ impl Backup<'_> {
         {
             return Ok(id);
         }
-        let blob = encode_blob_with_id(kind, data, id, self.level)
-            .map_err(|e| Error::corrupt("encoding blob", self.repo.location(), e))?;
-        self.packer.add(&blob)?;
+        // Small files and the tails of large ones are bundled; the chunks
+        // FastCDC cut from a large file (min_size or more) are stored alone,
+        // so restoring that file decodes only its own data.
+        if data.len() < BUNDLE_MEMBER_MAX.min(self.chunker.min_size as usize) {
+            self.packer.add_small(kind, id, data)?;
+        } else {
+            let blob = encode_blob_with_id(kind, data, id, self.level)
+                .map_err(|e| Error::corrupt("encoding blob", self.repo.location(), e))?;
+            self.packer.add(&blob)?;
+        }
         if self.packer.written_len() >= self.flush_every {
             self.flush_index()?;
         }
@@ -300,6 +307,14 @@ impl Backup<'_> {
         let mut nodes = Vec::new();
         let mut fatal = None;
         let read = sys::each_batch(dir, |batch| -> io::Result<()> {
+            // Files first, then subdirectories, each by name: the order a
+            // restore walks the tree in, so the small files that share a
+            // bundle are the ones a restore wants at about the same time.
+            let mut batch: Vec<&sys::RawEntry> = batch.iter().collect();
+            batch.sort_unstable_by(|a, b| {
+                (a.d_type == sys::DT_DIR, a.name.as_bytes())
+                    .cmp(&(b.d_type == sys::DT_DIR, b.name.as_bytes()))
+            });
             let got: Result<Vec<Option<Node>>, Error> = batch
                 .par_iter()
                 .map(|e| {

@@ -19,6 +19,7 @@ use haul_formats::{
 use crate::error::Error;
 
 pub(crate) mod backend;
+mod blocks;
 mod check;
 mod create;
 mod index;
@@ -62,6 +63,7 @@ pub struct Repository {
     location: PathBuf,
     backend: Arc<dyn Backend>,
     config: RepoConfig,
+    blocks: blocks::BlockCache,
 }
 
 impl std::fmt::Debug for Repository {
@@ -185,6 +187,7 @@ impl Repository {
             location: path.to_path_buf(),
             backend,
             config,
+            blocks: blocks::BlockCache::new(),
         })
     }
 

@@ -1,17 +1,50 @@
 //! Gathers encoded blobs into pack files of about the configured size and
 //! writes each one durably as soon as it is full. Compression happens in the
 //! callers' threads; only appending to the current pack is serialised.
+//!
+//! Small blobs are bundled: each worker thread fills its own bundle (one per
+//! blob kind) with the small files it reads, in the order it reads them, and
+//! compresses it as one frame once it holds [`BUNDLE_TARGET`] bytes. So a
+//! bundle is usually a run of neighbouring files of one directory, which is
+//! both what compresses best together and what a restore wants together.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
-use haul_formats::{EncodedBlob, FileKind as RepoFile, Id, IndexEntry, PackWriter};
+use haul_formats::{
+    BlobKind, BundleBuilder, EncodedBlob, EncodedBundle, FileKind as RepoFile, Id, IndexEntry,
+    PackWriter,
+};
 
 use super::Repository;
 use crate::error::Error;
 
+/// Plaintext a bundle collects before it is compressed and packed.
+pub(crate) const BUNDLE_TARGET: usize = 2 << 20;
+/// Blobs smaller than this go into bundles; larger ones are stored alone.
+pub(crate) const BUNDLE_MEMBER_MAX: usize = BUNDLE_TARGET / 4;
+/// Open bundles: one slot per worker thread (more threads share slots).
+const BUNDLE_SLOTS: usize = 64;
+
+/// A worker's open bundles, one per kind.
+struct Open {
+    data: BundleBuilder,
+    tree: BundleBuilder,
+}
+
+impl Open {
+    fn of(&mut self, kind: BlobKind) -> &mut BundleBuilder {
+        match kind {
+            BlobKind::Data => &mut self.data,
+            BlobKind::Tree => &mut self.tree,
+        }
+    }
+}
+
 pub(crate) struct Packer<'r> {
     repo: &'r Repository,
     target: u64,
+    level: i32,
+    open: Vec<Mutex<Option<Open>>>,
     current: Mutex<Option<PackWriter<Vec<u8>>>>,
     written: Mutex<Vec<IndexEntry>>,
     packs: AtomicU64,
@@ -23,6 +56,8 @@ impl<'r> Packer<'r> {
         Packer {
             repo,
             target: u64::from(repo.config().pack_size),
+            level: repo.config().zstd_level,
+            open: (0..BUNDLE_SLOTS).map(|_| Mutex::new(None)).collect(),
             current: Mutex::new(None),
             written: Mutex::new(Vec::new()),
             packs: AtomicU64::new(0),
@@ -33,29 +68,88 @@ impl<'r> Packer<'r> {
     fn writer(&self) -> Result<PackWriter<Vec<u8>>, Error> {
         PackWriter::new(
             Vec::with_capacity(self.target as usize + (1 << 20)),
-            self.repo.config().zstd_level,
+            self.level,
         )
         .map_err(|e| Error::corrupt("starting pack", self.repo.location(), e))
     }
 
-    /// Adds one blob; writes the pack out if it is now full.
+    /// Adds one blob stored alone; writes the pack out if it is now full.
     pub(crate) fn add(&self, blob: &EncodedBlob) -> Result<(), Error> {
+        self.append(blob.bytes.len(), |w| w.add_encoded(blob).map(|_| ()))
+    }
+
+    /// Adds a small blob (plaintext `data`, hashing to `id`) to the calling
+    /// thread's open bundle of its kind; packs the bundle once it is full.
+    pub(crate) fn add_small(&self, kind: BlobKind, id: Id, data: &[u8]) -> Result<(), Error> {
+        let slot = rayon::current_thread_index().unwrap_or(0) % self.open.len();
+        let full = {
+            let mut open = self.open[slot].lock().unwrap_or_else(|e| e.into_inner());
+            let b = open
+                .get_or_insert_with(|| Open {
+                    data: BundleBuilder::new(BlobKind::Data),
+                    tree: BundleBuilder::new(BlobKind::Tree),
+                })
+                .of(kind);
+            b.push(id, data)
+                .map_err(|e| Error::corrupt("bundling blob", self.repo.location(), e))?;
+            if b.len() >= BUNDLE_TARGET {
+                Some(self.seal(b)?)
+            } else {
+                None
+            }
+        };
+        match full {
+            Some(bundle) => self.add_bundle(&bundle),
+            None => Ok(()),
+        }
+    }
+
+    fn seal(&self, b: &mut BundleBuilder) -> Result<EncodedBundle, Error> {
+        b.finish(self.level)
+            .map_err(|e| Error::corrupt("compressing bundle", self.repo.location(), e))
+    }
+
+    /// Adds a bundle encoded earlier.
+    pub(crate) fn add_bundle(&self, bundle: &EncodedBundle) -> Result<(), Error> {
+        self.append(bundle.bytes.len(), |w| w.add_bundle(bundle).map(|_| ()))
+    }
+
+    /// Packs every open bundle, however full.
+    fn seal_open(&self) -> Result<(), Error> {
+        for slot in &self.open {
+            let open = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let Some(mut open) = open else { continue };
+            for b in [&mut open.data, &mut open.tree] {
+                if !b.is_empty() {
+                    let bundle = self.seal(b)?;
+                    self.add_bundle(&bundle)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `len` stored bytes with `put`; writes the pack out if it is
+    /// now full.
+    fn append(
+        &self,
+        len: usize,
+        put: impl FnOnce(&mut PackWriter<Vec<u8>>) -> Result<(), haul_formats::FormatError>,
+    ) -> Result<(), Error> {
         let full = {
             let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
             if cur.is_none() {
                 *cur = Some(self.writer()?);
             }
             let w = cur.as_mut().expect("just set");
-            w.add_encoded(blob)
-                .map_err(|e| Error::corrupt("adding blob", self.repo.location(), e))?;
+            put(w).map_err(|e| Error::corrupt("adding blob", self.repo.location(), e))?;
             if w.len() >= self.target {
                 cur.take()
             } else {
                 None
             }
         };
-        self.stored_bytes
-            .fetch_add(blob.bytes.len() as u64, Relaxed);
+        self.stored_bytes.fetch_add(len as u64, Relaxed);
         match full {
             Some(w) => self.write(w),
             None => Ok(()),
@@ -88,9 +182,10 @@ impl<'r> Packer<'r> {
         self.written.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Writes the last, partial pack and returns where every blob went,
-    /// with the number of packs and bytes written.
+    /// Packs the open bundles, writes the last, partial pack and returns
+    /// where every blob went, with the number of packs and bytes written.
     pub(crate) fn finish(self) -> Result<(Vec<IndexEntry>, u64, u64), Error> {
+        self.seal_open()?;
         let last = self
             .current
             .lock()

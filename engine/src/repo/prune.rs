@@ -1,15 +1,20 @@
 //! `snapshot prune`: frees data no snapshot references. Packs whose blobs
 //! are all unused are deleted; packs that are partly used are rewritten with
-//! just the used blobs (their stored bytes are copied, not recompressed).
+//! just the used blobs: a stored blob (or bundle) still wholly used is copied
+//! as it is, not recompressed; the used members of a partly used bundle are
+//! bundled anew.
 //! Order for crash safety: new packs, then the new index, then the old
 //! indexes, then the old packs: at every moment every snapshot is restorable.
 use std::collections::{BTreeMap, HashSet};
 
-use haul_formats::{EncodedBlob, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind};
+use haul_formats::{
+    bundle_member, decode_blob_unverified, encode_blob_with_id, BundleMember, EncodedBlob,
+    EncodedBundle, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind, MAX_TREE_BLOB_LEN,
+};
 use serde::Serialize;
 
 use super::index::MasterIndex;
-use super::packer::Packer;
+use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
 use crate::error::Error;
 
@@ -88,23 +93,15 @@ impl Repository {
                 continue;
             }
             sum.packs_rewritten += 1;
-            let name = RepoFile::Pack.path(pack);
-            for e in wanted {
-                let bytes = self
-                    .backend()
-                    .get_range(&name, u64::from(e.offset), u64::from(e.stored_len))
-                    .map_err(|err| Error::io("reading pack", self.file_path(&name), err))?;
-                // The stored bytes are verified before they move: prune must
-                // not carry corruption into a fresh pack under a good name.
-                let max = haul_formats::MAX_TREE_BLOB_LEN;
-                haul_formats::decode_blob(&bytes, &e.id, max)
-                    .map_err(|err| Error::corrupt("verifying blob", self.file_path(&name), err))?;
-                packer.add(&EncodedBlob {
-                    id: e.id,
-                    kind: e.kind,
-                    raw_len: e.raw_len,
-                    bytes,
-                })?;
+            let keep: HashSet<(u32, u32)> = wanted.iter().map(|e| (e.offset, e.inner)).collect();
+            let mut stored: BTreeMap<u32, Vec<&IndexEntry>> = BTreeMap::new();
+            for e in entries {
+                stored.entry(e.offset).or_default().push(e);
+            }
+            for members in stored.values_mut() {
+                members.sort_by_key(|e| e.inner);
+                members.dedup_by_key(|e| e.inner);
+                self.repack(&packer, pack, members, &keep)?;
             }
         }
         let (new_entries, _, new_bytes) = packer.finish()?;
@@ -132,5 +129,82 @@ impl Repository {
         }
         sum.bytes_freed = freed - new_bytes as i64;
         Ok(sum)
+    }
+
+    /// Moves the members of one stored blob (all entries sharing an offset in
+    /// `pack`, by inner offset) that `keep` names into `packer`.
+    fn repack(
+        &self,
+        packer: &Packer<'_>,
+        pack: &Id,
+        members: &[&IndexEntry],
+        keep: &HashSet<(u32, u32)>,
+    ) -> Result<(), Error> {
+        let kept: Vec<&IndexEntry> = members
+            .iter()
+            .copied()
+            .filter(|e| keep.contains(&(e.offset, e.inner)))
+            .collect();
+        let Some(first) = kept.first() else {
+            return Ok(());
+        };
+        let name = RepoFile::Pack.path(pack);
+        let path = self.file_path(&name);
+        let bytes = self
+            .backend()
+            .get_range(&name, u64::from(first.offset), u64::from(first.stored_len))
+            .map_err(|err| Error::io("reading pack", &path, err))?;
+        // Everything is verified before it moves: prune must not carry
+        // corruption into a fresh pack under a good name.
+        let (_, plain) = decode_blob_unverified(&bytes, MAX_TREE_BLOB_LEN)
+            .map_err(|err| Error::corrupt("verifying blob", &path, err))?;
+        let mut data = Vec::with_capacity(kept.len());
+        for e in &kept {
+            data.push(
+                bundle_member(&plain, e.inner, e.raw_len, &e.id)
+                    .map_err(|err| Error::corrupt("verifying blob", &path, err))?,
+            );
+        }
+        // Copied as is only if every member is kept and they tile the whole
+        // plaintext (an index that lost a member means re-bundling).
+        let mut end = 0u64;
+        let tiled = members.iter().all(|e| {
+            let at = u64::from(e.inner) == end;
+            end += u64::from(e.raw_len);
+            at
+        });
+        let whole = kept.len() == members.len() && tiled && end == plain.len() as u64;
+        if whole && kept.len() == 1 {
+            return packer.add(&EncodedBlob {
+                id: first.id,
+                kind: first.kind,
+                raw_len: first.raw_len,
+                bytes,
+            });
+        }
+        if whole {
+            return packer.add_bundle(&EncodedBundle {
+                kind: first.kind,
+                members: kept
+                    .iter()
+                    .map(|e| BundleMember {
+                        id: e.id,
+                        inner: e.inner,
+                        raw_len: e.raw_len,
+                    })
+                    .collect(),
+                bytes,
+            });
+        }
+        for (e, d) in kept.iter().zip(data) {
+            if d.len() < BUNDLE_MEMBER_MAX {
+                packer.add_small(e.kind, e.id, d)?;
+            } else {
+                let blob = encode_blob_with_id(e.kind, d, e.id, self.config().zstd_level)
+                    .map_err(|err| Error::corrupt("encoding blob", self.location(), err))?;
+                packer.add(&blob)?;
+            }
+        }
+        Ok(())
     }
 }

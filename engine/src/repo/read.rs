@@ -1,9 +1,10 @@
 //! Reading snapshots back: blobs, trees, listings and differences.
 use std::path::Path;
+use std::sync::Arc;
 
 use haul_formats::{
-    decode_blob, decode_tree, FileKind as RepoFile, Id, Node, NodeKind, MAX_DATA_BLOB_LEN,
-    MAX_TREE_BLOB_LEN,
+    bundle_member, decode_blob_unverified, decode_tree, FileKind as RepoFile, Id, Node, NodeKind,
+    MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
 };
 use serde::Serialize;
 
@@ -50,7 +51,9 @@ fn join(prefix: &str, name: &[u8]) -> String {
 }
 
 impl Repository {
-    /// Reads and verifies one blob (its plaintext must hash to `id`).
+    /// Reads and verifies one blob (its plaintext must hash to `id`). A
+    /// bundle is fetched and decoded once for all the members read while it
+    /// stays in the cache; `max` caps the stored blob's whole plaintext.
     pub(crate) fn load_blob(
         &self,
         index: &MasterIndex,
@@ -65,13 +68,25 @@ impl Repository {
             )
         })?;
         let name = RepoFile::Pack.path(&e.pack);
-        let stored = self
-            .backend()
-            .get_range(&name, u64::from(e.offset), u64::from(e.stored_len))
-            .map_err(|err| Error::io("reading pack", self.file_path(&name), err))?;
-        let (_, plain) = decode_blob(&stored, id, max)
+        let key = (e.pack, e.offset);
+        let block = self.blocks.get(key, || {
+            let stored = self
+                .backend()
+                .get_range(&name, u64::from(e.offset), u64::from(e.stored_len))
+                .map_err(|err| Error::io("reading pack", self.file_path(&name), err))?;
+            decode_blob_unverified(&stored, max)
+                .map(|(_, plain)| plain)
+                .map_err(|err| Error::corrupt("reading blob", self.file_path(&name), err))
+        })?;
+        let member = bundle_member(&block, e.inner, e.raw_len, id)
             .map_err(|err| Error::corrupt("reading blob", self.file_path(&name), err))?;
-        Ok(plain)
+        if e.inner == 0 && member.len() == block.len() {
+            // Stored alone: nobody else wants it, so it leaves the cache, and
+            // it is handed over without a copy when no other thread holds it.
+            self.blocks.forget(key);
+            return Ok(Arc::try_unwrap(block).unwrap_or_else(|b| b.to_vec()));
+        }
+        Ok(member.to_vec())
     }
 
     /// Reads a data blob.

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use haul_formats::{Node, NodeKind, Xattr};
+use haul_formats::{Id, Node, NodeKind, Xattr};
 use rayon::prelude::*;
 
 use super::index::MasterIndex;
@@ -197,7 +197,26 @@ impl Run<'_> {
         fresh: bool,
         acl: bool,
     ) {
-        nodes.par_iter().for_each(|n| {
+        // Files first, in the order their data is stored, then directories
+        // (the order create read them in): the small files of a bundle are
+        // restored together, so each bundle is decoded once while it is in
+        // the cache.
+        type Key = (bool, Option<(Id, u32, u32)>);
+        let mut order: Vec<(Key, &Node)> = nodes
+            .iter()
+            .map(|n| {
+                let at = match &n.kind {
+                    NodeKind::File { chunks, .. } => chunks
+                        .first()
+                        .and_then(|c| ctx.index.lookup(c))
+                        .map(|e| (e.pack, e.offset, e.inner)),
+                    _ => None,
+                };
+                ((matches!(n.kind, NodeKind::Dir { .. }), at), n)
+            })
+            .collect();
+        order.sort_by_key(|(at, _)| *at);
+        order.par_iter().for_each(|&(_, n)| {
             let Ok(name) = CString::new(n.name.clone()) else {
                 return;
             };

@@ -9,8 +9,9 @@
 use std::path::PathBuf;
 
 use haul_formats::{
-    encode_blob, encode_tree, BlobKind, Extent, Id, IndexWriter, Lock, Node, NodeKind, PackWriter,
-    RepoConfig, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
+    encode_blob, encode_tree, BlobKind, BundleBuilder, Extent, Id, IndexWriter, Lock, Node,
+    NodeKind, PackWriter, RepoConfig, Snapshot, SnapshotSummary, Timestamp, Xattr,
+    SNAPSHOT_VERSION,
 };
 
 fn node(name: &[u8], kind: NodeKind) -> Node {
@@ -93,8 +94,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pack.add(BlobKind::Data, &text)?;
     pack.add(BlobKind::Data, b"tiny")?;
     pack.add(BlobKind::Tree, &tree)?;
+    let mut bundle = BundleBuilder::new(BlobKind::Data);
+    for m in [&b"first member"[..], b"", &text] {
+        bundle.push(Id::hash(m), m)?;
+    }
+    pack.add_bundle(&bundle.finish(3)?)?;
     let pack = pack.finish()?;
-    write("pack", "three-blobs", &pack.writer)?;
+    write("pack", "three-blobs-and-a-bundle", &pack.writer)?;
 
     let mut index = IndexWriter::new();
     index.add_pack(pack.id, &pack.entries);
