@@ -999,7 +999,7 @@ impl<'a> Run<'a> {
         st: &Stat,
         rel: &Path,
     ) -> Result<bool, StepError> {
-        let out = match sys::create_excl_at(d, dname, 0o600) {
+        let out = match sys::create_excl_at(d, dname, st.perm() & 0o777) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
             Err(e) => {
@@ -1046,7 +1046,8 @@ impl<'a> Run<'a> {
         let have_x = (!dir.acl_inherit).then_some(&none);
         match kind {
             FileKind::File => {
-                let out = self.create_tmp(d, tmp, || sys::create_excl_at(d, tmp, 0o600))?;
+                let out =
+                    self.create_tmp(d, tmp, || sys::create_excl_at(d, tmp, st.perm() & 0o777))?;
                 // An empty file has no data to read: its attributes are read
                 // by name, which saves an open and a close per file (a tree
                 // of a million empty files is a real case).
@@ -1185,7 +1186,8 @@ impl<'a> Run<'a> {
                 wrote = true;
                 if !dry {
                     match t.chown(uid, gid) {
-                        Ok(()) => force_mode = true,
+                        // chown clears setuid and setgid, nothing else.
+                        Ok(()) => force_mode = src.perm() & 0o6000 != 0,
                         Err(e) => partial.push(format!("owner {uid}:{gid} not set: {e}")),
                     }
                 }
@@ -1208,8 +1210,11 @@ impl<'a> Run<'a> {
                 force_mode = true;
             }
         }
-        if !t.is_symlink() && (force_mode || fresh || have.perm() != src.perm()) {
-            wrote |= fresh || have.perm() != src.perm();
+        // `have` is read back even for a fresh entry, and new files are
+        // created with their final permission bits (as rsync does), so the
+        // common file needs no chmod at all.
+        if !t.is_symlink() && (force_mode || have.perm() != src.perm()) {
+            wrote |= have.perm() != src.perm();
             if !dry {
                 if let Err(e) = t.chmod(src.perm()) {
                     partial.push(format!("mode {:o} not set: {e}", src.perm()));

@@ -2,7 +2,8 @@
 //! reads one bundle for many files, and each bundle should be fetched and
 //! decompressed once, not once per member.
 //!
-//! The cache is small and bounded (a few bundles per worker thread). Two
+//! The cache is small and bounded (a few bundles of at most 2.5 MiB per
+//! worker thread, 32 at most). Two
 //! threads that want the same bundle at once wait for one decode rather than
 //! doing it twice.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -32,7 +33,7 @@ impl BlockCache {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         BlockCache {
             slots: Mutex::new(Vec::new()),
-            cap: (2 * cpus + 2).clamp(4, 32),
+            cap: (4 * cpus + 4).clamp(8, 32),
             tick: AtomicU64::new(0),
         }
     }
@@ -47,7 +48,11 @@ impl BlockCache {
         let cell = {
             let now = self.tick.fetch_add(1, Relaxed);
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            match slots.iter_mut().find(|s| s.key == key) {
+            // Offsets differ far more often than packs: compare them first.
+            match slots
+                .iter_mut()
+                .find(|s| s.key.1 == key.1 && s.key.0 == key.0)
+            {
                 Some(s) => {
                     s.used = now;
                     s.cell.clone()

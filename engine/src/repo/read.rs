@@ -50,6 +50,23 @@ fn join(prefix: &str, name: &[u8]) -> String {
     }
 }
 
+/// The largest decoded bundle the cache keeps (haul's are at most 2.5 MiB).
+const MAX_CACHED_BLOCK: usize = 4 << 20;
+
+/// A verified blob's plaintext: a slice of its decoded stored blob, which
+/// it shares with the cache and its bundle's other members (no copy).
+pub(crate) struct Blob {
+    block: Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.block[self.range.clone()]
+    }
+}
+
 impl Repository {
     /// Reads and verifies one blob (its plaintext must hash to `id`). A
     /// bundle is fetched and decoded once for all the members read while it
@@ -59,7 +76,7 @@ impl Repository {
         index: &MasterIndex,
         id: &Id,
         max: usize,
-    ) -> Result<Vec<u8>, Error> {
+    ) -> Result<Blob, Error> {
         let e = index.lookup(id).ok_or_else(|| {
             Error::corrupt(
                 "reading blob",
@@ -80,17 +97,18 @@ impl Repository {
         })?;
         let member = bundle_member(&block, e.inner, e.raw_len, id)
             .map_err(|err| Error::corrupt("reading blob", self.file_path(&name), err))?;
-        if e.inner == 0 && member.len() == block.len() {
-            // Stored alone: nobody else wants it, so it leaves the cache, and
-            // it is handed over without a copy when no other thread holds it.
+        let range = e.inner as usize..e.inner as usize + member.len();
+        if range.len() == block.len() || block.len() > MAX_CACHED_BLOCK {
+            // Stored alone, nobody else will ask for it; and a bundle larger
+            // than haul writes (another writer's, or a hostile one) is not
+            // kept, so the cache stays within a few MiB per thread.
             self.blocks.forget(key);
-            return Ok(Arc::try_unwrap(block).unwrap_or_else(|b| b.to_vec()));
         }
-        Ok(member.to_vec())
+        Ok(Blob { block, range })
     }
 
     /// Reads a data blob.
-    pub(crate) fn load_data(&self, index: &MasterIndex, id: &Id) -> Result<Vec<u8>, Error> {
+    pub(crate) fn load_data(&self, index: &MasterIndex, id: &Id) -> Result<Blob, Error> {
         self.load_blob(index, id, MAX_DATA_BLOB_LEN)
     }
 

@@ -324,8 +324,9 @@ impl Run<'_> {
         let written = (|| -> Result<(), StepError> {
             match &n.kind {
                 NodeKind::File { data_map, chunks } => {
-                    let out =
-                        self.create_tmp(dst, &tmp, || sys::create_excl_at(dst, &tmp, 0o600))?;
+                    let out = self.create_tmp(dst, &tmp, || {
+                        sys::create_excl_at(dst, &tmp, st.perm() & 0o777)
+                    })?;
                     self.write_chunks(ctx, &out, n, data_map.as_deref(), chunks)?;
                     let have = sys::stat_fd(&out).step("stat new file")?;
                     self.sync_meta(
