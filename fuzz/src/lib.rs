@@ -98,7 +98,8 @@ fn check_pack(data: &[u8]) {
         for group in reader.stored_blobs() {
             if let Ok(plain) = reader.read_stored(group, MAX_BLOB) {
                 let last = group[group.len() - 1];
-                assert_eq!(plain.len(), (last.inner + last.raw_len) as usize);
+                let len = u64::from(last.inner) + u64::from(last.raw_len);
+                assert_eq!(plain.len() as u64, len);
                 for e in group {
                     if let Ok(m) = bundle_member(&plain, e.inner, e.raw_len, &e.id) {
                         assert_eq!(m.len(), e.raw_len as usize);
