@@ -5,8 +5,10 @@
 //! Small blobs are bundled: each worker thread fills its own bundle (one per
 //! blob kind) with the small files it reads, in the order it reads them, and
 //! compresses it as one frame once it holds [`BUNDLE_TARGET`] bytes. So a
-//! bundle is usually a run of neighbouring files of one directory, which is
-//! both what compresses best together and what a restore wants together.
+//! bundle is a run of files that are neighbours in the walk (a directory's
+//! files by name, then those of the next directory the worker reads), which
+//! is both what compresses best together and what a restore, walking the
+//! same way, wants together.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
