@@ -2,10 +2,10 @@
 //! reads one bundle for many files, and each bundle should be fetched and
 //! decompressed once, not once per member.
 //!
-//! The cache is small and bounded (a few bundles of at most 2.5 MiB per
-//! worker thread, 32 at most). Two
-//! threads that want the same bundle at once wait for one decode rather than
-//! doing it twice.
+//! The cache is small and bounded: a few bundles of about 2 MiB per worker
+//! thread, 32 at most, none over 4 MiB (see `read.rs`). Two threads that
+//! want the same bundle at once wait for one decode rather than doing it
+//! twice.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 

@@ -50,7 +50,7 @@ fn join(prefix: &str, name: &[u8]) -> String {
     }
 }
 
-/// The largest decoded bundle the cache keeps (haul's are at most 2.5 MiB).
+/// The largest decoded bundle the cache keeps (haul writes a little over 2 MiB).
 const MAX_CACHED_BLOCK: usize = 4 << 20;
 
 /// A verified blob's plaintext: a slice of its decoded stored blob, which
