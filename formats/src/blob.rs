@@ -162,16 +162,7 @@ impl BundleBuilder {
     /// Compresses the bundle at zstd `level` (stored raw if that is not
     /// smaller) and starts over, keeping the buffer's capacity.
     pub fn finish(&mut self, level: i32) -> Result<EncodedBundle, FormatError> {
-        let compressed = compress(&self.plain, level)?;
-        let (encoding, payload) = if compressed.len() < self.plain.len() {
-            (ENCODING_ZSTD, &compressed[..])
-        } else {
-            (ENCODING_RAW, &self.plain[..])
-        };
-        let mut bytes = Vec::with_capacity(BLOB_HEADER_LEN + payload.len());
-        bytes.push(encoding);
-        bytes.push(self.kind.as_u8());
-        bytes.extend_from_slice(payload);
+        let bytes = stored_bytes(self.kind, &self.plain, level)?;
         self.plain.clear();
         Ok(EncodedBundle {
             kind: self.kind,
@@ -267,6 +258,23 @@ fn decompress(data: &[u8], capacity: usize) -> Result<Vec<u8>, FormatError> {
     })
 }
 
+/// The stored form of `plaintext` (one blob, or a bundle's members back to
+/// back): header, then one zstd frame at `level`, or the plaintext itself
+/// when compression does not make it smaller.
+fn stored_bytes(kind: BlobKind, plaintext: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
+    let compressed = compress(plaintext, level)?;
+    let (encoding, payload) = if compressed.len() < plaintext.len() {
+        (ENCODING_ZSTD, &compressed[..])
+    } else {
+        (ENCODING_RAW, plaintext)
+    };
+    let mut bytes = Vec::with_capacity(BLOB_HEADER_LEN + payload.len());
+    bytes.push(encoding);
+    bytes.push(kind.as_u8());
+    bytes.extend_from_slice(payload);
+    Ok(bytes)
+}
+
 /// Encodes `plaintext` as a blob, compressed with zstd at `level` (0 means
 /// zstd's default, 3) unless compression does not make it smaller, in which
 /// case it is stored raw.
@@ -291,21 +299,11 @@ pub fn encode_blob_with_id(
         what: "blob",
         reason: format!("{} bytes is over the 4 GiB limit", plaintext.len()),
     })?;
-    let compressed = compress(plaintext, level)?;
-    let (encoding, payload) = if compressed.len() < plaintext.len() {
-        (ENCODING_ZSTD, &compressed[..])
-    } else {
-        (ENCODING_RAW, plaintext)
-    };
-    let mut bytes = Vec::with_capacity(BLOB_HEADER_LEN + payload.len());
-    bytes.push(encoding);
-    bytes.push(kind.as_u8());
-    bytes.extend_from_slice(payload);
     Ok(EncodedBlob {
         id,
         kind,
         raw_len,
-        bytes,
+        bytes: stored_bytes(kind, plaintext, level)?,
     })
 }
 
