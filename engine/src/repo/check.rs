@@ -11,7 +11,7 @@ use haul_formats::{
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::index::MasterIndex;
+use super::index::{by_stored_blob, MasterIndex};
 use super::Repository;
 use crate::error::Error;
 use crate::progress::Progress;
@@ -249,9 +249,7 @@ impl Repository {
         let mut bad = Vec::new();
         // Each stored blob is decoded once, then every member named in the
         // index is checked against its own id.
-        let mut sorted: Vec<&IndexEntry> = entries.iter().collect();
-        sorted.sort_by_key(|e| (e.offset, e.inner));
-        for group in sorted.chunk_by(|a, b| a.offset == b.offset) {
+        for group in by_stored_blob(entries) {
             let first = group[0];
             let r = first.range();
             let max = if first.kind == haul_formats::BlobKind::Tree {

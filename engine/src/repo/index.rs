@@ -103,6 +103,17 @@ impl MasterIndex {
     }
 }
 
+/// Index entries of one pack, grouped by stored blob (one group per blob
+/// stored alone, one per bundle), in pack order, each group by `inner`.
+pub(crate) fn by_stored_blob(entries: &[IndexEntry]) -> Vec<Vec<&IndexEntry>> {
+    let mut sorted: Vec<&IndexEntry> = entries.iter().collect();
+    sorted.sort_by_key(|e| (e.offset, e.inner));
+    sorted
+        .chunk_by(|a, b| a.offset == b.offset)
+        .map(<[&IndexEntry]>::to_vec)
+        .collect()
+}
+
 impl Repository {
     /// Loads every index file. A damaged one is an error naming it.
     pub(crate) fn load_index(&self) -> Result<MasterIndex, Error> {

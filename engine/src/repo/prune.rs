@@ -13,7 +13,7 @@ use haul_formats::{
 };
 use serde::Serialize;
 
-use super::index::MasterIndex;
+use super::index::{by_stored_blob, MasterIndex};
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
 use crate::error::Error;
@@ -94,14 +94,10 @@ impl Repository {
             }
             sum.packs_rewritten += 1;
             let keep: HashSet<(u32, u32)> = wanted.iter().map(|e| (e.offset, e.inner)).collect();
-            let mut stored: BTreeMap<u32, Vec<&IndexEntry>> = BTreeMap::new();
-            for e in entries {
-                stored.entry(e.offset).or_default().push(e);
-            }
-            for members in stored.values_mut() {
-                members.sort_by_key(|e| e.inner);
+            for mut members in by_stored_blob(entries) {
+                // Two index files may name the same pack entry.
                 members.dedup_by_key(|e| e.inner);
-                self.repack(&packer, pack, members, &keep)?;
+                self.repack(&packer, pack, &members, &keep)?;
             }
         }
         let (new_entries, _, new_bytes) = packer.finish()?;
