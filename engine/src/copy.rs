@@ -8,9 +8,12 @@
 //! - Every write into the destination goes through a directory handle and a
 //!   single name (`*at` syscalls, `O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`), so a
 //!   symlink already in the destination is replaced, never written through.
-//! - New content goes to a temporary name in the same directory and is
-//!   renamed into place once its data and metadata are complete, so an
-//!   interrupted run never leaves a truncated file under its final name.
+//! - New content is written where nobody sees it, and named only once its
+//!   data and metadata are complete, so an interrupted run never leaves a
+//!   truncated file under its final name. A new regular file is an unnamed
+//!   `O_TMPFILE` inode that is linked into place (one syscall less than a
+//!   rename, and nothing left behind by a crash); anything else, and a file
+//!   that replaces another, goes to a temporary name and is renamed.
 //! - A directory's own metadata is applied after its contents, so its mtime
 //!   and a read-only mode stick.
 use std::collections::HashMap;
@@ -20,7 +23,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -255,6 +258,20 @@ impl Target<'_> {
     }
 }
 
+const TMPFILE_UNKNOWN: u8 = 0;
+const TMPFILE_YES: u8 = 1;
+const TMPFILE_NO: u8 = 2;
+
+/// A new regular file being written, not yet under its final name: an
+/// unnamed `O_TMPFILE` inode (`tmp` is `None`) or a file under its
+/// temporary name. [`Run::publish`] names it; dropping it unpublished
+/// leaves nothing but, for a named one, the temporary name, which
+/// [`Run::discard`] removes.
+pub(crate) struct NewFile {
+    pub(crate) file: File,
+    tmp: Option<CString>,
+}
+
 /// Whether an entry was just created by this run, and if so whether its
 /// attributes are known (`None`: read them back).
 #[derive(Clone, Copy)]
@@ -280,6 +297,9 @@ pub(crate) struct Run<'a> {
     links: Mutex<HashMap<(u64, u64), Link>>,
     reflink_ok: AtomicBool,
     cfr_ok: AtomicBool,
+    /// Whether new files can be `O_TMPFILE` inodes linked into place:
+    /// `TMPFILE_UNKNOWN` until the first one is tried.
+    tmpfile: AtomicU8,
     /// The destination root, for hardlinks whose first name is elsewhere.
     pub(crate) dst_root: Option<File>,
     mismatches: Mutex<Vec<EntryIssue>>,
@@ -312,6 +332,15 @@ pub(crate) fn tmp_name(name: &CStr) -> CString {
     let mut v = TMP_PREFIX.to_vec();
     v.extend_from_slice(&hex.as_bytes()[..16]);
     CString::new(v).expect("no NUL in hex")
+}
+
+/// `linkat(AT_EMPTY_PATH)` refused for want of privilege (`ENOENT` is what
+/// kernels before 6.10 answer without `CAP_DAC_READ_SEARCH`).
+fn flink_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::EPERM | libc::EACCES | libc::EINVAL)
+    )
 }
 
 fn is_tmp_name(name: &[u8]) -> bool {
@@ -532,6 +561,7 @@ impl<'a> Run<'a> {
             links: Mutex::default(),
             reflink_ok: AtomicBool::new(true),
             cfr_ok: AtomicBool::new(true),
+            tmpfile: AtomicU8::new(TMPFILE_UNKNOWN),
             dst_root: None,
             mismatches: Mutex::default(),
         }
@@ -964,19 +994,27 @@ impl<'a> Run<'a> {
         {
             return Ok(());
         }
-        let tmp = tmp_name(dname);
         let mut partial = Vec::new();
-        let written = self.write_new(dir, sname, d, &tmp, st, &mut partial);
-        if let Err(e) = written {
-            let _ = sys::unlink_at(d, &tmp, false);
-            return Err(e);
-        }
-        if cur.is_some_and(|c| c.kind() == FileKind::Dir) {
-            self.remove_tree(d, dname, rel, false)?;
-        }
-        if let Err(e) = sys::rename_at(d, &tmp, d, dname).step("rename into place") {
-            let _ = sys::unlink_at(d, &tmp, false);
-            return Err(e);
+        if kind == FileKind::File {
+            let f = self.new_file(d, dname, st.perm() & 0o777, cur.is_some())?;
+            let written = self
+                .write_file(dir, sname, &f.file, st, &mut partial)
+                .and_then(|()| self.clear_dir_for(d, dname, cur, rel));
+            if let Err(e) = written {
+                self.discard(d, f);
+                return Err(e);
+            }
+            self.publish(d, f, dname)?;
+        } else {
+            let tmp = tmp_name(dname);
+            let written = self
+                .write_special(dir, sname, d, &tmp, st, &mut partial)
+                .and_then(|()| self.clear_dir_for(d, dname, cur, rel));
+            if let Err(e) = written {
+                let _ = sys::unlink_at(d, &tmp, false);
+                return Err(e);
+            }
+            self.rename_into_place(d, &tmp, dname)?;
         }
         self.record(outcome, rel);
         self.partial(rel, partial);
@@ -1027,9 +1065,45 @@ impl<'a> Run<'a> {
         Ok(true)
     }
 
-    /// Creates the entry under the temporary name `tmp`, complete with data
-    /// and metadata.
-    fn write_new(
+    /// Fills the new regular file `out` with SRC's data and metadata.
+    fn write_file(
+        &self,
+        dir: &DirPair,
+        sname: &CStr,
+        out: &File,
+        st: &Stat,
+        partial: &mut Vec<String>,
+    ) -> Result<(), StepError> {
+        let sdir = &dir.src;
+        // What a new entry carries before haul sets anything: no attributes,
+        // unless the directory hands down a default ACL.
+        let none = Xattrs::new();
+        let have_x = (!dir.acl_inherit).then_some(&none);
+        // An empty file has no data to read: its attributes are read by
+        // name, which saves an open and a close per file (a tree of a
+        // million empty files is a real case).
+        let src_x = if st.size == 0 {
+            read_xattrs(&XTarget::At(sdir, sname), self.policy).step("read xattrs")?
+        } else {
+            let src = sys::open_read_at(sdir, sname).step("open")?;
+            self.copy_data(&src, out, st).step("copy data")?;
+            read_xattrs(&XTarget::Fd(&src), self.policy).step("read xattrs")?
+        };
+        let have = sys::stat_fd(out).step("stat new file")?;
+        self.sync_meta(
+            Target::Fd(out),
+            st,
+            &src_x,
+            &have,
+            Fresh::Yes(have_x),
+            partial,
+        )
+        .map(drop)
+    }
+
+    /// Creates a symlink, fifo, socket or device under the temporary name
+    /// `tmp`, complete with metadata.
+    fn write_special(
         &self,
         dir: &DirPair,
         sname: &CStr,
@@ -1040,52 +1114,129 @@ impl<'a> Run<'a> {
     ) -> Result<(), StepError> {
         let sdir = &dir.src;
         let kind = st.kind();
-        // What a new entry carries before haul sets anything: no attributes,
-        // unless the directory hands down a default ACL.
         let none = Xattrs::new();
         let have_x = (!dir.acl_inherit).then_some(&none);
-        match kind {
-            FileKind::File => {
-                let out =
-                    self.create_tmp(d, tmp, || sys::create_excl_at(d, tmp, st.perm() & 0o777))?;
-                // An empty file has no data to read: its attributes are read
-                // by name, which saves an open and a close per file (a tree
-                // of a million empty files is a real case).
-                let src_x = if st.size == 0 {
-                    read_xattrs(&XTarget::At(sdir, sname), self.policy).step("read xattrs")?
-                } else {
-                    let src = sys::open_read_at(sdir, sname).step("open")?;
-                    self.copy_data(&src, &out, st).step("copy data")?;
-                    read_xattrs(&XTarget::Fd(&src), self.policy).step("read xattrs")?
-                };
-                let have = sys::stat_fd(&out).step("stat new file")?;
-                self.sync_meta(
-                    Target::Fd(&out),
-                    st,
-                    &src_x,
-                    &have,
-                    Fresh::Yes(have_x),
-                    partial,
-                )?;
-            }
-            _ => {
-                if kind == FileKind::Symlink {
-                    let target = sys::readlink_at(sdir, sname).step("readlink")?;
-                    self.create_tmp(d, tmp, || sys::symlink_at(&target, d, tmp))?;
-                } else {
-                    let dev = matches!(kind, FileKind::CharDev | FileKind::BlockDev);
-                    let rdev = if dev { st.rdev } else { 0 };
-                    let mode = kind.type_bits() | 0o600;
-                    self.create_tmp(d, tmp, || sys::mknod_at(d, tmp, mode, rdev))?;
+        if kind == FileKind::Symlink {
+            let target = sys::readlink_at(sdir, sname).step("readlink")?;
+            self.create_tmp(d, tmp, || sys::symlink_at(&target, d, tmp))?;
+        } else {
+            let dev = matches!(kind, FileKind::CharDev | FileKind::BlockDev);
+            let rdev = if dev { st.rdev } else { 0 };
+            let mode = kind.type_bits() | 0o600;
+            self.create_tmp(d, tmp, || sys::mknod_at(d, tmp, mode, rdev))?;
+        }
+        let src_x = read_xattrs(&XTarget::At(sdir, sname), self.policy).step("read xattrs")?;
+        let have = sys::stat_at(d, tmp).step("stat new entry")?;
+        let t = Target::At(d, tmp, kind);
+        self.sync_meta(t, st, &src_x, &have, Fresh::Yes(have_x), partial)
+            .map(drop)
+    }
+
+    /// Makes room for a new entry named `name`: a directory there (`cur`)
+    /// is removed, since nothing can be renamed or linked over it.
+    pub(crate) fn clear_dir_for(
+        &self,
+        d: &File,
+        name: &CStr,
+        cur: Option<Stat>,
+        rel: &Path,
+    ) -> Result<(), StepError> {
+        match cur {
+            Some(c) if c.kind() == FileKind::Dir => self.remove_tree(d, name, rel, false),
+            _ => Ok(()),
+        }
+    }
+
+    /// Renames a complete entry from its temporary name to `name`; on an
+    /// error the temporary name is removed.
+    pub(crate) fn rename_into_place(
+        &self,
+        d: &File,
+        tmp: &CStr,
+        name: &CStr,
+    ) -> Result<(), StepError> {
+        sys::rename_at(d, tmp, d, name)
+            .step("rename into place")
+            .inspect_err(|_| {
+                let _ = sys::unlink_at(d, tmp, false);
+            })
+    }
+
+    /// Creates the new regular file that will become `name` in `d`, with
+    /// permission bits `perm`. `replacing`: `name` exists and this file
+    /// will take its place (a link cannot replace, so it gets a temporary
+    /// name and is renamed over it).
+    pub(crate) fn new_file(
+        &self,
+        d: &File,
+        name: &CStr,
+        perm: u32,
+        replacing: bool,
+    ) -> Result<NewFile, StepError> {
+        let state = self.tmpfile.load(Relaxed);
+        if !replacing && state != TMPFILE_NO {
+            match sys::open_tmpfile_at(d, perm) {
+                Ok(file) if state == TMPFILE_YES => return Ok(NewFile { file, tmp: None }),
+                Ok(file) => {
+                    // The first one: whether this process may link an
+                    // unnamed file (kernels before 6.10 want
+                    // CAP_DAC_READ_SEARCH) is learnt by naming this one
+                    // with its temporary name, which it then keeps.
+                    let tmp = tmp_name(name);
+                    self.clear_tmp(d, &tmp)?;
+                    match sys::link_fd_at(&file, d, &tmp) {
+                        Ok(()) => {
+                            self.tmpfile.store(TMPFILE_YES, Relaxed);
+                            return Ok(NewFile {
+                                file,
+                                tmp: Some(tmp),
+                            });
+                        }
+                        Err(e) if flink_refused(&e) => self.tmpfile.store(TMPFILE_NO, Relaxed),
+                        Err(e) => return Err(e).step("link new file"),
+                    }
                 }
-                let src_x =
-                    read_xattrs(&XTarget::At(sdir, sname), self.policy).step("read xattrs")?;
-                let have = sys::stat_at(d, tmp).step("stat new entry")?;
-                let t = Target::At(d, tmp, kind);
-                self.sync_meta(t, st, &src_x, &have, Fresh::Yes(have_x), partial)?;
+                // No O_TMPFILE on this filesystem (EISDIR: a kernel older
+                // than 3.11 read it as O_DIRECTORY).
+                Err(e) if sys::is_unsupported(&e) || e.raw_os_error() == Some(libc::EISDIR) => {
+                    self.tmpfile.store(TMPFILE_NO, Relaxed);
+                }
+                Err(e) => return Err(e).step("create"),
             }
         }
-        Ok(())
+        let tmp = tmp_name(name);
+        let file = self.create_tmp(d, &tmp, || sys::create_excl_at(d, &tmp, perm))?;
+        Ok(NewFile {
+            file,
+            tmp: Some(tmp),
+        })
+    }
+
+    /// Gives a complete new file its final name, replacing what is there.
+    /// On an error nothing is left under a temporary name.
+    pub(crate) fn publish(&self, d: &File, f: NewFile, name: &CStr) -> Result<(), StepError> {
+        let tmp = match f.tmp {
+            Some(tmp) => tmp,
+            None => match sys::link_fd_at(&f.file, d, name) {
+                Ok(()) => return Ok(()),
+                // The name was taken meanwhile: replace it by a rename.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let tmp = tmp_name(name);
+                    self.clear_tmp(d, &tmp)?;
+                    sys::link_fd_at(&f.file, d, &tmp).step("link new file")?;
+                    tmp
+                }
+                Err(e) => return Err(e).step("link new file"),
+            },
+        };
+        self.rename_into_place(d, &tmp, name)
+    }
+
+    /// Removes what an unpublished new file left: its temporary name, if any.
+    pub(crate) fn discard(&self, d: &File, f: NewFile) {
+        if let Some(tmp) = f.tmp {
+            let _ = sys::unlink_at(d, &tmp, false);
+        }
     }
 
     /// Runs `create` for a temporary name; a leftover of an interrupted run
@@ -1559,5 +1710,61 @@ mod tests {
         assert!(is_tmp_name(t.to_bytes()));
         assert!(!is_tmp_name(b".haul-tmp.notahexname!!"));
         assert_eq!(tmp_name(&long), tmp_name(&long));
+    }
+
+    fn names(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A new file shows under no name until it is published, and then under
+    /// its final name only; the name taken meanwhile is replaced; a discarded
+    /// one leaves nothing. Each case runs three times, since the first new
+    /// file of a run goes its own way (it learns whether linking works).
+    #[test]
+    fn new_files_appear_only_when_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = sys::open_dir_path(dir.path()).unwrap();
+        let opts = CopyOptions::default();
+        let run = Run::new(&opts, &crate::NoProgress);
+        for round in 0..3 {
+            let name = CString::new(format!("f{round}")).unwrap();
+            let f = run.new_file(&d, &name, 0o640, false).unwrap();
+            f.file.write_all_at(b"data", 0).unwrap();
+            assert!(!dir.path().join(name.to_str().unwrap()).exists());
+            run.publish(&d, f, &name).unwrap();
+            let got = std::fs::read(dir.path().join(name.to_str().unwrap())).unwrap();
+            assert_eq!(got, b"data");
+
+            // Someone else takes the name before the file is published.
+            let name = CString::new(format!("taken{round}")).unwrap();
+            let f = run.new_file(&d, &name, 0o640, false).unwrap();
+            f.file.write_all_at(b"ours", 0).unwrap();
+            std::fs::write(dir.path().join(name.to_str().unwrap()), b"theirs").unwrap();
+            run.publish(&d, f, &name).unwrap();
+            let got = std::fs::read(dir.path().join(name.to_str().unwrap())).unwrap();
+            assert_eq!(got, b"ours");
+
+            // Replacing an existing file, and giving up on one.
+            let f = run.new_file(&d, &name, 0o640, true).unwrap();
+            f.file.write_all_at(b"again", 0).unwrap();
+            run.publish(&d, f, &name).unwrap();
+            let got = std::fs::read(dir.path().join(name.to_str().unwrap())).unwrap();
+            assert_eq!(got, b"again");
+            let gone = CString::new("gone").unwrap();
+            for replacing in [false, true] {
+                let f = run.new_file(&d, &gone, 0o640, replacing).unwrap();
+                f.file.write_all_at(b"x", 0).unwrap();
+                run.discard(&d, f);
+            }
+        }
+        assert_eq!(
+            names(dir.path()),
+            ["f0", "f1", "f2", "taken0", "taken1", "taken2"]
+        );
     }
 }

@@ -317,54 +317,42 @@ impl Run<'_> {
         if let (true, Some(c)) = (reusable, cur) {
             return self.fix_in_place(Target::At(dst, name, kind), st, &want_x, &c, rel);
         }
-        let tmp = tmp_name(name);
         let none = Xattrs::new();
         let have_x = (!acl).then_some(&none);
         let mut partial = Vec::new();
-        let written = (|| -> Result<(), StepError> {
-            match &n.kind {
-                NodeKind::File { data_map, chunks } => {
-                    let out = self.create_tmp(dst, &tmp, || {
-                        sys::create_excl_at(dst, &tmp, st.perm() & 0o777)
-                    })?;
-                    self.write_chunks(ctx, &out, n, data_map.as_deref(), chunks)?;
-                    let have = sys::stat_fd(&out).step("stat new file")?;
-                    self.sync_meta(
-                        Target::Fd(&out),
-                        st,
-                        &want_x,
-                        &have,
-                        Fresh::Yes(have_x),
-                        &mut partial,
-                    )?;
-                }
-                other => {
-                    match other {
-                        NodeKind::Symlink { target } => {
-                            self.create_tmp(dst, &tmp, || sys::symlink_at(target, dst, &tmp))?;
-                        }
-                        _ => {
-                            let mode = kind.type_bits() | 0o600;
-                            self.create_tmp(dst, &tmp, || sys::mknod_at(dst, &tmp, mode, st.rdev))?;
-                        }
-                    }
-                    let have = sys::stat_at(dst, &tmp).step("stat new entry")?;
-                    let t = Target::At(dst, &tmp, kind);
-                    self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)?;
-                }
+        if let NodeKind::File { data_map, chunks } = &n.kind {
+            let f = self.new_file(dst, name, st.perm() & 0o777, cur.is_some())?;
+            let written = (|| -> Result<(), StepError> {
+                self.write_chunks(ctx, &f.file, n, data_map.as_deref(), chunks)?;
+                let have = sys::stat_fd(&f.file).step("stat new file")?;
+                let t = Target::Fd(&f.file);
+                self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)?;
+                self.clear_dir_for(dst, name, cur, rel)
+            })();
+            if let Err(e) = written {
+                self.discard(dst, f);
+                return Err(e);
             }
-            Ok(())
-        })();
-        if let Err(e) = written {
-            let _ = sys::unlink_at(dst, &tmp, false);
-            return Err(e);
-        }
-        if cur.is_some_and(|c| c.kind() == FileKind::Dir) {
-            self.remove_tree(dst, name, rel, false)?;
-        }
-        if let Err(e) = sys::rename_at(dst, &tmp, dst, name).step("rename into place") {
-            let _ = sys::unlink_at(dst, &tmp, false);
-            return Err(e);
+            self.publish(dst, f, name)?;
+        } else {
+            let tmp = tmp_name(name);
+            let written = (|| -> Result<(), StepError> {
+                if let NodeKind::Symlink { target } = &n.kind {
+                    self.create_tmp(dst, &tmp, || sys::symlink_at(target, dst, &tmp))?;
+                } else {
+                    let mode = kind.type_bits() | 0o600;
+                    self.create_tmp(dst, &tmp, || sys::mknod_at(dst, &tmp, mode, st.rdev))?;
+                }
+                let have = sys::stat_at(dst, &tmp).step("stat new entry")?;
+                let t = Target::At(dst, &tmp, kind);
+                self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)?;
+                self.clear_dir_for(dst, name, cur, rel)
+            })();
+            if let Err(e) = written {
+                let _ = sys::unlink_at(dst, &tmp, false);
+                return Err(e);
+            }
+            self.rename_into_place(dst, &tmp, name)?;
         }
         self.record(
             if cur.is_some() {

@@ -173,6 +173,39 @@ pub(crate) fn create_excl_at(dir: &File, name: &CStr, mode: u32) -> io::Result<F
     })
 }
 
+/// `openat(dir, ".", O_TMPFILE)`: a new regular file inside `dir` that has
+/// no name yet, so nobody sees it half-written; it vanishes when closed
+/// unless [`link_fd_at`] names it. Filesystems without `O_TMPFILE` answer
+/// `EOPNOTSUPP` (or `EISDIR` on kernels that predate it).
+pub(crate) fn open_tmpfile_at(dir: &File, mode: u32) -> io::Result<File> {
+    // SAFETY: valid fd and NUL-terminated name.
+    cvt_fd(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })
+}
+
+/// `linkat(f, "", dir, name, AT_EMPTY_PATH)`: gives a file opened with
+/// [`open_tmpfile_at`] its name. Needs `CAP_DAC_READ_SEARCH` on kernels
+/// before 6.10 (`ENOENT` or `EPERM` without it); `EEXIST` if `name` is taken.
+pub(crate) fn link_fd_at(f: &File, dir: &File, name: &CStr) -> io::Result<()> {
+    // SAFETY: valid fds and NUL-terminated names.
+    cvt(unsafe {
+        libc::linkat(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
 /// `mkdirat`.
 pub(crate) fn mkdir_at(dir: &File, name: &CStr, mode: u32) -> io::Result<()> {
     // SAFETY: valid fd and NUL-terminated name.
