@@ -245,15 +245,19 @@ fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
     })
 }
 
-fn decompress(data: &[u8], capacity: usize) -> Result<Vec<u8>, FormatError> {
+/// Decompresses one frame of at most `capacity` bytes into `out` (empty).
+fn decompress_into(data: &[u8], capacity: usize, out: &mut Vec<u8>) -> Result<(), FormatError> {
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
             *d = Some(zstd::bulk::Decompressor::new().map_err(FormatError::Zstd)?);
         }
+        // zstd writes into the spare capacity and never past it.
+        out.reserve_exact(capacity);
         d.as_mut()
             .expect("just set")
-            .decompress(data, capacity)
+            .decompress_to_buffer(data, out)
+            .map(drop)
             .map_err(FormatError::Zstd)
     })
 }
@@ -334,13 +338,28 @@ pub fn decode_blob_unverified(
     bytes: &[u8],
     max_len: usize,
 ) -> Result<(BlobKind, Vec<u8>), FormatError> {
+    let mut data = Vec::new();
+    let kind = decode_blob_into(bytes, max_len, &mut data)?;
+    Ok((kind, data))
+}
+
+/// [`decode_blob_unverified`] into `out` (cleared first, then holding
+/// exactly the plaintext): a caller that reuses `out` saves an allocation,
+/// and the page faults of fresh memory, per blob. On an error `out`'s
+/// contents are unspecified.
+pub fn decode_blob_into(
+    bytes: &[u8],
+    max_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<BlobKind, FormatError> {
+    out.clear();
     if bytes.len() < BLOB_HEADER_LEN {
         return Err(FormatError::truncated("blob", BLOB_HEADER_LEN, bytes.len()));
     }
     let encoding = bytes[0];
     let kind = BlobKind::from_u8("blob", bytes[1])?;
     let payload = &bytes[BLOB_HEADER_LEN..];
-    let data = match encoding {
+    match encoding {
         ENCODING_RAW => {
             if payload.len() > max_len {
                 return Err(FormatError::too_large(
@@ -349,16 +368,16 @@ pub fn decode_blob_unverified(
                     max_len as u64,
                 ));
             }
-            payload.to_vec()
+            out.extend_from_slice(payload);
         }
-        ENCODING_ZSTD => zstd_decompress(payload, max_len)?,
+        ENCODING_ZSTD => zstd_decompress(payload, max_len, out)?,
         e if ENCODING_ENCRYPTED.contains(&e) => return Err(FormatError::Encrypted(e)),
         e => return Err(FormatError::UnknownEncoding(e)),
-    };
-    Ok((kind, data))
+    }
+    Ok(kind)
 }
 
-fn zstd_decompress(payload: &[u8], max_len: usize) -> Result<Vec<u8>, FormatError> {
+fn zstd_decompress(payload: &[u8], max_len: usize, out: &mut Vec<u8>) -> Result<(), FormatError> {
     match zstd::zstd_safe::get_frame_content_size(payload) {
         Ok(Some(claimed)) => {
             // Our writer always records the content size, so this is the
@@ -371,14 +390,14 @@ fn zstd_decompress(payload: &[u8], max_len: usize) -> Result<Vec<u8>, FormatErro
                     max_len as u64,
                 ));
             }
-            let data = decompress(payload, claimed as usize)?;
-            if data.len() as u64 != claimed {
+            decompress_into(payload, claimed as usize, out)?;
+            if out.len() as u64 != claimed {
                 return Err(FormatError::invalid(
                     "blob",
-                    format!("zstd frame claims {claimed} bytes but holds {}", data.len()),
+                    format!("zstd frame claims {claimed} bytes but holds {}", out.len()),
                 ));
             }
-            Ok(data)
+            Ok(())
         }
         Ok(None) => {
             // Frames written by streaming encoders may omit the size: stream
@@ -393,19 +412,18 @@ fn zstd_decompress(payload: &[u8], max_len: usize) -> Result<Vec<u8>, FormatErro
             decoder
                 .window_log_max(window_log)
                 .map_err(FormatError::Zstd)?;
-            let mut data = Vec::new();
             decoder
                 .take(max_len as u64 + 1)
-                .read_to_end(&mut data)
+                .read_to_end(out)
                 .map_err(FormatError::Zstd)?;
-            if data.len() > max_len {
+            if out.len() > max_len {
                 return Err(FormatError::too_large(
                     "blob plaintext",
-                    data.len() as u64,
+                    out.len() as u64,
                     max_len as u64,
                 ));
             }
-            Ok(data)
+            Ok(())
         }
         Err(_) => Err(FormatError::invalid("blob", "payload is not a zstd frame")),
     }

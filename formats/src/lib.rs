@@ -111,10 +111,10 @@ mod tree;
 
 pub use crate::{
     blob::{
-        bundle_member, decode_blob, decode_blob_unverified, encode_blob, encode_blob_with_id,
-        BlobKind, BundleBuilder, BundleMember, EncodedBlob, EncodedBundle, BLOB_HEADER_LEN,
-        ENCODING_ENCRYPTED, ENCODING_RAW, ENCODING_ZSTD, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
-        ZSTD_WINDOW_LOG,
+        bundle_member, decode_blob, decode_blob_into, decode_blob_unverified, encode_blob,
+        encode_blob_with_id, BlobKind, BundleBuilder, BundleMember, EncodedBlob, EncodedBundle,
+        BLOB_HEADER_LEN, ENCODING_ENCRYPTED, ENCODING_RAW, ENCODING_ZSTD, MAX_DATA_BLOB_LEN,
+        MAX_TREE_BLOB_LEN, ZSTD_WINDOW_LOG,
     },
     chunker::{ChunkSpan, ChunkerParams, StreamChunk},
     error::FormatError,

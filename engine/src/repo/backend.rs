@@ -19,6 +19,18 @@ pub(crate) trait Backend: Send + Sync {
     fn get(&self, name: &str, max: u64) -> io::Result<Vec<u8>>;
     /// Reads `len` bytes at `offset`; a short file is an `UnexpectedEof` error.
     fn get_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+    /// Reads `len` bytes at `offset` into `buf[..len]`, growing `buf` if it
+    /// is shorter; a caller that reuses `buf` saves an allocation per read.
+    fn get_range_into(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        *buf = self.get_range(name, offset, len)?;
+        Ok(())
+    }
     /// The size of a file.
     fn size(&self, name: &str) -> io::Result<u64>;
     /// The names of the files under `dir` (recursively), complete names only:
@@ -119,6 +131,18 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.get_range_into(name, offset, len, &mut v)?;
+        Ok(v)
+    }
+
+    fn get_range_into(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
         let cached = self
             .handles
             .lock()
@@ -137,9 +161,11 @@ impl Backend for LocalBackend {
                 f
             }
         };
-        let mut v = vec![0u8; len as usize];
-        f.read_exact_at(&mut v, offset)?;
-        Ok(v)
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        f.read_exact_at(&mut buf[..len], offset)
     }
 
     fn size(&self, name: &str) -> io::Result<u64> {

@@ -3,11 +3,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use haul_formats::{
-    bundle_member, decode_blob_unverified, decode_tree, FileKind as RepoFile, Id, Node, NodeKind,
+    bundle_member, decode_blob_into, decode_tree, FileKind as RepoFile, Id, Node, NodeKind,
     MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
 };
 use serde::Serialize;
 
+use super::blocks::{Block, MAX_CACHED_BLOCK};
 use super::create::KindName;
 use super::index::MasterIndex;
 use super::Repository;
@@ -50,13 +51,20 @@ fn join(prefix: &str, name: &[u8]) -> String {
     }
 }
 
-/// The largest decoded bundle the cache keeps (haul writes a little over 2 MiB).
-const MAX_CACHED_BLOCK: usize = 4 << 20;
+
+/// The largest read buffer a thread keeps for the next read.
+const MAX_KEPT_READ_BUFFER: usize = 8 << 20;
+
+thread_local! {
+    /// Each thread's buffer for stored blobs read from packs: reused, so a
+    /// read costs neither an allocation nor zeroing the memory first.
+    static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// A verified blob's plaintext: a slice of its decoded stored blob, which
 /// it shares with the cache and its bundle's other members (no copy).
 pub(crate) struct Blob {
-    block: Arc<Vec<u8>>,
+    block: Arc<Block>,
     range: std::ops::Range<usize>,
 }
 
@@ -86,14 +94,21 @@ impl Repository {
         })?;
         let name = RepoFile::Pack.path(&e.pack);
         let key = (e.pack, e.offset);
-        let block = self.blocks.get(key, || {
-            let stored = self
-                .backend()
-                .get_range(&name, u64::from(e.offset), u64::from(e.stored_len))
-                .map_err(|err| Error::io("reading pack", self.file_path(&name), err))?;
-            decode_blob_unverified(&stored, max)
-                .map(|(_, plain)| plain)
-                .map_err(|err| Error::corrupt("reading blob", self.file_path(&name), err))
+        let block = self.blocks.get(key, |plain| {
+            STORED.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let len = e.stored_len as usize;
+                self.backend()
+                    .get_range_into(&name, u64::from(e.offset), len as u64, &mut buf)
+                    .map_err(|err| Error::io("reading pack", self.file_path(&name), err))?;
+                let decoded = decode_blob_into(&buf[..len], max, plain)
+                    .map(drop)
+                    .map_err(|err| Error::corrupt("reading blob", self.file_path(&name), err));
+                if buf.len() > MAX_KEPT_READ_BUFFER {
+                    *buf = Vec::new();
+                }
+                decoded
+            })
         })?;
         let member = bundle_member(&block, e.inner, e.raw_len, id)
             .map_err(|err| Error::corrupt("reading blob", self.file_path(&name), err))?;
