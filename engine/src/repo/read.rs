@@ -3,8 +3,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use haul_formats::{
-    bundle_member, decode_blob_into, decode_tree, FileKind as RepoFile, Id, Node, NodeKind,
-    MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
+    bundle_member, decode_blob_into, decode_tree, FileKind as RepoFile, Id, IndexEntry, Node,
+    NodeKind, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
 };
 use serde::Serialize;
 
@@ -51,7 +51,6 @@ fn join(prefix: &str, name: &[u8]) -> String {
     }
 }
 
-
 /// The largest read buffer a thread keeps for the next read.
 const MAX_KEPT_READ_BUFFER: usize = 8 << 20;
 
@@ -92,12 +91,18 @@ impl Repository {
                 super::bad("blob", format!("{} is not in any index", id.to_hex())),
             )
         })?;
-        let name = RepoFile::Pack.path(&e.pack);
+        self.load_blob_at(&e, id, max)
+    }
+
+    /// [`Repository::load_blob`] for a blob already looked up.
+    pub(crate) fn load_blob_at(&self, e: &IndexEntry, id: &Id, max: usize) -> Result<Blob, Error> {
+        let name = || RepoFile::Pack.path(&e.pack);
         let key = (e.pack, e.offset);
         let block = self.blocks.get(key, |plain| {
             STORED.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 let len = e.stored_len as usize;
+                let name = name();
                 self.backend()
                     .get_range_into(&name, u64::from(e.offset), len as u64, &mut buf)
                     .map_err(|err| Error::io("reading pack", self.file_path(&name), err))?;
@@ -111,7 +116,7 @@ impl Repository {
             })
         })?;
         let member = bundle_member(&block, e.inner, e.raw_len, id)
-            .map_err(|err| Error::corrupt("reading blob", self.file_path(&name), err))?;
+            .map_err(|err| Error::corrupt("reading blob", self.file_path(&name()), err))?;
         let range = e.inner as usize..e.inner as usize + member.len();
         if range.len() == block.len() || block.len() > MAX_CACHED_BLOCK {
             // Stored alone, nobody else will ask for it; and a bundle larger

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use haul_formats::{Id, Node, NodeKind, Xattr};
+use haul_formats::{IndexEntry, Node, NodeKind, Xattr, MAX_DATA_BLOB_LEN};
 use rayon::prelude::*;
 
 use super::index::MasterIndex;
@@ -155,7 +155,7 @@ impl Repository {
                     let (parent, name) = open_parents(&root, &rel)
                         .map_err(|e| Error::io("creating parents", dst.join(&rel), e))?;
                     let acl = has_default_acl(&parent);
-                    run.restore_node(&ctx, node, &parent, &name, rel, false, acl);
+                    run.restore_node(&ctx, node, None, &parent, &name, rel, false, acl);
                 }
             }
             Ok(())
@@ -201,27 +201,26 @@ impl Run<'_> {
         // (the order create read them in): the small files of a bundle are
         // restored together, so each bundle is decoded once while it is in
         // the cache.
-        type Key = (bool, Option<(Id, u32, u32)>);
-        let mut order: Vec<(Key, &Node)> = nodes
+        // The index entry of each file's first chunk is kept for the read.
+        let mut order: Vec<(bool, Option<IndexEntry>, &Node)> = nodes
             .iter()
             .map(|n| {
-                let at = match &n.kind {
-                    NodeKind::File { chunks, .. } => chunks
-                        .first()
-                        .and_then(|c| ctx.index.lookup(c))
-                        .map(|e| (e.pack, e.offset, e.inner)),
+                let first = match &n.kind {
+                    NodeKind::File { chunks, .. } => {
+                        chunks.first().and_then(|c| ctx.index.lookup(c))
+                    }
                     _ => None,
                 };
-                ((matches!(n.kind, NodeKind::Dir { .. }), at), n)
+                (matches!(n.kind, NodeKind::Dir { .. }), first, n)
             })
             .collect();
-        order.sort_by_key(|(at, _)| *at);
-        order.par_iter().for_each(|&(_, n)| {
+        order.sort_by_key(|(dir, e, _)| (*dir, e.map(|e| (e.pack, e.offset, e.inner))));
+        order.par_iter().for_each(|(_, first, n)| {
             let Ok(name) = CString::new(n.name.clone()) else {
                 return;
             };
             let crel = rel.join(OsStr::from_bytes(&n.name));
-            self.restore_node(ctx, n, dst, &name, crel, fresh, acl);
+            self.restore_node(ctx, n, first.as_ref(), dst, &name, crel, fresh, acl);
         });
     }
 
@@ -230,6 +229,7 @@ impl Run<'_> {
         &self,
         ctx: &Ctx<'_>,
         n: &Node,
+        first: Option<&IndexEntry>,
         dst: &File,
         name: &CStr,
         rel: PathBuf,
@@ -257,7 +257,7 @@ impl Run<'_> {
         }
         let r = if let Some(g) = n.hardlink_group {
             match self.linked((u64::MAX, g), Some(dst), name, &rel, || {
-                self.restore_leaf(ctx, n, &st, dst, name, &rel, fresh, acl)
+                self.restore_leaf(ctx, n, first, &st, dst, name, &rel, fresh, acl)
             }) {
                 Ok((first, r)) => {
                     self.count_source(&st, !first);
@@ -267,7 +267,7 @@ impl Run<'_> {
             }
         } else {
             self.count_source(&st, false);
-            self.restore_leaf(ctx, n, &st, dst, name, &rel, fresh, acl)
+            self.restore_leaf(ctx, n, first, &st, dst, name, &rel, fresh, acl)
         };
         if let Err(e) = r {
             self.fail(&rel, e);
@@ -284,6 +284,7 @@ impl Run<'_> {
         &self,
         ctx: &Ctx<'_>,
         n: &Node,
+        first: Option<&IndexEntry>,
         st: &Stat,
         dst: &File,
         name: &CStr,
@@ -323,7 +324,7 @@ impl Run<'_> {
         if let NodeKind::File { data_map, chunks } = &n.kind {
             let f = self.new_file(dst, name, st.perm() & 0o777, cur.is_some())?;
             let written = (|| -> Result<(), StepError> {
-                self.write_chunks(ctx, &f.file, n, data_map.as_deref(), chunks)?;
+                self.write_chunks(ctx, &f.file, n, data_map.as_deref(), chunks, first)?;
                 let have = sys::stat_fd(&f.file).step("stat new file")?;
                 let t = Target::Fd(&f.file);
                 self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)?;
@@ -368,6 +369,7 @@ impl Run<'_> {
 
     /// Writes a file's chunks at their offsets (leaving holes as holes) and
     /// sets its size. Every chunk is verified against its id as it is read.
+    /// `first`: the first chunk's index entry, when the caller looked it up.
     fn write_chunks(
         &self,
         ctx: &Ctx<'_>,
@@ -375,6 +377,7 @@ impl Run<'_> {
         n: &Node,
         data_map: Option<&[haul_formats::Extent]>,
         chunks: &[haul_formats::Id],
+        first: Option<&IndexEntry>,
     ) -> Result<(), StepError> {
         let dense = [haul_formats::Extent {
             offset: 0,
@@ -384,8 +387,12 @@ impl Run<'_> {
         let mut ext = extents.iter();
         let mut cur = ext.next().copied();
         let mut pos_in_ext = 0u64;
-        for id in chunks {
-            let data = ctx.repo.load_data(ctx.index, id).map_err(|e| StepError {
+        for (i, id) in chunks.iter().enumerate() {
+            let data = match first.filter(|e| i == 0 && e.id == *id) {
+                Some(e) => ctx.repo.load_blob_at(e, id, MAX_DATA_BLOB_LEN),
+                None => ctx.repo.load_data(ctx.index, id),
+            };
+            let data = data.map_err(|e| StepError {
                 op: "reading data",
                 err: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
             })?;
