@@ -996,25 +996,13 @@ impl<'a> Run<'a> {
         }
         let mut partial = Vec::new();
         if kind == FileKind::File {
-            let f = self.new_file(d, dname, st.perm() & 0o777, cur.is_some())?;
-            let written = self
-                .write_file(dir, sname, &f.file, st, &mut partial)
-                .and_then(|()| self.clear_dir_for(d, dname, cur, rel));
-            if let Err(e) = written {
-                self.discard(d, f);
-                return Err(e);
-            }
-            self.publish(d, f, dname)?;
+            self.put_new_file(d, dname, st.perm() & 0o777, cur, rel, |out| {
+                self.write_file(dir, sname, out, st, &mut partial)
+            })?;
         } else {
-            let tmp = tmp_name(dname);
-            let written = self
-                .write_special(dir, sname, d, &tmp, st, &mut partial)
-                .and_then(|()| self.clear_dir_for(d, dname, cur, rel));
-            if let Err(e) = written {
-                let _ = sys::unlink_at(d, &tmp, false);
-                return Err(e);
-            }
-            self.rename_into_place(d, &tmp, dname)?;
+            self.put_new_special(d, dname, cur, rel, |tmp| {
+                self.write_special(dir, sname, d, tmp, st, &mut partial)
+            })?;
         }
         self.record(outcome, rel);
         self.partial(rel, partial);
@@ -1132,9 +1120,50 @@ impl<'a> Run<'a> {
             .map(drop)
     }
 
+    /// Puts a new regular file at `name` in `d`, in place of `cur`: creates
+    /// it with permission bits `perm`, has `write` fill it (data and
+    /// metadata), and only then gives it its name. On an error nothing is
+    /// left behind and `cur` is untouched.
+    pub(crate) fn put_new_file(
+        &self,
+        d: &File,
+        name: &CStr,
+        perm: u32,
+        cur: Option<Stat>,
+        rel: &Path,
+        write: impl FnOnce(&File) -> Result<(), StepError>,
+    ) -> Result<(), StepError> {
+        let f = self.new_file(d, name, perm, cur.is_some())?;
+        let written = write(&f.file).and_then(|()| self.clear_dir_for(d, name, cur, rel));
+        if let Err(e) = written {
+            self.discard(d, f);
+            return Err(e);
+        }
+        self.publish(d, f, name)
+    }
+
+    /// [`Run::put_new_file`] for a symlink, fifo, socket or device: `write`
+    /// creates it, with its metadata, under the temporary name it is given.
+    pub(crate) fn put_new_special(
+        &self,
+        d: &File,
+        name: &CStr,
+        cur: Option<Stat>,
+        rel: &Path,
+        write: impl FnOnce(&CStr) -> Result<(), StepError>,
+    ) -> Result<(), StepError> {
+        let tmp = tmp_name(name);
+        let written = write(&tmp).and_then(|()| self.clear_dir_for(d, name, cur, rel));
+        if let Err(e) = written {
+            let _ = sys::unlink_at(d, &tmp, false);
+            return Err(e);
+        }
+        self.rename_into_place(d, &tmp, name)
+    }
+
     /// Makes room for a new entry named `name`: a directory there (`cur`)
     /// is removed, since nothing can be renamed or linked over it.
-    pub(crate) fn clear_dir_for(
+    fn clear_dir_for(
         &self,
         d: &File,
         name: &CStr,
@@ -1149,12 +1178,7 @@ impl<'a> Run<'a> {
 
     /// Renames a complete entry from its temporary name to `name`; on an
     /// error the temporary name is removed.
-    pub(crate) fn rename_into_place(
-        &self,
-        d: &File,
-        tmp: &CStr,
-        name: &CStr,
-    ) -> Result<(), StepError> {
+    fn rename_into_place(&self, d: &File, tmp: &CStr, name: &CStr) -> Result<(), StepError> {
         sys::rename_at(d, tmp, d, name)
             .step("rename into place")
             .inspect_err(|_| {
@@ -1166,7 +1190,7 @@ impl<'a> Run<'a> {
     /// permission bits `perm`. `replacing`: `name` exists and this file
     /// will take its place (a link cannot replace, so it gets a temporary
     /// name and is renamed over it).
-    pub(crate) fn new_file(
+    fn new_file(
         &self,
         d: &File,
         name: &CStr,
@@ -1214,7 +1238,7 @@ impl<'a> Run<'a> {
 
     /// Gives a complete new file its final name, replacing what is there.
     /// On an error nothing is left under a temporary name.
-    pub(crate) fn publish(&self, d: &File, f: NewFile, name: &CStr) -> Result<(), StepError> {
+    fn publish(&self, d: &File, f: NewFile, name: &CStr) -> Result<(), StepError> {
         let tmp = match f.tmp {
             Some(tmp) => tmp,
             None => match sys::link_fd_at(&f.file, d, name) {
@@ -1233,7 +1257,7 @@ impl<'a> Run<'a> {
     }
 
     /// Removes what an unpublished new file left: its temporary name, if any.
-    pub(crate) fn discard(&self, d: &File, f: NewFile) {
+    fn discard(&self, d: &File, f: NewFile) {
         if let Some(tmp) = f.tmp {
             let _ = sys::unlink_at(d, &tmp, false);
         }

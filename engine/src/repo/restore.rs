@@ -16,8 +16,8 @@ use rayon::prelude::*;
 use super::index::MasterIndex;
 use super::Repository;
 use crate::copy::{
-    has_default_acl, open_or_create_root, tmp_name, worker_pool, CopyOptions, CopySummary, Fresh,
-    Outcome, Run, Target,
+    has_default_acl, open_or_create_root, worker_pool, CopyOptions, CopySummary, Fresh, Outcome,
+    Run, Target,
 };
 use crate::error::{Error, Step, StepError};
 use crate::meta::{FileKind, Xattrs};
@@ -259,8 +259,8 @@ impl Run<'_> {
             match self.linked((u64::MAX, g), Some(dst), name, &rel, || {
                 self.restore_leaf(ctx, n, first, &st, dst, name, &rel, fresh, acl)
             }) {
-                Ok((first, r)) => {
-                    self.count_source(&st, !first);
+                Ok((leader, r)) => {
+                    self.count_source(&st, !leader);
                     r
                 }
                 Err(e) => Err(e),
@@ -322,38 +322,26 @@ impl Run<'_> {
         let have_x = (!acl).then_some(&none);
         let mut partial = Vec::new();
         if let NodeKind::File { data_map, chunks } = &n.kind {
-            let f = self.new_file(dst, name, st.perm() & 0o777, cur.is_some())?;
-            let written = (|| -> Result<(), StepError> {
-                self.write_chunks(ctx, &f.file, n, data_map.as_deref(), chunks, first)?;
-                let have = sys::stat_fd(&f.file).step("stat new file")?;
-                let t = Target::Fd(&f.file);
-                self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)?;
-                self.clear_dir_for(dst, name, cur, rel)
-            })();
-            if let Err(e) = written {
-                self.discard(dst, f);
-                return Err(e);
-            }
-            self.publish(dst, f, name)?;
+            self.put_new_file(dst, name, st.perm() & 0o777, cur, rel, |out| {
+                self.write_chunks(ctx, out, n, data_map.as_deref(), chunks, first)?;
+                let have = sys::stat_fd(out).step("stat new file")?;
+                let t = Target::Fd(out);
+                self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)
+                    .map(drop)
+            })?;
         } else {
-            let tmp = tmp_name(name);
-            let written = (|| -> Result<(), StepError> {
+            self.put_new_special(dst, name, cur, rel, |tmp| {
                 if let NodeKind::Symlink { target } = &n.kind {
-                    self.create_tmp(dst, &tmp, || sys::symlink_at(target, dst, &tmp))?;
+                    self.create_tmp(dst, tmp, || sys::symlink_at(target, dst, tmp))?;
                 } else {
                     let mode = kind.type_bits() | 0o600;
-                    self.create_tmp(dst, &tmp, || sys::mknod_at(dst, &tmp, mode, st.rdev))?;
+                    self.create_tmp(dst, tmp, || sys::mknod_at(dst, tmp, mode, st.rdev))?;
                 }
-                let have = sys::stat_at(dst, &tmp).step("stat new entry")?;
-                let t = Target::At(dst, &tmp, kind);
-                self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)?;
-                self.clear_dir_for(dst, name, cur, rel)
-            })();
-            if let Err(e) = written {
-                let _ = sys::unlink_at(dst, &tmp, false);
-                return Err(e);
-            }
-            self.rename_into_place(dst, &tmp, name)?;
+                let have = sys::stat_at(dst, tmp).step("stat new entry")?;
+                let t = Target::At(dst, tmp, kind);
+                self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)
+                    .map(drop)
+            })?;
         }
         self.record(
             if cur.is_some() {
