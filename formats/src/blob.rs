@@ -224,12 +224,24 @@ thread_local! {
 pub const ZSTD_WINDOW_LOG: u32 = 20;
 
 fn compressor(level: i32) -> Result<zstd::bulk::Compressor<'static>, FormatError> {
+    use zstd::zstd_safe::CParameter;
     let mut c = zstd::bulk::Compressor::new(level).map_err(FormatError::Zstd)?;
+    let mut set = |p| c.set_parameter(p).map_err(FormatError::Zstd);
     // Level 0 means zstd's default, 3; levels 1 and 2 and the negative ones
     // already use 1 MiB or less.
     if level == 0 || level >= 3 {
-        c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(ZSTD_WINDOW_LOG))
-            .map_err(FormatError::Zstd)?;
+        set(CParameter::WindowLog(ZSTD_WINDOW_LOG))?;
+    }
+    // haul's default level is zstd's 3 with matches of 6 bytes or more
+    // (zstd's 3 takes 5) and a chain table twice as large. Fewer, longer
+    // sequences decode faster and are found faster; the larger table wins
+    // back the ratio. Measured on 2 MiB blocks (decode in instructions,
+    // under callgrind; size; compression in best-of-7 wall time):
+    // source-like text: decode -6.4%, size -0.4%, compression 3-5% faster;
+    // binaries (/usr/lib): decode -6.0%, size +1.4%, compression 5% faster.
+    if level == 0 || level == 3 {
+        set(CParameter::MinMatch(6))?;
+        set(CParameter::ChainLog(17))?;
     }
     Ok(c)
 }
