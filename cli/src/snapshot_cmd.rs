@@ -181,6 +181,9 @@ pub enum SnapshotCommand {
     Prune {
         #[command(flatten)]
         repo: RepoArgs,
+        /// Do not show a progress bar.
+        #[arg(long)]
+        no_progress: bool,
     },
 }
 
@@ -566,9 +569,12 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             }
             Ok(exit::OK)
         }
-        SnapshotCommand::Prune { repo } => {
+        SnapshotCommand::Prune { repo, no_progress } => {
             let r = open(&repo)?;
-            let s = r.prune()?;
+            let reporter = Reporter::new(!no_progress && !repo.json, ChangeSink::None);
+            let res = r.prune(&reporter);
+            reporter.finish();
+            let s = res?;
             notices(&s.notices);
             if repo.json {
                 print_json(&s)?;

@@ -2510,3 +2510,61 @@ fn index_flushes_during_a_large_create_keep_the_repository_whole() {
         "blobs in flushed indexes were stored again: {v2}"
     );
 }
+
+/// Runs `haul ARGS` on a terminal (a pseudo-terminal from util-linux's
+/// `script`) and returns what it wrote there, with its exit code.
+fn on_terminal(args: &[&str]) -> (String, i32) {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut line = quote(haul_tests::haul_bin().to_str().unwrap());
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running `script` (install util-linux / bsdutils, which has it): {e}")
+        });
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+/// Every long-running snapshot command draws a progress bar when its
+/// stderr is a terminal, and none with --no-progress.
+#[test]
+fn long_running_commands_show_progress_on_a_terminal() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fixture::build_small(&src);
+    fixture::write_file(&src.join("big"), &fixture::random_bytes("big", 3 << 20));
+    let repo = t.path().join("repo");
+    let (r, s, d) = (
+        repo.to_str().unwrap(),
+        src.to_str().unwrap(),
+        t.path().join("dst"),
+    );
+    let dst = d.to_str().unwrap();
+    // The bar's template holds "ETA"; no summary line does.
+    let commands: [&[&str]; 4] = [
+        &["snapshot", "create", "--repo", r, s],
+        &["snapshot", "restore", "--repo", r, "latest", dst],
+        &["snapshot", "check", "--read-data", "--repo", r],
+        &["snapshot", "prune", "--repo", r],
+    ];
+    for cmd in commands {
+        let (out, code) = on_terminal(cmd);
+        assert_eq!(code, 0, "{cmd:?} failed on a terminal:\n{out}");
+        assert!(out.contains("ETA"), "{cmd:?} drew no progress bar:\n{out}");
+        let mut quiet = cmd.to_vec();
+        quiet.insert(2, "--no-progress");
+        let _ = fs::remove_dir_all(&d);
+        let (out, code) = on_terminal(&quiet);
+        assert_eq!(code, 0, "{quiet:?} failed on a terminal:\n{out}");
+        assert!(!out.contains("ETA"), "{quiet:?} drew a progress bar:\n{out}");
+        let _ = fs::remove_dir_all(&d);
+    }
+}

@@ -17,6 +17,7 @@ use super::index::{by_stored_blob, MasterIndex};
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
 use crate::error::Error;
+use crate::progress::Progress;
 
 /// What prune did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -34,14 +35,22 @@ pub struct PruneSummary {
 }
 
 impl Repository {
-    fn mark(&self, index: &MasterIndex, tree: &Id, used: &mut HashSet<Id>) -> Result<(), Error> {
+    fn mark(
+        &self,
+        index: &MasterIndex,
+        tree: &Id,
+        used: &mut HashSet<Id>,
+        progress: &dyn Progress,
+    ) -> Result<(), Error> {
         if !used.insert(*tree) {
             return Ok(());
         }
         let nodes: Vec<Node> = self.load_tree(index, tree)?;
+        progress.discovered(1, 0);
+        progress.entry_done();
         for n in nodes {
             match n.kind {
-                NodeKind::Dir { subtree } => self.mark(index, &subtree, used)?,
+                NodeKind::Dir { subtree } => self.mark(index, &subtree, used, progress)?,
                 NodeKind::File { chunks, .. } => used.extend(chunks),
                 _ => {}
             }
@@ -51,13 +60,17 @@ impl Repository {
 
     /// Removes unreferenced data; takes an exclusive lock. Refuses to run when
     /// a snapshot cannot be read completely, since its data would look unused.
-    pub fn prune(&self) -> Result<PruneSummary, Error> {
+    ///
+    /// Progress: while the snapshots' trees are walked, one entry per tree
+    /// (no total yet); then one entry per pack to rewrite or delete, and
+    /// the bytes of the stored blobs read from the packs being rewritten.
+    pub fn prune(&self, progress: &dyn Progress) -> Result<PruneSummary, Error> {
         let lock = self.lock(true)?;
         let mut index = self.load_index()?;
         self.recover_unindexed(&mut index)?;
         let mut used = HashSet::new();
         for s in self.snapshots()? {
-            self.mark(&index, &s.snapshot.tree, &mut used)?;
+            self.mark(&index, &s.snapshot.tree, &mut used, progress)?;
         }
         // Group every index entry by pack; the first copy of a blob wins.
         let mut by_pack: BTreeMap<Id, Vec<IndexEntry>> = BTreeMap::new();
@@ -75,6 +88,8 @@ impl Repository {
             notices: lock.notices().to_vec(),
             ..Default::default()
         };
+        // First what happens to each pack, so the bar has its totals.
+        let mut rewrite = Vec::new();
         for (pack, entries) in &by_pack {
             let wanted: Vec<&IndexEntry> = entries
                 .iter()
@@ -89,16 +104,32 @@ impl Repository {
             }
             sum.blobs_removed += (entries.len() - wanted.len()) as u64;
             remove_packs.push(*pack);
-            if wanted.is_empty() {
-                continue;
+            if !wanted.is_empty() {
+                let keep: HashSet<(u32, u32)> =
+                    wanted.iter().map(|e| (e.offset, e.inner)).collect();
+                rewrite.push((pack, entries, keep));
             }
+        }
+        let stored = |entries: &[IndexEntry]| -> u64 {
+            by_stored_blob(entries)
+                .iter()
+                .map(|m| u64::from(m[0].stored_len))
+                .sum()
+        };
+        progress.discovered(
+            remove_packs.len() as u64,
+            rewrite.iter().map(|(_, entries, _)| stored(entries)).sum(),
+        );
+        progress.discovery_done();
+        for (pack, entries, keep) in &rewrite {
             sum.packs_rewritten += 1;
-            let keep: HashSet<(u32, u32)> = wanted.iter().map(|e| (e.offset, e.inner)).collect();
             for mut members in by_stored_blob(entries) {
                 // Two index files may name the same pack entry.
                 members.dedup_by_key(|e| e.inner);
-                self.repack(&packer, pack, &members, &keep)?;
+                self.repack(&packer, pack, &members, keep)?;
+                progress.bytes(u64::from(members[0].stored_len));
             }
+            progress.entry_done();
         }
         let (new_entries, _, new_bytes) = packer.finish()?;
         keep_entries.extend(new_entries);
@@ -114,6 +145,7 @@ impl Repository {
                 .remove(&name)
                 .map_err(|e| Error::io("removing index", self.file_path(&name), e))?;
         }
+        let rewritten: HashSet<Id> = rewrite.iter().map(|(p, _, _)| **p).collect();
         let mut freed = 0i64;
         for p in remove_packs {
             let name = RepoFile::Pack.path(&p);
@@ -122,6 +154,9 @@ impl Repository {
                 .remove(&name)
                 .map_err(|e| Error::io("removing pack", self.file_path(&name), e))?;
             sum.packs_removed += 1;
+            if !rewritten.contains(&p) {
+                progress.entry_done();
+            }
         }
         sum.bytes_freed = freed - new_bytes as i64;
         Ok(sum)
