@@ -11,9 +11,10 @@
 //! - New content is written where nobody sees it, and named only once its
 //!   data and metadata are complete, so an interrupted run never leaves a
 //!   truncated file under its final name. A new regular file is an unnamed
-//!   `O_TMPFILE` inode that is linked into place (one syscall less than a
-//!   rename, and nothing left behind by a crash); anything else, and a file
-//!   that replaces another, goes to a temporary name and is renamed.
+//!   `O_TMPFILE` inode that is linked into place (less kernel work than a
+//!   named create and a rename, and a crash leaves nothing behind); anything
+//!   else, and a file that replaces another, goes to a temporary name and
+//!   is renamed.
 //! - A directory's own metadata is applied after its contents, so its mtime
 //!   and a read-only mode stick.
 use std::collections::HashMap;
@@ -267,8 +268,8 @@ const TMPFILE_NO: u8 = 2;
 /// temporary name. [`Run::publish`] names it; dropping it unpublished
 /// leaves nothing but, for a named one, the temporary name, which
 /// [`Run::discard`] removes.
-pub(crate) struct NewFile {
-    pub(crate) file: File,
+struct NewFile {
+    file: File,
     tmp: Option<CString>,
 }
 
