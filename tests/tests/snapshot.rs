@@ -2564,7 +2564,10 @@ fn long_running_commands_show_progress_on_a_terminal() {
         let _ = fs::remove_dir_all(&d);
         let (out, code) = on_terminal(&quiet);
         assert_eq!(code, 0, "{quiet:?} failed on a terminal:\n{out}");
-        assert!(!out.contains("ETA"), "{quiet:?} drew a progress bar:\n{out}");
+        assert!(
+            !out.contains("ETA"),
+            "{quiet:?} drew a progress bar:\n{out}"
+        );
         let _ = fs::remove_dir_all(&d);
     }
 }
