@@ -1105,20 +1105,40 @@ impl<'a> Run<'a> {
         let kind = st.kind();
         let none = Xattrs::new();
         let have_x = (!dir.acl_inherit).then_some(&none);
-        if kind == FileKind::Symlink {
-            let target = sys::readlink_at(sdir, sname).step("readlink")?;
-            self.create_tmp(d, tmp, || sys::symlink_at(&target, d, tmp))?;
-        } else {
-            let dev = matches!(kind, FileKind::CharDev | FileKind::BlockDev);
-            let rdev = if dev { st.rdev } else { 0 };
-            let mode = kind.type_bits() | 0o600;
-            self.create_tmp(d, tmp, || sys::mknod_at(d, tmp, mode, rdev))?;
-        }
+        let target = match kind {
+            FileKind::Symlink => Some(sys::readlink_at(sdir, sname).step("readlink")?),
+            _ => None,
+        };
+        let have = self.create_special(d, tmp, st, target.as_deref())?;
         let src_x = read_xattrs(&XTarget::At(sdir, sname), self.policy).step("read xattrs")?;
-        let have = sys::stat_at(d, tmp).step("stat new entry")?;
         let t = Target::At(d, tmp, kind);
         self.sync_meta(t, st, &src_x, &have, Fresh::Yes(have_x), partial)
             .map(drop)
+    }
+
+    /// Creates the symlink (to `target`), fifo, socket or device `st`
+    /// describes under the temporary name `tmp`, and returns its stat.
+    /// `target` is given for a symlink and only for one.
+    pub(crate) fn create_special(
+        &self,
+        d: &File,
+        tmp: &CStr,
+        st: &Stat,
+        target: Option<&[u8]>,
+    ) -> Result<Stat, StepError> {
+        let kind = st.kind();
+        match target {
+            Some(target) => {
+                self.create_tmp(d, tmp, || sys::symlink_at(target, d, tmp))?;
+            }
+            None => {
+                let dev = matches!(kind, FileKind::CharDev | FileKind::BlockDev);
+                let rdev = if dev { st.rdev } else { 0 };
+                let mode = kind.type_bits() | 0o600;
+                self.create_tmp(d, tmp, || sys::mknod_at(d, tmp, mode, rdev))?;
+            }
+        }
+        sys::stat_at(d, tmp).step("stat new entry")
     }
 
     /// Puts a new regular file at `name` in `d`, in place of `cur`: creates

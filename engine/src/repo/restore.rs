@@ -330,14 +330,12 @@ impl Run<'_> {
                     .map(drop)
             })?;
         } else {
+            let target = match &n.kind {
+                NodeKind::Symlink { target } => Some(&target[..]),
+                _ => None,
+            };
             self.put_new_special(dst, name, cur, rel, |tmp| {
-                if let NodeKind::Symlink { target } = &n.kind {
-                    self.create_tmp(dst, tmp, || sys::symlink_at(target, dst, tmp))?;
-                } else {
-                    let mode = kind.type_bits() | 0o600;
-                    self.create_tmp(dst, tmp, || sys::mknod_at(dst, tmp, mode, st.rdev))?;
-                }
-                let have = sys::stat_at(dst, tmp).step("stat new entry")?;
+                let have = self.create_special(dst, tmp, st, target)?;
                 let t = Target::At(dst, tmp, kind);
                 self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)
                     .map(drop)
