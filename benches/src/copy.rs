@@ -104,17 +104,7 @@ fn preflight(opts: &CopyOpts) -> Result<Commands> {
     }
     let haul = session::haul_binary(common, opts.tools.contains(&Tool::Haul))?;
     if opts.tools.contains(&Tool::Haul) {
-        let ok = Command::new(&haul)
-            .args(["copy", "--help"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            bail!(
-                "`{} copy --help` fails: haul copy is not usable yet; \
-                 run the other arms with `--tools rsync,cp`",
-                haul.display()
-            );
-        }
+        session::require_haul(&haul, &["copy"], "haul copy is", "rsync,cp")?;
     }
     Ok(Commands {
         haul,
@@ -313,35 +303,17 @@ pub fn run(opts: CopyOpts) -> Result<bool> {
         rounds: common.rounds,
         results: Results::default(),
     };
-    // A harness error (full disk, ...) stops the run but still reports what
-    // was measured so far.
-    for &kind in &common.corpora {
-        let outcome =
-            session::prepare_corpus(common, kind, &mut run_info).and_then(|(corpus, expected)| {
-                println!(
-                    "\n{}: {} rounds of {}",
-                    kind.name(),
-                    common.rounds,
-                    opts.tools
-                        .iter()
-                        .map(|t| t.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                check_room(&common.root, &expected.0)?;
-                bench.corpus(&corpus, &expected, &opts.tools, &dst_root)?;
-                if !common.keep_corpus {
-                    corpus.remove()?;
-                }
-                Ok(())
-            });
-        let cleanup = corpus::remove_if_exists(&dst_root);
-        if let Err(e) = outcome.and(cleanup) {
-            println!("harness error on {}: {e}", kind.name());
-            run_info.errors.push(format!("{}: {e}", kind.name()));
-            break;
-        }
-    }
+    let tools: Vec<&str> = opts.tools.iter().map(|t| t.name()).collect();
+    session::each_corpus(
+        common,
+        &tools,
+        &mut run_info,
+        &[&dst_root],
+        |corpus, expected| {
+            check_room(&common.root, &expected.0)?;
+            bench.corpus(corpus, expected, &opts.tools, &dst_root)
+        },
+    );
     let goals = goals(&bench.results);
     session::finish(common, run_info, &bench.results, &goals)
 }

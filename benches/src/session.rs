@@ -53,6 +53,24 @@ pub fn require_program(program: &str, debian_package: &str) -> Result<()> {
     }
 }
 
+/// Fails unless `haul SUBCOMMAND... --help` succeeds, naming `others`
+/// (the `--tools` list that leaves haul out) as the way to run the rest.
+pub fn require_haul(haul: &Path, subcommand: &[&str], what: &str, others: &str) -> Result<()> {
+    let ok = Command::new(haul)
+        .args(subcommand)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        bail!(
+            "`{} {} --help` fails: {what} not usable yet; run the other arms with `--tools {others}`",
+            haul.display(),
+            subcommand.join(" ")
+        );
+    }
+    Ok(())
+}
+
 /// `--haul PATH` as given, or target/release/haul freshly (re)built.
 pub fn haul_binary(common: &Common, needed: bool) -> Result<PathBuf> {
     if let Some(p) = &common.haul {
@@ -146,6 +164,41 @@ pub fn prepare_corpus(
         build_secs: corpus.build_secs,
     });
     Ok((corpus, scanned))
+}
+
+/// Runs `bench` on each of `common`'s corpora in turn: prepares the corpus,
+/// announces the rounds of `tools`, and afterwards removes the corpus
+/// (unless `--keep-corpus`) and the `scratch` directories. A harness error
+/// (a full disk, ...) stops the run, is recorded in `info`, and leaves what
+/// was measured so far to be reported.
+pub fn each_corpus(
+    common: &Common,
+    tools: &[&str],
+    info: &mut RunInfo,
+    scratch: &[&Path],
+    mut bench: impl FnMut(&Corpus, &(Summary, Vec<PathBuf>)) -> Result<()>,
+) {
+    for &kind in &common.corpora {
+        let outcome = prepare_corpus(common, kind, info).and_then(|(corpus, expected)| {
+            println!(
+                "\n{}: {} rounds of {}",
+                kind.name(),
+                common.rounds,
+                tools.join(", ")
+            );
+            bench(&corpus, &expected)?;
+            if !common.keep_corpus {
+                corpus.remove()?;
+            }
+            Ok(())
+        });
+        let cleanup = scratch.iter().try_for_each(|d| corpus::remove_if_exists(d));
+        if let Err(e) = outcome.and(cleanup) {
+            println!("harness error on {}: {e}", kind.name());
+            info.errors.push(format!("{}: {e}", kind.name()));
+            break;
+        }
+    }
 }
 
 fn shell_quote(s: &str) -> String {

@@ -201,17 +201,8 @@ fn preflight(opts: &SnapshotOpts) -> Result<Commands> {
     }
     let haul = session::haul_binary(common, opts.tools.contains(&Tool::Haul))?;
     if opts.tools.contains(&Tool::Haul) {
-        let ok = Command::new(&haul)
-            .args(["snapshot", "create", "--help"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            bail!(
-                "`{} snapshot create --help` fails: haul snapshots are not usable yet; \
-                 run the other arms with `--tools restic,tar`",
-                haul.display()
-            );
-        }
+        let create = ["snapshot", "create"];
+        session::require_haul(&haul, &create, "haul snapshots are", "restic,tar")?;
     }
     let restic_no_scan = opts.tools.contains(&Tool::Restic)
         && Command::new("restic")
@@ -610,37 +601,21 @@ pub fn run(opts: SnapshotOpts) -> Result<bool> {
         rounds: common.rounds,
         results: Results::default(),
     };
-    for &kind in &common.corpora {
-        let outcome =
-            session::prepare_corpus(common, kind, &mut run_info).and_then(|(corpus, expected)| {
-                println!(
-                    "\n{}: {} rounds of {}",
-                    kind.name(),
-                    common.rounds,
-                    opts.tools
-                        .iter()
-                        .map(|t| t.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                check_room(&common.root, &expected.0, opts.tools.len())?;
-                fs::create_dir_all(&out_root)
-                    .with_context(|| format!("creating {}", out_root.display()))?;
-                bench.corpus(&corpus, &expected, &opts.tools, &out_root, &dst_root)?;
-                if !common.keep_corpus {
-                    corpus.remove()?;
-                }
-                Ok(())
-            });
-        let cleanup = [&dst_root, &out_root, &commands.restic_cache]
-            .into_iter()
-            .try_for_each(|d| corpus::remove_if_exists(d));
-        if let Err(e) = outcome.and(cleanup) {
-            println!("harness error on {}: {e}", kind.name());
-            run_info.errors.push(format!("{}: {e}", kind.name()));
-            break;
-        }
-    }
+    let tools: Vec<&str> = opts.tools.iter().map(|t| t.name()).collect();
+    let scratch = [&dst_root, &out_root, &commands.restic_cache];
+    let scratch = scratch.map(PathBuf::as_path);
+    session::each_corpus(
+        common,
+        &tools,
+        &mut run_info,
+        &scratch,
+        |corpus, expected| {
+            check_room(&common.root, &expected.0, opts.tools.len())?;
+            fs::create_dir_all(&out_root)
+                .with_context(|| format!("creating {}", out_root.display()))?;
+            bench.corpus(corpus, expected, &opts.tools, &out_root, &dst_root)
+        },
+    );
     corpus::remove_if_exists(&commands.tmpdir)?;
     let goals = goals(&bench.results, &common.corpora);
     session::finish(common, run_info, &bench.results, &goals)
