@@ -1414,7 +1414,9 @@ fn prune_rebundles_the_used_members_of_a_partly_used_bundle() {
         fixture::write_file(&src.join(format!("f{i:02}.txt")), text(i).as_bytes());
     }
     let repo = Repo::new(t.path().join("repo"));
-    let id1 = repo.create_id(&[&src], &[]);
+    // One worker: each worker fills a bundle of its own, so with more the
+    // small files could be split between two bundles.
+    let id1 = repo.create_id(&[&src], &["-j1"]);
     // Every small file sits in one bundle of one pack.
     let hash = |i: usize| blake3::hash(text(i).as_bytes()).to_hex().to_string();
     let (_, b0) = find_blob(&repo, &hash(0));
@@ -1855,7 +1857,9 @@ fn flipped_byte_in_a_compressed_bundle_fails_exactly_the_files_it_damages() {
     }
     random_file(&src, "alone/other.bin", "bundle-alone", 600_000);
     let repo = Repo::new(t.path().join("repo"));
-    let id = repo.create_id(&[&src], &[]);
+    // One worker, so that the small files make one bundle (each worker
+    // fills its own).
+    let id = repo.create_id(&[&src], &["-j1"]);
     repo.check(true, &[]).expect_code(0);
 
     let first = blake3::hash(&read(&src.join(&texts[0])))
