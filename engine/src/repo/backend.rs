@@ -17,19 +17,21 @@ pub(crate) trait Backend: Send + Sync {
     fn put(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
     /// Reads a whole file, refusing one larger than `max` bytes.
     fn get(&self, name: &str, max: u64) -> io::Result<Vec<u8>>;
-    /// Reads `len` bytes at `offset`; a short file is an `UnexpectedEof` error.
-    fn get_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>>;
     /// Reads `len` bytes at `offset` into `buf[..len]`, growing `buf` if it
     /// is shorter; a caller that reuses `buf` saves an allocation per read.
+    /// A short file is an `UnexpectedEof` error.
     fn get_range_into(
         &self,
         name: &str,
         offset: u64,
         len: u64,
         buf: &mut Vec<u8>,
-    ) -> io::Result<()> {
-        *buf = self.get_range(name, offset, len)?;
-        Ok(())
+    ) -> io::Result<()>;
+    /// Reads `len` bytes at `offset` into a new buffer.
+    fn get_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.get_range_into(name, offset, len, &mut v)?;
+        Ok(v)
     }
     /// The size of a file.
     fn size(&self, name: &str) -> io::Result<u64>;
@@ -127,12 +129,6 @@ impl Backend for LocalBackend {
         }
         let mut v = Vec::with_capacity(len as usize);
         f.take(max.saturating_add(1)).read_to_end(&mut v)?;
-        Ok(v)
-    }
-
-    fn get_range(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let mut v = Vec::new();
-        self.get_range_into(name, offset, len, &mut v)?;
         Ok(v)
     }
 
