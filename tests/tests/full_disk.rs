@@ -12,7 +12,9 @@ use std::process::Command;
 
 use haul_tests::fixture;
 use haul_tests::repo::{assert_no_panic, jarr, jstr, ju64, os, Repo};
-use haul_tests::{assert_trees_equal, haul_copy, require_root, walk, CompareOpts, Kind, Tree};
+use haul_tests::{
+    assert_trees_equal, haul_copy, require_root, walk, CompareOpts, Kind, RunResult, Tree,
+};
 
 const ENOSPC: &str = "No space left on device";
 
@@ -115,35 +117,41 @@ fn failed_for_want_of_space(v: &serde_json::Value, context: &str) -> BTreeSet<St
         .collect()
 }
 
+/// Runs `write` (a copy or a restore of `src`'s tree into the directory it is given) into
+/// a 1 MiB filesystem, which it fills, and then again once the filesystem has room.
+fn fills_then_completes(src: &Path, what: &str, write: impl Fn(&Path) -> RunResult) {
+    let fs = SmallFs::mount(1024);
+    let dst = fs.path().join("dst");
+
+    let r = write(&dst);
+    assert_no_panic(&r);
+    r.expect_code(3);
+    let context = format!("{what} into a full disk");
+    let failed = failed_for_want_of_space(&r.json(), &context);
+    assert!(
+        failed.iter().any(|p| p.starts_with("bulk/")),
+        "{context}: no bulk file failed: {failed:?}"
+    );
+    let want = walk(src);
+    nothing_half_written(&want, &walk(&dst), &context);
+
+    fs.resize(16 << 10);
+    write(&dst).expect_clean();
+    assert_trees_equal(
+        &want,
+        &walk(&dst),
+        &CompareOpts::default(),
+        &format!("{what} once there is room"),
+    );
+}
+
 #[test]
 fn copy_into_a_full_disk_fails_cleanly_and_completes_with_room() {
     require_root("copy_into_a_full_disk_fails_cleanly_and_completes_with_room");
     let t = tmp();
     let src = t.path().join("src");
     source(&src, 40);
-    let fs = SmallFs::mount(1024);
-    let dst = fs.path().join("dst");
-
-    let r = haul_copy(&[], &src, &dst);
-    assert_no_panic(&r);
-    r.expect_code(3);
-    let v = r.json();
-    let failed = failed_for_want_of_space(&v, "copy into a full disk");
-    assert!(
-        failed.iter().any(|p| p.starts_with("bulk/")),
-        "no bulk file failed: {failed:?}"
-    );
-    let want = walk(&src);
-    nothing_half_written(&want, &walk(&dst), "copy into a full disk");
-
-    fs.resize(16 << 10);
-    haul_copy(&[], &src, &dst).expect_clean();
-    assert_trees_equal(
-        &want,
-        &walk(&dst),
-        &CompareOpts::default(),
-        "copy once there is room",
-    );
+    fills_then_completes(&src, "copy", |dst| haul_copy(&[], &src, dst));
 }
 
 #[test]
@@ -153,29 +161,8 @@ fn restore_into_a_full_disk_fails_cleanly_and_completes_with_room() {
     let src = t.path().join("src");
     source(&src, 40);
     let repo = Repo::new(t.path().join("repo"));
-    let v = repo.create(&[&src], &[]);
-    let id = jstr(&v, "id");
-    let fs = SmallFs::mount(1024);
-    let dst = fs.path().join("dst");
-
-    let r = repo.restore(id, &dst, &[]);
-    r.expect_code(3);
-    let failed = failed_for_want_of_space(&r.json(), "restore into a full disk");
-    assert!(
-        failed.iter().any(|p| p.starts_with("bulk/")),
-        "no bulk file failed: {failed:?}"
-    );
-    let want = walk(&src);
-    nothing_half_written(&want, &walk(&dst), "restore into a full disk");
-
-    fs.resize(16 << 10);
-    repo.restore(id, &dst, &[]).expect_clean();
-    assert_trees_equal(
-        &want,
-        &walk(&dst),
-        &CompareOpts::default(),
-        "restore once there is room",
-    );
+    let id = jstr(&repo.create(&[&src], &[]), "id").to_string();
+    fills_then_completes(&src, "restore", |dst| repo.restore(&id, dst, &[]));
 }
 
 /// Files under `dir` (recursively) that are not complete packs of `repo`.
