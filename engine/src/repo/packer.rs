@@ -26,6 +26,13 @@ pub(crate) const BUNDLE_TARGET: usize = 2 << 20;
 pub(crate) const BUNDLE_MEMBER_MAX: usize = BUNDLE_TARGET / 4;
 /// Open bundles: one slot per worker thread (more threads share slots).
 const BUNDLE_SLOTS: usize = 64;
+/// Blobs one pack holds at most, however few bytes they are. Until a pack is
+/// written and indexed, its blob list and the create's set of new ids are in
+/// memory, so tiny files that compress to next to nothing would otherwise
+/// let them grow with the number of files (a 32 MiB pack can hold millions).
+/// 65,536 entries is 3.25 MiB of trailer; the kernel corpus has about 5,500
+/// per pack.
+pub(crate) const MAX_PACK_BLOBS: usize = 1 << 16;
 
 /// A worker's open bundles, one per kind.
 struct Open {
@@ -132,7 +139,7 @@ impl<'r> Packer<'r> {
     }
 
     /// Appends `len` stored bytes with `put`; writes the pack out if it is
-    /// now full.
+    /// now full (of bytes, or of blobs).
     fn append(
         &self,
         len: usize,
@@ -145,7 +152,7 @@ impl<'r> Packer<'r> {
             }
             let w = cur.as_mut().expect("just set");
             put(w).map_err(|e| Error::corrupt("adding blob", self.repo.location(), e))?;
-            if w.len() >= self.target {
+            if w.len() >= self.target || w.entries().len() >= MAX_PACK_BLOBS {
                 cur.take()
             } else {
                 None
@@ -227,5 +234,29 @@ impl Repository {
             .put(&name, &bytes)
             .map_err(|e| Error::io("writing index", self.file_path(&name), e))?;
         Ok(Some((name, written.id)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::InitOptions;
+
+    #[test]
+    fn a_pack_is_written_once_it_holds_max_blobs_however_small() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = Repository::init(&t.path().join("repo"), &InitOptions::default()).unwrap();
+        let packer = Packer::new(&repo);
+        // Tiny blobs stored alone: a few MiB in all, far below the pack size.
+        for i in 0..MAX_PACK_BLOBS + 10 {
+            let data = (i as u64).to_le_bytes();
+            let blob = haul_formats::encode_blob(BlobKind::Data, &data, 3).unwrap();
+            packer.add(&blob).unwrap();
+        }
+        assert_eq!(packer.packs.load(Relaxed), 1, "one full pack written");
+        assert_eq!(packer.written_len(), MAX_PACK_BLOBS);
+        let (rest, packs, _) = packer.finish().unwrap();
+        assert_eq!(packs, 2);
+        assert_eq!(rest.len(), MAX_PACK_BLOBS + 10);
     }
 }
