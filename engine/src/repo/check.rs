@@ -2,11 +2,11 @@
 //! `read_data`, every byte of every pack is read and every blob's hash
 //! verified. Problems are collected, never fatal, and traced back to the
 //! snapshots and files they affect.
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use haul_formats::{
-    bundle_member, decode_blob_unverified, FileKind as RepoFile, Id, IndexEntry, IndexReader, Node,
-    NodeKind, PackReader, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
+    bundle_member, decode_blob_unverified, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind,
+    PackReader, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -15,6 +15,29 @@ use super::index::{by_stored_blob, MasterIndex};
 use super::Repository;
 use crate::error::Error;
 use crate::progress::Progress;
+
+/// Index entries check gathers at a time (about 44 MiB of them): packs are
+/// checked in batches of about this many blobs, so memory does not grow
+/// with the repository.
+const CHECK_BATCH_BLOBS: u64 = 1 << 19;
+
+/// Consecutive runs of `packs` (pack, blob count) of at most `max` blobs
+/// each, or of one pack where it alone holds more.
+fn batches(packs: &[(Id, u64)], max: u64) -> Vec<&[(Id, u64)]> {
+    let mut out = Vec::new();
+    let (mut start, mut sum) = (0, 0);
+    for (i, (_, n)) in packs.iter().enumerate() {
+        if i > start && sum + n > max {
+            out.push(&packs[start..i]);
+            (start, sum) = (i, 0);
+        }
+        sum += n;
+    }
+    if start < packs.len() {
+        out.push(&packs[start..]);
+    }
+    out
+}
 
 /// What to check.
 #[derive(Clone, Copy, Debug, Default)]
@@ -62,7 +85,8 @@ impl Repository {
             ..Default::default()
         };
 
-        // Index files, each on its own: one damaged file is reported, not fatal.
+        // Index files, each on its own: one damaged file is reported, not
+        // fatal. They are memory-mapped (local) and looked up in place.
         let mut files = Vec::new();
         let names = self
             .backend()
@@ -72,34 +96,22 @@ impl Repository {
             let Some((RepoFile::Index, id)) = RepoFile::parse_path(&name) else {
                 continue;
             };
-            let path = self.file_path(&name);
-            match self.backend().get(&name, u64::MAX) {
-                Ok(bytes) => {
-                    let r = IndexReader::new(&bytes).and_then(|r| {
-                        r.verify_id(&id)
-                            .map(|_| r)
-                            .and_then(|r| r.verify().map(|_| ()))
-                    });
-                    match r {
-                        Ok(()) => files.push((id, bytes)),
-                        Err(e) => rep.errors.push(format!("index {}: {e}", path.display())),
-                    }
-                }
-                Err(e) => rep.errors.push(format!("index {}: {e}", path.display())),
+            match self.load_index_file(&name, id) {
+                Ok(f) => files.push(f),
+                Err(e) => rep.errors.push(e.to_string()),
             }
         }
-        // Where each blob is, by pack.
-        let mut by_pack: BTreeMap<Id, Vec<IndexEntry>> = BTreeMap::new();
-        let mut locate: HashMap<Id, IndexEntry> = HashMap::new();
-        for (_, bytes) in &files {
-            let r = IndexReader::new(bytes).expect("verified above");
-            for e in r.iter().flatten() {
-                by_pack.entry(e.pack).or_default().push(e);
-                locate.entry(e.id).or_insert(e);
+        let index = MasterIndex::from_files(files);
+        // How many blobs each pack holds: memory in the number of packs, not
+        // of blobs.
+        let mut per_pack: BTreeMap<Id, u64> = BTreeMap::new();
+        for f in &index.files {
+            for e in f.reader().iter().flatten() {
+                *per_pack.entry(e.pack).or_default() += 1;
                 rep.blobs += 1;
             }
         }
-        rep.packs = by_pack.len() as u64;
+        rep.packs = per_pack.len() as u64;
         let on_disk: BTreeSet<Id> = self
             .backend()
             .list(RepoFile::Pack.dir())
@@ -107,7 +119,7 @@ impl Repository {
             .iter()
             .filter_map(|n| RepoFile::parse_path(n).map(|(_, id)| id))
             .collect();
-        let unindexed = on_disk.iter().filter(|p| !by_pack.contains_key(p)).count();
+        let unindexed = on_disk.iter().filter(|p| !per_pack.contains_key(p)).count();
         if unindexed > 0 {
             rep.notices.push(format!(
                 "{unindexed} pack(s) are in no index (left by an interrupted run); the next create reuses them and prune removes what is unused"
@@ -116,29 +128,42 @@ impl Repository {
 
         // Packs: present, self-consistent, and (read_data) every blob intact.
         if opts.read_data {
-            let total: u64 = by_pack
+            let total: u64 = per_pack
                 .keys()
                 .map(|p| self.backend().size(&RepoFile::Pack.path(p)).unwrap_or(0))
                 .sum();
-            progress.discovered(by_pack.len() as u64, total);
+            progress.discovered(per_pack.len() as u64, total);
             progress.discovery_done();
         }
-        let results: Vec<(Vec<String>, Vec<Id>)> = by_pack
-            .par_iter()
-            .map(|(pack, entries)| {
-                let r = self.check_pack(pack, entries, opts.read_data, progress);
-                progress.entry_done();
-                r
-            })
-            .collect();
+        // A batch of packs at a time, with the index entries of just those
+        // packs (one pass over the index files per batch).
         let mut bad: HashSet<Id> = HashSet::new();
-        for (errs, blobs) in results {
-            rep.errors.extend(errs);
-            bad.extend(blobs);
+        let packs: Vec<(Id, u64)> = per_pack.into_iter().collect();
+        for batch in batches(&packs, CHECK_BATCH_BLOBS) {
+            let mut entries: BTreeMap<Id, Vec<IndexEntry>> =
+                batch.iter().map(|(p, _)| (*p, Vec::new())).collect();
+            for f in &index.files {
+                for e in f.reader().iter().flatten() {
+                    if let Some(v) = entries.get_mut(&e.pack) {
+                        v.push(e);
+                    }
+                }
+            }
+            let results: Vec<(Vec<String>, Vec<Id>)> = entries
+                .par_iter()
+                .map(|(pack, entries)| {
+                    let r = self.check_pack(pack, entries, opts.read_data, progress);
+                    progress.entry_done();
+                    r
+                })
+                .collect();
+            for (errs, blobs) in results {
+                rep.errors.extend(errs);
+                bad.extend(blobs);
+            }
         }
 
         // Snapshots: every tree and chunk indexed, none of them bad.
-        let index = MasterIndex::from_owned(files);
         let snap_ids = self.backend().list(RepoFile::Snapshot.dir()).map_err(|e| {
             Error::io(
                 "listing snapshots",
@@ -165,7 +190,6 @@ impl Repository {
             let mut walker = Walker {
                 repo: self,
                 index: &index,
-                locate: &locate,
                 bad: &bad,
                 clean: &mut clean,
                 errors: Vec::new(),
@@ -283,7 +307,6 @@ impl Repository {
 struct Walker<'a> {
     repo: &'a Repository,
     index: &'a MasterIndex,
-    locate: &'a HashMap<Id, IndexEntry>,
     bad: &'a HashSet<Id>,
     clean: &'a mut HashSet<Id>,
     errors: Vec<String>,
@@ -296,7 +319,7 @@ impl Walker<'_> {
         if self.clean.contains(id) {
             return true;
         }
-        if self.bad.contains(id) || !self.locate.contains_key(id) {
+        if self.bad.contains(id) || !self.index.contains(id) {
             self.errors.push(format!(
                 "tree {} of {:?} is missing or damaged",
                 id.short(),
@@ -326,7 +349,7 @@ impl Walker<'_> {
                 NodeKind::File { chunks, .. } => {
                     let mut file_ok = true;
                     for c in chunks {
-                        if !self.locate.contains_key(c) {
+                        if !self.index.contains(c) {
                             self.errors
                                 .push(format!("{p}: data blob {} is missing", c.short()));
                             file_ok = false;
@@ -354,5 +377,23 @@ fn display(p: &str) -> String {
         "/".into()
     } else {
         p.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_at_most_max_blobs_or_one_pack() {
+        let p = |n: u64| (Id::hash(&n.to_le_bytes()), n);
+        let packs = [p(3), p(4), p(2), p(9), p(1), p(1)];
+        let sizes: Vec<Vec<u64>> = batches(&packs, 7)
+            .iter()
+            .map(|b| b.iter().map(|(_, n)| *n).collect())
+            .collect();
+        assert_eq!(sizes, [vec![3, 4], vec![2], vec![9], vec![1, 1]]);
+        assert!(batches(&[], 7).is_empty());
+        assert_eq!(batches(&packs, u64::MAX).len(), 1);
     }
 }

@@ -54,26 +54,38 @@ impl IndexFile {
 /// All index files of a repository, plus those a running create wrote.
 pub(crate) struct MasterIndex {
     pub files: Vec<IndexFile>,
+    /// The file that answered a lookup last, asked first: blobs looked up
+    /// one after another (a snapshot's, a directory's) were mostly indexed
+    /// together, and a repository may have many index files.
+    last: std::sync::atomic::AtomicUsize,
     /// Index files written during this run (see `Backup::flush_index`).
     added: std::sync::RwLock<Vec<IndexFile>>,
 }
 
 impl MasterIndex {
-    /// An index over files already read into memory.
-    pub(crate) fn from_owned(files: Vec<(Id, Vec<u8>)>) -> MasterIndex {
+    /// An index over files already loaded.
+    pub(crate) fn from_files(files: Vec<IndexFile>) -> MasterIndex {
         MasterIndex {
-            files: files
-                .into_iter()
-                .filter_map(|(id, b)| IndexFile::new(id, Bytes::Owned(b)).ok())
-                .collect(),
+            files,
+            last: Default::default(),
             added: Default::default(),
         }
     }
 
     pub(crate) fn lookup(&self, id: &Id) -> Option<IndexEntry> {
-        self.files
-            .iter()
-            .find_map(|f| f.reader().lookup(id).ok().flatten())
+        use std::sync::atomic::Ordering::Relaxed;
+        let find = |i: usize| self.files[i].reader().lookup(id).ok().flatten();
+        let first = self.last.load(Relaxed);
+        (first < self.files.len())
+            .then(|| find(first))
+            .flatten()
+            .or_else(|| {
+                (0..self.files.len()).filter(|&i| i != first).find_map(|i| {
+                    let e = find(i)?;
+                    self.last.store(i, Relaxed);
+                    Some(e)
+                })
+            })
             .or_else(|| {
                 let added = self.added.read().unwrap_or_else(|e| e.into_inner());
                 added
@@ -128,10 +140,7 @@ impl Repository {
             };
             files.push(self.load_index_file(&name, id)?);
         }
-        Ok(MasterIndex {
-            files,
-            added: Default::default(),
-        })
+        Ok(MasterIndex::from_files(files))
     }
 
     /// Loads (memory-maps, where the backend is local) and verifies one index file.
