@@ -246,6 +246,34 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// Prints what a listing hands over as it comes: as one JSON array (the same
+/// bytes as printing the whole list at once), or as a line per item.
+fn stream<T: serde::Serialize>(
+    json: bool,
+    list: impl FnOnce(&mut dyn FnMut(T) -> Result<()>) -> Result<()>,
+    line: impl Fn(&mut dyn Write, &T) -> std::io::Result<()>,
+) -> Result<()> {
+    // Nothing is printed before the first item, so an error before it
+    // (no such snapshot or path) leaves stdout empty.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut first = true;
+    list(&mut |item| {
+        if json {
+            out.write_all(if first { b"[" } else { b"," })?;
+            serde_json::to_writer(&mut out, &item)?;
+        } else {
+            line(&mut out, &item)?;
+        }
+        first = false;
+        Ok(())
+    })?;
+    if json {
+        out.write_all(if first { b"[]\n" } else { b"]\n" })?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 pub fn run_repo(c: RepoCommand) -> Result<u8> {
     match c {
         RepoCommand::Init {
@@ -372,38 +400,34 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
         }
         SnapshotCommand::Ls { repo, id, path } => {
             let r = open(&repo)?;
-            let entries = r.ls(&id, path.as_deref())?;
-            if repo.json {
-                print_json(&entries)?;
-            } else {
-                let mut out = std::io::stdout().lock();
-                for e in &entries {
+            stream(
+                repo.json,
+                |each| r.ls(&id, path.as_deref(), each),
+                |out, e: &haul_engine::LsEntry| {
                     writeln!(
                         out,
                         "{:<8} {:04o} {:>6}:{:<6} {:>12} {} {}",
                         e.kind, e.mode, e.uid, e.gid, e.size, e.mtime, e.path
-                    )?;
-                }
-            }
+                    )
+                },
+            )?;
             Ok(exit::OK)
         }
         SnapshotCommand::Diff { repo, a, b } => {
             let r = open(&repo)?;
-            let d = r.diff(&a, &b)?;
-            if repo.json {
-                print_json(&d)?;
-            } else {
-                let mut out = std::io::stdout().lock();
-                for c in &d {
+            stream(
+                repo.json,
+                |each| r.diff(&a, &b, each),
+                |out, c: &haul_engine::DiffChange| {
                     let sym = match c.change {
                         "added" => "+",
                         "removed" => "-",
                         "content" => "M",
                         _ => "m",
                     };
-                    writeln!(out, "{sym} {}", c.path)?;
-                }
-            }
+                    writeln!(out, "{sym} {}", c.path)
+                },
+            )?;
             Ok(exit::OK)
         }
         SnapshotCommand::Restore {

@@ -185,8 +185,15 @@ impl Repository {
         Ok(Some(cur))
     }
 
-    /// Every entry of snapshot `spec` below `path`, depth first, sorted by name.
-    pub fn ls(&self, spec: &str, path: Option<&Path>) -> Result<Vec<LsEntry>, Error> {
+    /// Every entry of snapshot `spec` below `path`, depth first, sorted by
+    /// name, handed to `each` as it is read (so a listing of millions of
+    /// entries is not held in memory).
+    pub fn ls<E: From<Error>>(
+        &self,
+        spec: &str,
+        path: Option<&Path>,
+        mut each: impl FnMut(LsEntry) -> Result<(), E>,
+    ) -> Result<(), E> {
         let snap = self.find_snapshot(spec)?;
         let index = self.load_index()?;
         let single = snap.snapshot.paths.len() == 1;
@@ -194,27 +201,26 @@ impl Repository {
         let node = self
             .resolve_path(&index, &snap.snapshot.tree, single, start)?
             .ok_or_else(|| Error::invalid(start, "no such path in the snapshot"))?;
-        let mut out = Vec::new();
         let prefix = start.to_string_lossy().trim_matches('/').to_string();
         if !prefix.is_empty() {
-            out.push(ls_entry(&prefix, &node));
+            each(ls_entry(&prefix, &node))?;
         }
         if let NodeKind::Dir { subtree } = &node.kind {
-            self.ls_tree(&index, subtree, &prefix, &mut out)?;
+            self.ls_tree(&index, subtree, &prefix, &mut each)?;
         }
-        Ok(out)
+        Ok(())
     }
 
-    fn ls_tree(
+    fn ls_tree<E: From<Error>>(
         &self,
         index: &MasterIndex,
         id: &Id,
         prefix: &str,
-        out: &mut Vec<LsEntry>,
-    ) -> Result<(), Error> {
+        out: &mut impl FnMut(LsEntry) -> Result<(), E>,
+    ) -> Result<(), E> {
         for n in self.load_tree(index, id)? {
             let p = join(prefix, &n.name);
-            out.push(ls_entry(&p, &n));
+            out(ls_entry(&p, &n))?;
             if let NodeKind::Dir { subtree } = &n.kind {
                 self.ls_tree(index, subtree, &p, out)?;
             }
@@ -222,8 +228,14 @@ impl Repository {
         Ok(())
     }
 
-    /// Entries added, removed or changed from snapshot `a` to `b`.
-    pub fn diff(&self, a: &str, b: &str) -> Result<Vec<DiffChange>, Error> {
+    /// Entries added, removed or changed from snapshot `a` to `b`, in path
+    /// order, handed to `each` as they are found.
+    pub fn diff<E: From<Error>>(
+        &self,
+        a: &str,
+        b: &str,
+        mut each: impl FnMut(DiffChange) -> Result<(), E>,
+    ) -> Result<(), E> {
         let (sa, sb) = (self.find_snapshot(a)?, self.find_snapshot(b)?);
         let index = self.load_index()?;
         let root = |s: &super::SnapshotInfo| -> Result<Option<Id>, Error> {
@@ -238,19 +250,17 @@ impl Repository {
                 },
             )
         };
-        let mut out = Vec::new();
-        self.diff_trees(&index, root(&sa)?, root(&sb)?, "", &mut out)?;
-        Ok(out)
+        self.diff_trees(&index, root(&sa)?, root(&sb)?, "", &mut each)
     }
 
-    fn diff_trees(
+    fn diff_trees<E: From<Error>>(
         &self,
         index: &MasterIndex,
         a: Option<Id>,
         b: Option<Id>,
         prefix: &str,
-        out: &mut Vec<DiffChange>,
-    ) -> Result<(), Error> {
+        out: &mut impl FnMut(DiffChange) -> Result<(), E>,
+    ) -> Result<(), E> {
         if a == b {
             return Ok(()); // identical subtrees: same id, nothing to walk
         }
@@ -282,27 +292,27 @@ impl Repository {
                     match (&x.kind, &y.kind) {
                         (NodeKind::Dir { subtree: sa }, NodeKind::Dir { subtree: sb }) => {
                             if meta_differs(x, y) {
-                                out.push(DiffChange {
+                                out(DiffChange {
                                     path: p.clone(),
                                     change: "metadata",
-                                });
+                                })?;
                             }
                             self.diff_trees(index, Some(*sa), Some(*sb), &p, out)?;
                         }
                         (ka, kb) if x.kind_name() != y.kind_name() || content_differs(ka, kb) => {
-                            out.push(DiffChange {
+                            out(DiffChange {
                                 path: p,
                                 change: "content",
-                            });
+                            })?;
                         }
-                        _ if x.size != y.size => out.push(DiffChange {
+                        _ if x.size != y.size => out(DiffChange {
                             path: p,
                             change: "content",
-                        }),
-                        _ if meta_differs(x, y) => out.push(DiffChange {
+                        })?,
+                        _ if meta_differs(x, y) => out(DiffChange {
                             path: p,
                             change: "metadata",
-                        }),
+                        })?,
                         _ => {}
                     }
                     i += 1;
@@ -313,19 +323,19 @@ impl Repository {
         Ok(())
     }
 
-    fn report_all(
+    fn report_all<E: From<Error>>(
         &self,
         index: &MasterIndex,
         n: &Node,
         prefix: &str,
         change: &'static str,
-        out: &mut Vec<DiffChange>,
-    ) -> Result<(), Error> {
+        out: &mut impl FnMut(DiffChange) -> Result<(), E>,
+    ) -> Result<(), E> {
         let p = join(prefix, &n.name);
-        out.push(DiffChange {
+        out(DiffChange {
             path: p.clone(),
             change,
-        });
+        })?;
         if let NodeKind::Dir { subtree } = &n.kind {
             for c in self.load_tree(index, subtree)? {
                 self.report_all(index, &c, &p, change, out)?;
