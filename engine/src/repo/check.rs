@@ -2,7 +2,7 @@
 //! `read_data`, every byte of every pack is read and every blob's hash
 //! verified. Problems are collected, never fatal, and traced back to the
 //! snapshots and files they affect.
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 use haul_formats::{
     bundle_member, decode_blob_unverified, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind,
@@ -11,33 +11,10 @@ use haul_formats::{
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::index::{by_stored_blob, MasterIndex};
+use super::index::{batches, by_stored_blob, MasterIndex, BATCH_BLOBS};
 use super::Repository;
 use crate::error::Error;
 use crate::progress::Progress;
-
-/// Index entries check gathers at a time (about 44 MiB of them): packs are
-/// checked in batches of about this many blobs, so memory does not grow
-/// with the repository.
-const CHECK_BATCH_BLOBS: u64 = 1 << 19;
-
-/// Consecutive runs of `packs` (pack, blob count) of at most `max` blobs
-/// each, or of one pack where it alone holds more.
-fn batches(packs: &[(Id, u64)], max: u64) -> Vec<&[(Id, u64)]> {
-    let mut out = Vec::new();
-    let (mut start, mut sum) = (0, 0);
-    for (i, (_, n)) in packs.iter().enumerate() {
-        if i > start && sum + n > max {
-            out.push(&packs[start..i]);
-            (start, sum) = (i, 0);
-        }
-        sum += n;
-    }
-    if start < packs.len() {
-        out.push(&packs[start..]);
-    }
-    out
-}
 
 /// What to check.
 #[derive(Clone, Copy, Debug, Default)]
@@ -104,13 +81,10 @@ impl Repository {
         let index = MasterIndex::from_files(files);
         // How many blobs each pack holds: memory in the number of packs, not
         // of blobs.
-        let mut per_pack: BTreeMap<Id, u64> = BTreeMap::new();
-        for f in &index.files {
-            for e in f.reader().iter().flatten() {
-                *per_pack.entry(e.pack).or_default() += 1;
-                rep.blobs += 1;
-            }
-        }
+        let per_pack = index
+            .blobs_per_pack()
+            .map_err(|e| Error::corrupt("reading index", self.location(), e))?;
+        rep.blobs = per_pack.values().sum();
         rep.packs = per_pack.len() as u64;
         let on_disk: BTreeSet<Id> = self
             .backend()
@@ -139,16 +113,10 @@ impl Repository {
         // packs (one pass over the index files per batch).
         let mut bad: HashSet<Id> = HashSet::new();
         let packs: Vec<(Id, u64)> = per_pack.into_iter().collect();
-        for batch in batches(&packs, CHECK_BATCH_BLOBS) {
-            let mut entries: BTreeMap<Id, Vec<IndexEntry>> =
-                batch.iter().map(|(p, _)| (*p, Vec::new())).collect();
-            for f in &index.files {
-                for e in f.reader().iter().flatten() {
-                    if let Some(v) = entries.get_mut(&e.pack) {
-                        v.push(e);
-                    }
-                }
-            }
+        for batch in batches(&packs, BATCH_BLOBS) {
+            let entries = index
+                .entries_of(batch.iter().map(|(p, _)| *p))
+                .map_err(|e| Error::corrupt("reading index", self.location(), e))?;
             let results: Vec<(Vec<String>, Vec<Id>)> = entries
                 .par_iter()
                 .map(|(pack, entries)| {
@@ -377,23 +345,5 @@ fn display(p: &str) -> String {
         "/".into()
     } else {
         p.to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_hold_at_most_max_blobs_or_one_pack() {
-        let p = |n: u64| (Id::hash(&n.to_le_bytes()), n);
-        let packs = [p(3), p(4), p(2), p(9), p(1), p(1)];
-        let sizes: Vec<Vec<u64>> = batches(&packs, 7)
-            .iter()
-            .map(|b| b.iter().map(|(_, n)| *n).collect())
-            .collect();
-        assert_eq!(sizes, [vec![3, 4], vec![2], vec![9], vec![1, 1]]);
-        assert!(batches(&[], 7).is_empty());
-        assert_eq!(batches(&packs, u64::MAX).len(), 1);
     }
 }

@@ -2,9 +2,11 @@
 //! memory-mapped (so RAM does not grow with the repository; only the pages a
 //! lookup touches are read), plus the packs no index names yet, which an
 //! interrupted run left behind.
+use std::collections::BTreeMap;
+
 use haul_formats::{
-    pack_trailer_len, parse_pack_trailer, FileKind as RepoFile, Id, IndexEntry, IndexLayout,
-    IndexReader, IndexWriter, PACK_FOOTER_LEN,
+    pack_trailer_len, parse_pack_trailer, FileKind as RepoFile, FormatError, Id, IndexEntry,
+    IndexLayout, IndexReader, IndexWriter, PACK_FOOTER_LEN,
 };
 
 use super::Repository;
@@ -106,6 +108,37 @@ impl MasterIndex {
         self.lookup(id).is_some()
     }
 
+    /// How many index entries name each pack (memory in the number of
+    /// packs, not of blobs).
+    pub(crate) fn blobs_per_pack(&self) -> Result<BTreeMap<Id, u64>, FormatError> {
+        let mut per_pack = BTreeMap::new();
+        for f in &self.files {
+            for e in f.reader().iter() {
+                *per_pack.entry(e?.pack).or_default() += 1;
+            }
+        }
+        Ok(per_pack)
+    }
+
+    /// The index entries of `packs`, by pack, in index-file order (one pass
+    /// over every index file).
+    pub(crate) fn entries_of(
+        &self,
+        packs: impl IntoIterator<Item = Id>,
+    ) -> Result<BTreeMap<Id, Vec<IndexEntry>>, FormatError> {
+        let mut out: BTreeMap<Id, Vec<IndexEntry>> =
+            packs.into_iter().map(|p| (p, Vec::new())).collect();
+        for f in &self.files {
+            for e in f.reader().iter() {
+                let e = e?;
+                if let Some(v) = out.get_mut(&e.pack) {
+                    v.push(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Every pack id any index names.
     pub(crate) fn packs(&self) -> std::collections::BTreeSet<Id> {
         self.files
@@ -113,6 +146,29 @@ impl MasterIndex {
             .flat_map(|f| f.reader().packs().collect::<Vec<_>>())
             .collect()
     }
+}
+
+/// Index entries a command gathers at a time (about 44 MiB of them): packs
+/// are handled in batches of about this many blobs, so memory does not grow
+/// with the repository.
+pub(crate) const BATCH_BLOBS: u64 = 1 << 19;
+
+/// Consecutive runs of `packs` (pack, blob count) of at most `max` blobs
+/// each, or of one pack where it alone holds more.
+pub(crate) fn batches(packs: &[(Id, u64)], max: u64) -> Vec<&[(Id, u64)]> {
+    let mut out = Vec::new();
+    let (mut start, mut sum) = (0, 0);
+    for (i, (_, n)) in packs.iter().enumerate() {
+        if i > start && sum + n > max {
+            out.push(&packs[start..i]);
+            (start, sum) = (i, 0);
+        }
+        sum += n;
+    }
+    if start < packs.len() {
+        out.push(&packs[start..]);
+    }
+    out
 }
 
 /// Index entries of one pack, grouped by stored blob (one group per blob
@@ -236,5 +292,23 @@ impl Repository {
             .map_err(|e| Error::io("reading pack", &path, e))?;
         let t = parse_pack_trailer(&tail).map_err(|e| Error::corrupt("reading pack", &path, e))?;
         Ok(t.entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_at_most_max_blobs_or_one_pack() {
+        let p = |n: u64| (Id::hash(&n.to_le_bytes()), n);
+        let packs = [p(3), p(4), p(2), p(9), p(1), p(1)];
+        let sizes: Vec<Vec<u64>> = batches(&packs, 7)
+            .iter()
+            .map(|b| b.iter().map(|(_, n)| *n).collect())
+            .collect();
+        assert_eq!(sizes, [vec![3, 4], vec![2], vec![9], vec![1, 1]]);
+        assert!(batches(&[], 7).is_empty());
+        assert_eq!(batches(&packs, u64::MAX).len(), 1);
     }
 }

@@ -5,15 +5,16 @@
 //! bundled anew.
 //! Order for crash safety: new packs, then the new index, then the old
 //! indexes, then the old packs: at every moment every snapshot is restorable.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use haul_formats::{
-    bundle_member, decode_blob_unverified, encode_blob_with_id, BundleMember, EncodedBlob,
-    EncodedBundle, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind, MAX_TREE_BLOB_LEN,
+    bundle_member, decode_blob_unverified, encode_blob_with_id, merge_indexes, BundleMember,
+    EncodedBlob, EncodedBundle, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind,
+    MAX_TREE_BLOB_LEN,
 };
 use serde::Serialize;
 
-use super::index::{by_stored_blob, MasterIndex};
+use super::index::{batches, by_stored_blob, MasterIndex, BATCH_BLOBS};
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
 use crate::error::Error;
@@ -34,15 +35,52 @@ pub struct PruneSummary {
     pub notices: Vec<String>,
 }
 
+/// Every blob a snapshot uses, with the ordinal (in pack order) of the pack
+/// whose copy is kept, once one has claimed it.
+type Used = HashMap<Id, u32>;
+const UNCLAIMED: u32 = u32::MAX;
+
+/// `pack`'s ordinal in `packs` (sorted by id).
+fn ordinal(packs: &[(Id, u64)], pack: &Id) -> u32 {
+    packs
+        .binary_search_by(|(p, _)| p.cmp(pack))
+        .map_or(UNCLAIMED, |i| i as u32)
+}
+
+/// The entries of pack `n` to keep: those of used blobs that no pack before
+/// it claimed, each id once (the pack claims them). Asked again, it gives
+/// the same answer.
+fn wanted<'e>(entries: &'e [IndexEntry], n: u32, used: &mut Used) -> Vec<&'e IndexEntry> {
+    let mut seen = HashSet::new();
+    entries
+        .iter()
+        .filter(|e| match used.get_mut(&e.id) {
+            Some(c) if *c == UNCLAIMED || *c == n => {
+                *c = n;
+                seen.insert(e.id)
+            }
+            _ => false,
+        })
+        .collect()
+}
+
+/// Bytes of the stored blobs `entries` name.
+fn stored(entries: &[IndexEntry]) -> u64 {
+    by_stored_blob(entries)
+        .iter()
+        .map(|m| u64::from(m[0].stored_len))
+        .sum()
+}
+
 impl Repository {
     fn mark(
         &self,
         index: &MasterIndex,
         tree: &Id,
-        used: &mut HashSet<Id>,
+        used: &mut Used,
         progress: &dyn Progress,
     ) -> Result<(), Error> {
-        if !used.insert(*tree) {
+        if used.insert(*tree, UNCLAIMED).is_some() {
             return Ok(());
         }
         let nodes: Vec<Node> = self.load_tree(index, tree)?;
@@ -51,7 +89,9 @@ impl Repository {
         for n in nodes {
             match n.kind {
                 NodeKind::Dir { subtree } => self.mark(index, &subtree, used, progress)?,
-                NodeKind::File { chunks, .. } => used.extend(chunks),
+                NodeKind::File { chunks, .. } => {
+                    used.extend(chunks.into_iter().map(|c| (c, UNCLAIMED)));
+                }
                 _ => {}
             }
         }
@@ -68,84 +108,115 @@ impl Repository {
         let lock = self.lock(true)?;
         let mut index = self.load_index()?;
         self.recover_unindexed(&mut index)?;
-        let mut used = HashSet::new();
+        let corrupt = |e| Error::corrupt("reading index", self.location(), e);
+        let packs: Vec<(Id, u64)> = index
+            .blobs_per_pack()
+            .map_err(corrupt)?
+            .into_iter()
+            .collect();
+        // Sized once: growing a map of a million ids doubles it for a while.
+        let mut used = Used::with_capacity(packs.iter().map(|(_, n)| *n as usize).sum());
         for s in self.snapshots()? {
             self.mark(&index, &s.snapshot.tree, &mut used, progress)?;
         }
-        // Group every index entry by pack; the first copy of a blob wins.
-        let mut by_pack: BTreeMap<Id, Vec<IndexEntry>> = BTreeMap::new();
-        for f in &index.files {
-            for e in f.reader().iter() {
-                let e = e.map_err(|err| Error::corrupt("reading index", self.location(), err))?;
-                by_pack.entry(e.pack).or_default().push(e);
-            }
-        }
-        let mut kept_copy: HashSet<Id> = HashSet::new();
-        let mut keep_entries = Vec::new();
+        // What happens to each pack, a batch of packs at a time (memory in
+        // the number of packs, not of blobs). The first copy of a blob, in
+        // pack order, is the one kept: its pack claims it in `used`.
+        let mut keep_packs = BTreeSet::new();
         let mut remove_packs = Vec::new();
-        let packer = Packer::new(self);
+        let mut rewrite = Vec::new();
+        let mut rewrite_bytes = 0u64;
         let mut sum = PruneSummary {
             notices: lock.notices().to_vec(),
             ..Default::default()
         };
-        // First what happens to each pack, so the bar has its totals.
-        let mut rewrite = Vec::new();
-        for (pack, entries) in &by_pack {
-            let wanted: Vec<&IndexEntry> = entries
-                .iter()
-                .filter(|e| used.contains(&e.id) && !kept_copy.contains(&e.id))
-                .collect();
-            for e in &wanted {
-                kept_copy.insert(e.id);
-            }
-            if wanted.len() == entries.len() {
-                keep_entries.extend(entries.iter().copied());
-                continue;
-            }
-            sum.blobs_removed += (entries.len() - wanted.len()) as u64;
-            remove_packs.push(*pack);
-            if !wanted.is_empty() {
-                let keep: HashSet<(u32, u32)> =
-                    wanted.iter().map(|e| (e.offset, e.inner)).collect();
-                rewrite.push((pack, entries, keep));
+        for batch in batches(&packs, BATCH_BLOBS) {
+            let by_pack = index
+                .entries_of(batch.iter().map(|(p, _)| *p))
+                .map_err(corrupt)?;
+            for (pack, entries) in &by_pack {
+                let n = ordinal(&packs, pack);
+                let wanted = wanted(entries, n, &mut used);
+                if wanted.len() == entries.len() {
+                    keep_packs.insert(*pack);
+                    continue;
+                }
+                sum.blobs_removed += (entries.len() - wanted.len()) as u64;
+                remove_packs.push(*pack);
+                if !wanted.is_empty() {
+                    rewrite.push(*pack);
+                    rewrite_bytes += stored(entries);
+                }
             }
         }
-        let stored = |entries: &[IndexEntry]| -> u64 {
-            by_stored_blob(entries)
-                .iter()
-                .map(|m| u64::from(m[0].stored_len))
-                .sum()
-        };
-        progress.discovered(
-            remove_packs.len() as u64,
-            rewrite.iter().map(|(_, entries, _)| stored(entries)).sum(),
-        );
+        progress.discovered(remove_packs.len() as u64, rewrite_bytes);
         progress.discovery_done();
-        for (pack, entries, keep) in &rewrite {
-            sum.packs_rewritten += 1;
-            for mut members in by_stored_blob(entries) {
-                // Two index files may name the same pack entry.
-                members.dedup_by_key(|e| e.inner);
-                self.repack(&packer, pack, &members, keep)?;
-                progress.bytes(u64::from(members[0].stored_len));
+        // The packs to rewrite, again a batch at a time: the members each
+        // pack claimed move into new packs.
+        let packer = Packer::new(self);
+        let rewrite_counts: Vec<(Id, u64)> = packs
+            .iter()
+            .filter(|(p, _)| rewrite.binary_search(p).is_ok())
+            .copied()
+            .collect();
+        for batch in batches(&rewrite_counts, BATCH_BLOBS) {
+            let by_pack = index
+                .entries_of(batch.iter().map(|(p, _)| *p))
+                .map_err(corrupt)?;
+            for (pack, entries) in &by_pack {
+                let n = ordinal(&packs, pack);
+                let keep: HashSet<(u32, u32)> = wanted(entries, n, &mut used)
+                    .iter()
+                    .map(|e| (e.offset, e.inner))
+                    .collect();
+                sum.packs_rewritten += 1;
+                for mut members in by_stored_blob(entries) {
+                    // Two index files may name the same pack entry.
+                    members.dedup_by_key(|e| e.inner);
+                    self.repack(&packer, pack, &members, &keep)?;
+                    progress.bytes(u64::from(members[0].stored_len));
+                }
+                progress.entry_done();
             }
-            progress.entry_done();
         }
         let (new_entries, _, new_bytes) = packer.finish()?;
-        keep_entries.extend(new_entries);
         if remove_packs.is_empty() {
             return Ok(sum);
         }
+        // The new index: the entries of the packs kept whole, merged from
+        // the old index files as they are read, and the rewritten blobs.
+        let readers: Vec<_> = index.files.iter().map(|f| f.reader()).collect();
+        let kept_blobs: u64 = packs
+            .iter()
+            .filter(|(p, _)| keep_packs.contains(p))
+            .map(|(_, n)| n)
+            .sum();
+        let mut merged = Vec::with_capacity(
+            kept_blobs as usize * haul_formats::INDEX_RECORD_LEN + (keep_packs.len() + 2) * 32 + 64,
+        );
+        let written = merge_indexes(&readers, |e| keep_packs.contains(&e.pack), &mut merged)
+            .map_err(|e| Error::corrupt("writing index", self.location(), e))?;
+        drop(readers);
+        // (An index written now may have the name, and so the content, of
+        // an old one: that one stays.)
+        let mut new_indexes = BTreeSet::new();
+        if written.records > 0 {
+            let name = RepoFile::Index.path(&written.id);
+            self.backend()
+                .put(&name, &merged)
+                .map_err(|e| Error::io("writing index", self.file_path(&name), e))?;
+            new_indexes.insert(written.id);
+        }
+        drop(merged);
+        new_indexes.extend(self.write_index(new_entries)?.map(|(_, id)| id));
         let old_indexes: Vec<Id> = index.files.iter().map(|f| f.id).collect();
         drop(index);
-        self.write_index(keep_entries)?;
-        for id in old_indexes {
+        for id in old_indexes.into_iter().filter(|i| !new_indexes.contains(i)) {
             let name = RepoFile::Index.path(&id);
             self.backend()
                 .remove(&name)
                 .map_err(|e| Error::io("removing index", self.file_path(&name), e))?;
         }
-        let rewritten: HashSet<Id> = rewrite.iter().map(|(p, _, _)| **p).collect();
         let mut freed = 0i64;
         for p in remove_packs {
             let name = RepoFile::Pack.path(&p);
@@ -154,7 +225,7 @@ impl Repository {
                 .remove(&name)
                 .map_err(|e| Error::io("removing pack", self.file_path(&name), e))?;
             sum.packs_removed += 1;
-            if !rewritten.contains(&p) {
+            if rewrite.binary_search(&p).is_err() {
                 progress.entry_done();
             }
         }
