@@ -1368,6 +1368,29 @@ fn keep_monthly_and_yearly_use_calendar_months_and_years() {
     );
 }
 
+/// Forgetting the newest snapshot, whose data is all its own, leaves an index the same
+/// as the older snapshot's own index file, byte for byte: prune writes it under that
+/// file's name, and must not then delete it as an old index (it once did, and the older
+/// snapshot could no longer be read).
+#[test]
+fn prune_keeps_an_old_index_that_it_writes_again() {
+    require_root("prune_keeps_an_old_index_that_it_writes_again");
+    let t = tmp();
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    random_file(&x, "a.bin", "prune-same-index-x", 300_000);
+    random_file(&y, "b.bin", "prune-same-index-y", 300_000);
+    let repo = Repo::new(t.path().join("repo"));
+    let old = repo.create_id(&[&x], &[]);
+    let new = repo.create_id(&[&y], &[]);
+    assert_eq!(repo.id_files("index").len(), 2, "one index file per create");
+    repo.forget(&[&new]);
+    repo.snap("prune", &[os("--no-progress")]).expect_code(0);
+    repo.check(true, &[]).expect_code(0);
+    let dst = t.path().join("dst");
+    restore_clean(&repo, &old, &dst, &[]);
+    assert_trees_equal(&walk(&x), &walk(&dst), &all(), "restore after prune");
+}
+
 #[test]
 fn prune_frees_unreferenced_data_and_keeps_the_rest_restorable() {
     require_root("prune_frees_unreferenced_data_and_keeps_the_rest_restorable");
