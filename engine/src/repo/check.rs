@@ -11,7 +11,7 @@ use haul_formats::{
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::index::{batches, by_stored_blob, MasterIndex, BATCH_BLOBS};
+use super::index::{by_stored_blob, MasterIndex};
 use super::Repository;
 use crate::error::Error;
 use crate::progress::Progress;
@@ -113,10 +113,9 @@ impl Repository {
         // packs (one pass over the index files per batch).
         let mut bad: HashSet<Id> = HashSet::new();
         let packs: Vec<(Id, u64)> = per_pack.into_iter().collect();
-        for batch in batches(&packs, BATCH_BLOBS) {
-            let entries = index
-                .entries_of(batch.iter().map(|(p, _)| *p))
-                .map_err(|e| Error::corrupt("reading index", self.location(), e))?;
+        for entries in index.by_pack_batches(&packs) {
+            let entries =
+                entries.map_err(|e| Error::corrupt("reading index", self.location(), e))?;
             let results: Vec<(Vec<String>, Vec<Id>)> = entries
                 .par_iter()
                 .map(|(pack, entries)| {

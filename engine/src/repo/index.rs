@@ -122,7 +122,7 @@ impl MasterIndex {
 
     /// The index entries of `packs`, by pack, in index-file order (one pass
     /// over every index file).
-    pub(crate) fn entries_of(
+    fn entries_of(
         &self,
         packs: impl IntoIterator<Item = Id>,
     ) -> Result<BTreeMap<Id, Vec<IndexEntry>>, FormatError> {
@@ -139,6 +139,18 @@ impl MasterIndex {
         Ok(out)
     }
 
+    /// The index entries of `packs` (pack, blob count), by pack, a batch of
+    /// about [`BATCH_BLOBS`] blobs at a time (one pass over every index file
+    /// per batch).
+    pub(crate) fn by_pack_batches<'a>(
+        &'a self,
+        packs: &'a [(Id, u64)],
+    ) -> impl Iterator<Item = Result<BTreeMap<Id, Vec<IndexEntry>>, FormatError>> + 'a {
+        batches(packs, BATCH_BLOBS)
+            .into_iter()
+            .map(|b| self.entries_of(b.iter().map(|(p, _)| *p)))
+    }
+
     /// Every pack id any index names.
     pub(crate) fn packs(&self) -> std::collections::BTreeSet<Id> {
         self.files
@@ -151,11 +163,11 @@ impl MasterIndex {
 /// Index entries a command gathers at a time (about 44 MiB of them): packs
 /// are handled in batches of about this many blobs, so memory does not grow
 /// with the repository.
-pub(crate) const BATCH_BLOBS: u64 = 1 << 19;
+const BATCH_BLOBS: u64 = 1 << 19;
 
 /// Consecutive runs of `packs` (pack, blob count) of at most `max` blobs
 /// each, or of one pack where it alone holds more.
-pub(crate) fn batches(packs: &[(Id, u64)], max: u64) -> Vec<&[(Id, u64)]> {
+fn batches(packs: &[(Id, u64)], max: u64) -> Vec<&[(Id, u64)]> {
     let mut out = Vec::new();
     let (mut start, mut sum) = (0, 0);
     for (i, (_, n)) in packs.iter().enumerate() {

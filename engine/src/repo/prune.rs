@@ -14,7 +14,7 @@ use haul_formats::{
 };
 use serde::Serialize;
 
-use super::index::{batches, by_stored_blob, MasterIndex, BATCH_BLOBS};
+use super::index::{by_stored_blob, MasterIndex};
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
 use crate::error::Error;
@@ -130,11 +130,8 @@ impl Repository {
             notices: lock.notices().to_vec(),
             ..Default::default()
         };
-        for batch in batches(&packs, BATCH_BLOBS) {
-            let by_pack = index
-                .entries_of(batch.iter().map(|(p, _)| *p))
-                .map_err(corrupt)?;
-            for (pack, entries) in &by_pack {
+        for by_pack in index.by_pack_batches(&packs) {
+            for (pack, entries) in &by_pack.map_err(corrupt)? {
                 let n = ordinal(&packs, pack);
                 let wanted = wanted(entries, n, &mut used);
                 if wanted.len() == entries.len() {
@@ -159,11 +156,8 @@ impl Repository {
             .filter(|(p, _)| rewrite.binary_search(p).is_ok())
             .copied()
             .collect();
-        for batch in batches(&rewrite_counts, BATCH_BLOBS) {
-            let by_pack = index
-                .entries_of(batch.iter().map(|(p, _)| *p))
-                .map_err(corrupt)?;
-            for (pack, entries) in &by_pack {
+        for by_pack in index.by_pack_batches(&rewrite_counts) {
+            for (pack, entries) in &by_pack.map_err(corrupt)? {
                 let n = ordinal(&packs, pack);
                 let keep: HashSet<(u32, u32)> = wanted(entries, n, &mut used)
                     .iter()
