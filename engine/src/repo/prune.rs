@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use haul_formats::{
     bundle_member, decode_blob_unverified, encode_blob_with_id, merge_indexes, BundleMember,
     EncodedBlob, EncodedBundle, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind,
-    MAX_TREE_BLOB_LEN,
+    INDEX_FOOTER_LEN, INDEX_HEADER_LEN, INDEX_RECORD_LEN, MAX_TREE_BLOB_LEN,
 };
 use serde::Serialize;
 
@@ -186,7 +186,10 @@ impl Repository {
             .map(|(_, n)| n)
             .sum();
         let mut merged = Vec::with_capacity(
-            kept_blobs as usize * haul_formats::INDEX_RECORD_LEN + (keep_packs.len() + 2) * 32 + 64,
+            INDEX_HEADER_LEN
+                + keep_packs.len() * 32
+                + kept_blobs as usize * INDEX_RECORD_LEN
+                + INDEX_FOOTER_LEN,
         );
         let written = merge_indexes(&readers, |e| keep_packs.contains(&e.pack), &mut merged)
             .map_err(|e| Error::corrupt("writing index", self.location(), e))?;
@@ -195,10 +198,7 @@ impl Repository {
         // an old one: that one stays.)
         let mut new_indexes = BTreeSet::new();
         if written.records > 0 {
-            let name = RepoFile::Index.path(&written.id);
-            self.backend()
-                .put(&name, &merged)
-                .map_err(|e| Error::io("writing index", self.file_path(&name), e))?;
+            self.put_index(&written.id, &merged)?;
             new_indexes.insert(written.id);
         }
         drop(merged);
