@@ -172,6 +172,13 @@ pub struct WrittenIndex {
     pub packs: u32,
 }
 
+impl From<Vec<IndexEntry>> for IndexWriter {
+    /// A writer holding `entries` (taken as they are, not copied).
+    fn from(entries: Vec<IndexEntry>) -> Self {
+        IndexWriter { entries }
+    }
+}
+
 impl IndexWriter {
     /// An empty writer.
     pub fn new() -> Self {
@@ -514,23 +521,33 @@ impl<'a> IndexReader<'a> {
 }
 
 /// A streaming k-way merge of sorted indexes, dropping entries `keep`
-/// rejects and then duplicates.
-struct Merge<'a, 'k, F> {
+/// rejects and then duplicates: every copy of an `(id, kind)` but the first
+/// (`Dedup::Key`), or only entries equal in every field of the order
+/// (`Dedup::Exact`, one index file naming what another does).
+struct Merge<'a, F> {
     inputs: &'a [IndexReader<'a>],
     next: Vec<u64>,
     heap: BinaryHeap<Reverse<(OrderKey, usize)>>,
-    last: Option<(Id, BlobKind)>,
-    keep: &'k mut F,
+    last: Option<OrderKey>,
+    dedup: Dedup,
+    keep: F,
     failed: bool,
 }
 
-impl<'a, 'k, F: FnMut(&IndexEntry) -> bool> Merge<'a, 'k, F> {
-    fn new(inputs: &'a [IndexReader<'a>], keep: &'k mut F) -> Result<Self, FormatError> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dedup {
+    Key,
+    Exact,
+}
+
+impl<'a, F: FnMut(&IndexEntry) -> bool> Merge<'a, F> {
+    fn new(inputs: &'a [IndexReader<'a>], dedup: Dedup, keep: F) -> Result<Self, FormatError> {
         let mut m = Merge {
             inputs,
             next: vec![0; inputs.len()],
             heap: BinaryHeap::with_capacity(inputs.len()),
             last: None,
+            dedup,
             keep,
             failed: false,
         };
@@ -557,21 +574,28 @@ impl<'a, 'k, F: FnMut(&IndexEntry) -> bool> Merge<'a, 'k, F> {
         Ok(())
     }
 
+    fn duplicate(&self, e: &IndexEntry) -> bool {
+        self.last.is_some_and(|l| match self.dedup {
+            Dedup::Key => (l.0, l.1) == (e.id, e.kind),
+            Dedup::Exact => l == e.order_key(),
+        })
+    }
+
     fn step(&mut self) -> Result<Option<IndexEntry>, FormatError> {
         while let Some(Reverse((_, input))) = self.heap.pop() {
             let e = self.inputs[input].entry(self.next[input] - 1)?;
             self.refill(input, Some((e.id, e.kind)))?;
-            if self.last == Some((e.id, e.kind)) || !(self.keep)(&e) {
+            if self.duplicate(&e) || !(self.keep)(&e) {
                 continue;
             }
-            self.last = Some((e.id, e.kind));
+            self.last = Some(e.order_key());
             return Ok(Some(e));
         }
         Ok(None)
     }
 }
 
-impl<F: FnMut(&IndexEntry) -> bool> Iterator for Merge<'_, '_, F> {
+impl<F: FnMut(&IndexEntry) -> bool> Iterator for Merge<'_, F> {
     type Item = Result<IndexEntry, FormatError>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
@@ -583,6 +607,16 @@ impl<F: FnMut(&IndexEntry) -> bool> Iterator for Merge<'_, '_, F> {
         }
         r
     }
+}
+
+/// Every entry of sorted index files, streaming, in the order of a file
+/// (id, kind), the copies of a blob by pack id, then offset (so the first
+/// is the one [`merge_indexes`] keeps). An entry that several files hold
+/// comes once. Memory is O(inputs). Unsorted inputs are an error.
+pub fn merged_entries<'a>(
+    inputs: &'a [IndexReader<'a>],
+) -> Result<impl Iterator<Item = Result<IndexEntry, FormatError>> + 'a, FormatError> {
+    Merge::new(inputs, Dedup::Exact, |_: &IndexEntry| true)
 }
 
 /// Merges sorted index files into one, streaming: memory is O(inputs +
@@ -604,13 +638,18 @@ where
 {
     let mut count = 0u64;
     let mut packs = BTreeSet::new();
-    for e in Merge::new(inputs, &mut keep)? {
+    for e in Merge::new(inputs, Dedup::Key, &mut keep)? {
         let e = e?;
         count += 1;
         packs.insert(e.pack);
     }
     let packs: Vec<Id> = packs.into_iter().collect();
-    write_index(out, &packs, count, Merge::new(inputs, &mut keep)?)
+    write_index(
+        out,
+        &packs,
+        count,
+        Merge::new(inputs, Dedup::Key, &mut keep)?,
+    )
 }
 
 #[cfg(test)]
@@ -811,6 +850,28 @@ mod tests {
             }
         }
         assert_eq!(w.finish().unwrap().1, out);
+        // Every entry, in order, the copies of a blob by pack; an index
+        // file naming an entry another names gives it once.
+        let again = [
+            IndexReader::new(&a).unwrap(),
+            IndexReader::new(&a).unwrap(),
+            IndexReader::new(&b).unwrap(),
+        ];
+        let every: Vec<_> = merged_entries(&again)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        assert_eq!(
+            every,
+            vec![
+                entry(1, BlobKind::Data, 2, 16),
+                entry(1, BlobKind::Data, 5, 16),
+                entry(2, BlobKind::Data, 2, 40),
+                entry(4, BlobKind::Data, 5, 30),
+                entry(6, BlobKind::Tree, 6, 16),
+                entry(6, BlobKind::Tree, 9, 16),
+            ]
+        );
     }
 
     #[test]
@@ -828,6 +889,8 @@ mod tests {
         }
         let readers = [IndexReader::new(&bytes).unwrap()];
         assert!(merge_indexes(&readers, |_| true, Vec::new()).is_err());
+        let every: Result<Vec<_>, _> = merged_entries(&readers).unwrap().collect();
+        assert!(every.is_err());
     }
 
     fn arb_entry() -> impl Strategy<Value = IndexEntry> {

@@ -163,11 +163,11 @@ impl MasterIndex {
 /// Index entries a command gathers at a time (about 44 MiB of them): packs
 /// are handled in batches of about this many blobs, so memory does not grow
 /// with the repository.
-const BATCH_BLOBS: u64 = 1 << 19;
+pub(crate) const BATCH_BLOBS: u64 = 1 << 19;
 
 /// Consecutive runs of `packs` (pack, blob count) of at most `max` blobs
 /// each, or of one pack where it alone holds more.
-fn batches(packs: &[(Id, u64)], max: u64) -> Vec<&[(Id, u64)]> {
+pub(crate) fn batches(packs: &[(Id, u64)], max: u64) -> Vec<&[(Id, u64)]> {
     let mut out = Vec::new();
     let (mut start, mut sum) = (0, 0);
     for (i, (_, n)) in packs.iter().enumerate() {

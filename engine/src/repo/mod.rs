@@ -22,6 +22,7 @@ pub(crate) mod backend;
 mod blocks;
 mod check;
 mod create;
+mod idset;
 mod index;
 mod lock;
 mod packer;

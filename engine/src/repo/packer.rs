@@ -222,11 +222,7 @@ impl Repository {
         if entries.is_empty() {
             return Ok(None);
         }
-        let mut w = haul_formats::IndexWriter::new();
-        for e in entries {
-            w.add(e);
-        }
-        let (written, bytes) = w
+        let (written, bytes) = haul_formats::IndexWriter::from(entries)
             .finish()
             .map_err(|e| Error::corrupt("writing index", self.location(), e))?;
         let name = self.put_index(&written.id, &bytes)?;

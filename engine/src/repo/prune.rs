@@ -3,18 +3,27 @@
 //! just the used blobs: a stored blob (or bundle) still wholly used is copied
 //! as it is, not recompressed; the used members of a partly used bundle are
 //! bundled anew.
-//! Order for crash safety: new packs, then the new index, then the old
+//!
+//! Memory does not grow with the number of blobs: the ids the snapshots use
+//! are sorted out of memory ([`IdSorter`]) and joined against the index
+//! entries merged in id order, which are sorted too; what is kept per pack
+//! is a pair of counts, and packs are rewritten a batch at a time. Only the
+//! set of directory trees already walked is held whole.
+//!
+//! Order for crash safety: new packs, then the new indexes, then the old
 //! indexes, then the old packs: at every moment every snapshot is restorable.
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use haul_formats::{
-    bundle_member, decode_blob_unverified, encode_blob_with_id, merge_indexes, BundleMember,
+    bundle_member, decode_blob_unverified, encode_blob_with_id, merged_entries, BundleMember,
     EncodedBlob, EncodedBundle, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind,
-    INDEX_FOOTER_LEN, INDEX_HEADER_LEN, INDEX_RECORD_LEN, MAX_TREE_BLOB_LEN,
+    MAX_TREE_BLOB_LEN,
 };
 use serde::Serialize;
 
-use super::index::{by_stored_blob, MasterIndex};
+use super::create::DEFAULT_INDEX_FLUSH;
+use super::idset::{IdSorter, SortedIds, RUN_IDS};
+use super::index::{batches, by_stored_blob, MasterIndex, BATCH_BLOBS};
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
 use crate::error::Error;
@@ -35,65 +44,78 @@ pub struct PruneSummary {
     pub notices: Vec<String>,
 }
 
-/// Every blob a snapshot uses, with the ordinal (in pack order) of the pack
-/// whose copy is kept, once one has claimed it.
-type Used = HashMap<Id, u32>;
-const UNCLAIMED: u32 = u32::MAX;
+/// The index entries of one pack being rewritten, and where in it (offset,
+/// inner offset) the ones kept are.
+type Rewrite = (Vec<IndexEntry>, HashSet<(u32, u32)>);
 
-/// `pack`'s ordinal in `packs` (sorted by id).
-fn ordinal(packs: &[(Id, u64)], pack: &Id) -> u32 {
-    packs
-        .binary_search_by(|(p, _)| p.cmp(pack))
-        .map_or(UNCLAIMED, |i| i as u32)
-}
+/// Index entries (56 B each) an index file prune writes holds at most.
+const INDEX_PART: usize = 1 << 18;
 
-/// The entries of pack `n` to keep: those of used blobs that no pack before
-/// it claimed, each id once (the pack claims them). Asked again, it gives
-/// the same answer.
-fn wanted<'e>(entries: &'e [IndexEntry], n: u32, used: &mut Used) -> Vec<&'e IndexEntry> {
-    let mut seen = HashSet::new();
-    entries
-        .iter()
-        .filter(|e| match used.get_mut(&e.id) {
-            Some(c) if *c == UNCLAIMED || *c == n => {
-                *c = n;
-                seen.insert(e.id)
-            }
-            _ => false,
-        })
-        .collect()
-}
-
-/// Bytes of the stored blobs `entries` name.
-fn stored(entries: &[IndexEntry]) -> u64 {
-    by_stored_blob(entries)
-        .iter()
-        .map(|m| u64::from(m[0].stored_len))
-        .sum()
+/// Of one pack: index entries, how many of them are kept, and the bytes of
+/// its stored blobs.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    entries: u64,
+    kept: u64,
+    stored: u64,
 }
 
 impl Repository {
+    /// Feeds `used` every blob the tree `tree` uses, itself included;
+    /// `trees` is the set of trees already walked.
     fn mark(
         &self,
         index: &MasterIndex,
         tree: &Id,
-        used: &mut Used,
+        trees: &mut HashSet<Id>,
+        used: &mut IdSorter,
         progress: &dyn Progress,
     ) -> Result<(), Error> {
-        if used.insert(*tree, UNCLAIMED).is_some() {
+        if !trees.insert(*tree) {
             return Ok(());
         }
+        let sorting = |e| Error::io("sorting used blob ids", std::env::temp_dir(), e);
+        used.push(*tree).map_err(sorting)?;
         let nodes: Vec<Node> = self.load_tree(index, tree)?;
         progress.discovered(1, 0);
         progress.entry_done();
         for n in nodes {
             match n.kind {
-                NodeKind::Dir { subtree } => self.mark(index, &subtree, used, progress)?,
+                NodeKind::Dir { subtree } => self.mark(index, &subtree, trees, used, progress)?,
                 NodeKind::File { chunks, .. } => {
-                    used.extend(chunks.into_iter().map(|c| (c, UNCLAIMED)));
+                    for c in chunks {
+                        used.push(c).map_err(sorting)?;
+                    }
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Calls `each` with every index entry, an entry several index files
+    /// hold once, saying whether prune keeps it: the first copy (in the
+    /// merged order: data before tree, then by pack id and offset) of each
+    /// blob that `used` holds. One streaming pass over every index file.
+    fn classify(
+        &self,
+        index: &MasterIndex,
+        used: &SortedIds,
+        mut each: impl FnMut(IndexEntry, bool) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let corrupt = |e| Error::corrupt("reading index", self.location(), e);
+        let readers: Vec<_> = index.files.iter().map(|f| f.reader()).collect();
+        let mut cursor = used.cursor();
+        let mut last = None;
+        for e in merged_entries(&readers).map_err(corrupt)? {
+            let e = e.map_err(corrupt)?;
+            let first = last != Some(e.id);
+            last = Some(e.id);
+            let kept = first
+                && cursor
+                    .contains(&e.id)
+                    .map_err(|err| Error::io("reading used blob ids", std::env::temp_dir(), err))?;
+            each(e, kept)?;
         }
         Ok(())
     }
@@ -105,104 +127,107 @@ impl Repository {
     /// (no total yet); then one entry per pack to rewrite or delete, and
     /// the bytes of the stored blobs read from the packs being rewritten.
     pub fn prune(&self, progress: &dyn Progress) -> Result<PruneSummary, Error> {
+        self.prune_with(progress, RUN_IDS)
+    }
+
+    /// [`Repository::prune`], holding at most `run_ids` used ids in memory.
+    fn prune_with(&self, progress: &dyn Progress, run_ids: usize) -> Result<PruneSummary, Error> {
         let lock = self.lock(true)?;
         let mut index = self.load_index()?;
         self.recover_unindexed(&mut index)?;
-        let corrupt = |e| Error::corrupt("reading index", self.location(), e);
-        let packs: Vec<(Id, u64)> = index
-            .blobs_per_pack()
-            .map_err(corrupt)?
-            .into_iter()
-            .collect();
-        // Sized once: growing a map of a million ids doubles it for a while.
-        let mut used = Used::with_capacity(packs.iter().map(|(_, n)| *n as usize).sum());
+        let mut used = IdSorter::new(run_ids);
+        let mut trees = HashSet::new();
         for s in self.snapshots()? {
-            self.mark(&index, &s.snapshot.tree, &mut used, progress)?;
+            self.mark(&index, &s.snapshot.tree, &mut trees, &mut used, progress)?;
         }
-        // What happens to each pack, a batch of packs at a time (memory in
-        // the number of packs, not of blobs). The first copy of a blob, in
-        // pack order, is the one kept: its pack claims it in `used`.
-        let mut keep_packs = BTreeSet::new();
-        let mut remove_packs = Vec::new();
-        let mut rewrite = Vec::new();
-        let mut rewrite_bytes = 0u64;
+        drop(trees);
+        let used = used.finish();
+        // What happens to each pack follows from its counts.
+        let mut counts: BTreeMap<Id, Counts> = BTreeMap::new();
+        self.classify(&index, &used, |e, kept| {
+            let c = counts.entry(e.pack).or_default();
+            c.entries += 1;
+            c.kept += u64::from(kept);
+            // A stored blob's first (or only) member starts at 0.
+            if e.inner == 0 {
+                c.stored += u64::from(e.stored_len);
+            }
+            Ok(())
+        })?;
         let mut sum = PruneSummary {
             notices: lock.notices().to_vec(),
             ..Default::default()
         };
-        for by_pack in index.by_pack_batches(&packs) {
-            for (pack, entries) in &by_pack.map_err(corrupt)? {
-                let n = ordinal(&packs, pack);
-                let wanted = wanted(entries, n, &mut used);
-                if wanted.len() == entries.len() {
-                    keep_packs.insert(*pack);
-                    continue;
-                }
-                sum.blobs_removed += (entries.len() - wanted.len()) as u64;
-                remove_packs.push(*pack);
-                if !wanted.is_empty() {
-                    rewrite.push(*pack);
-                    rewrite_bytes += stored(entries);
-                }
+        let mut keep_packs = BTreeSet::new();
+        let mut remove_packs = Vec::new();
+        let mut rewrite: Vec<(Id, u64)> = Vec::new();
+        let mut rewrite_bytes = 0;
+        for (pack, c) in &counts {
+            if c.kept == c.entries {
+                keep_packs.insert(*pack);
+                continue;
+            }
+            sum.blobs_removed += c.entries - c.kept;
+            remove_packs.push(*pack);
+            if c.kept > 0 {
+                rewrite.push((*pack, c.entries));
+                rewrite_bytes += c.stored;
             }
         }
-        progress.discovered(remove_packs.len() as u64, rewrite_bytes);
-        progress.discovery_done();
-        // The packs to rewrite, again a batch at a time: the members each
-        // pack claimed move into new packs.
-        let packer = Packer::new(self);
-        let rewrite_counts: Vec<(Id, u64)> = packs
-            .iter()
-            .filter(|(p, _)| rewrite.binary_search(p).is_ok())
-            .copied()
-            .collect();
-        for by_pack in index.by_pack_batches(&rewrite_counts) {
-            for (pack, entries) in &by_pack.map_err(corrupt)? {
-                let n = ordinal(&packs, pack);
-                let keep: HashSet<(u32, u32)> = wanted(entries, n, &mut used)
-                    .iter()
-                    .map(|e| (e.offset, e.inner))
-                    .collect();
-                sum.packs_rewritten += 1;
-                for mut members in by_stored_blob(entries) {
-                    // Two index files may name the same pack entry.
-                    members.dedup_by_key(|e| e.inner);
-                    self.repack(&packer, pack, &members, &keep)?;
-                    progress.bytes(u64::from(members[0].stored_len));
-                }
-                progress.entry_done();
-            }
-        }
-        let (new_entries, _, new_bytes) = packer.finish()?;
+        drop(counts);
         if remove_packs.is_empty() {
             return Ok(sum);
         }
-        // The new index: the entries of the packs kept whole, merged from
-        // the old index files as they are read, and the rewritten blobs.
-        let readers: Vec<_> = index.files.iter().map(|f| f.reader()).collect();
-        let kept_blobs: u64 = packs
-            .iter()
-            .filter(|(p, _)| keep_packs.contains(p))
-            .map(|(_, n)| n)
-            .sum();
-        let mut merged = Vec::with_capacity(
-            INDEX_HEADER_LEN
-                + keep_packs.len() * 32
-                + kept_blobs as usize * INDEX_RECORD_LEN
-                + INDEX_FOOTER_LEN,
-        );
-        let written = merge_indexes(&readers, |e| keep_packs.contains(&e.pack), &mut merged)
-            .map_err(|e| Error::corrupt("writing index", self.location(), e))?;
-        drop(readers);
-        // (An index written now may have the name, and so the content, of
-        // an old one: that one stays.)
+        progress.discovered(remove_packs.len() as u64, rewrite_bytes);
+        progress.discovery_done();
+        // The packs to rewrite, a batch at a time: their kept blobs move
+        // into new packs, indexed every so many blobs as create does.
         let mut new_indexes = BTreeSet::new();
-        if written.records > 0 {
-            self.put_index(&written.id, &merged)?;
-            new_indexes.insert(written.id);
+        let packer = Packer::new(self);
+        for batch in batches(&rewrite, BATCH_BLOBS) {
+            let mut entries: BTreeMap<Id, Rewrite> = batch
+                .iter()
+                .map(|(p, _)| (*p, Default::default()))
+                .collect();
+            self.classify(&index, &used, |e, kept| {
+                if let Some((all, keep)) = entries.get_mut(&e.pack) {
+                    if kept {
+                        keep.insert((e.offset, e.inner));
+                    }
+                    all.push(e);
+                }
+                Ok(())
+            })?;
+            for (pack, (all, keep)) in &entries {
+                sum.packs_rewritten += 1;
+                for members in by_stored_blob(all) {
+                    self.repack(&packer, pack, &members, keep)?;
+                    progress.bytes(u64::from(members[0].stored_len));
+                }
+                progress.entry_done();
+                if packer.written_len() >= DEFAULT_INDEX_FLUSH {
+                    new_indexes.extend(self.write_index(packer.take_written())?.map(|(_, id)| id));
+                }
+            }
         }
-        drop(merged);
+        let (new_entries, _, new_bytes) = packer.finish()?;
         new_indexes.extend(self.write_index(new_entries)?.map(|(_, id)| id));
+        // The entries of the packs kept whole, in index files of at most
+        // INDEX_PART entries. (An index written now may have the name, and so
+        // the content, of an old one: that one stays.)
+        let mut part = Vec::new();
+        self.classify(&index, &used, |e, kept| {
+            if kept && keep_packs.contains(&e.pack) {
+                part.push(e);
+                if part.len() >= INDEX_PART {
+                    let full = std::mem::take(&mut part);
+                    new_indexes.extend(self.write_index(full)?.map(|(_, id)| id));
+                }
+            }
+            Ok(())
+        })?;
+        new_indexes.extend(self.write_index(part)?.map(|(_, id)| id));
+        drop(used);
         let old_indexes: Vec<Id> = index.files.iter().map(|f| f.id).collect();
         drop(index);
         for id in old_indexes.into_iter().filter(|i| !new_indexes.contains(i)) {
@@ -219,7 +244,7 @@ impl Repository {
                 .remove(&name)
                 .map_err(|e| Error::io("removing pack", self.file_path(&name), e))?;
             sum.packs_removed += 1;
-            if rewrite.binary_search(&p).is_err() {
+            if rewrite.binary_search_by(|(r, _)| r.cmp(&p)).is_err() {
                 progress.entry_done();
             }
         }
@@ -302,5 +327,127 @@ impl Repository {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::repo::{CheckOptions, CreateOptions, InitOptions};
+
+    fn write_tree(root: &Path, round: u32) {
+        for i in 0..400u32 {
+            // A quarter of the files change each round; one in ten is large
+            // enough to be cut into chunks stored alone.
+            let v = if i % 4 == 0 { round } else { 0 };
+            let len = if i % 10 == 0 {
+                300_000
+            } else {
+                200 + 37 * i as usize
+            };
+            let mut data = Vec::with_capacity(len);
+            let mut x = blake3::Hasher::new();
+            x.update(&[i.to_le_bytes(), v.to_le_bytes()].concat());
+            x.finalize_xof().fill({
+                data.resize(len, 0);
+                &mut data
+            });
+            let dir = root.join(format!("d{}", i % 7));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("f{i}")), data).unwrap();
+        }
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    fn listing(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["data", "index", "snapshots"] {
+            let mut stack = vec![root.join(sub)];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else {
+                        out.push(p.strip_prefix(root).unwrap().display().to_string());
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Used ids sorted through temporary files give the very repository
+    /// that ids sorted in memory give.
+    #[test]
+    fn prune_with_used_ids_spilled_to_disk_equals_in_memory() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, base) = (t.path().join("src"), t.path().join("base"));
+        let opts = InitOptions {
+            pack_size: Some(1 << 20),
+            ..Default::default()
+        };
+        let repo = Repository::init(&base, &opts).unwrap();
+        let mut first = None;
+        for round in 1..=3 {
+            write_tree(&src, round);
+            let s = repo
+                .create_snapshot(
+                    &CreateOptions {
+                        paths: vec![src.clone()],
+                        index_flush_every: 50,
+                        ..Default::default()
+                    },
+                    &NoProgress,
+                )
+                .unwrap();
+            first.get_or_insert(s.id);
+        }
+        repo.forget(&[first.unwrap()]).unwrap();
+        let (mem, disk) = (t.path().join("mem"), t.path().join("disk"));
+        copy_dir(&base, &mem);
+        copy_dir(&base, &disk);
+        let a = Repository::open(&mem)
+            .unwrap()
+            .prune_with(&NoProgress, RUN_IDS)
+            .unwrap();
+        let disk_repo = Repository::open(&disk).unwrap();
+        let b = disk_repo.prune_with(&NoProgress, 5).unwrap();
+        assert!(a.blobs_removed > 0 && a.packs_rewritten > 0, "{a:?}");
+        assert_eq!(
+            (
+                a.packs_removed,
+                a.packs_rewritten,
+                a.blobs_removed,
+                a.bytes_freed
+            ),
+            (
+                b.packs_removed,
+                b.packs_rewritten,
+                b.blobs_removed,
+                b.bytes_freed
+            )
+        );
+        assert_eq!(listing(&mem), listing(&disk));
+        assert_ne!(listing(&base), listing(&disk));
+        let report = disk_repo
+            .check(CheckOptions { read_data: true }, &NoProgress)
+            .unwrap();
+        assert!(report.ok, "{:?}", report.errors);
     }
 }
