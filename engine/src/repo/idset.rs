@@ -29,9 +29,12 @@ struct Run {
 impl IdSorter {
     /// A sorter that holds at most `cap` ids in memory.
     pub(crate) fn new(cap: usize) -> IdSorter {
+        let cap = cap.max(1);
         IdSorter {
-            buf: Vec::new(),
-            cap: cap.max(1),
+            // Reserved whole, so it is never copied to grow; pages nobody
+            // writes to take no memory.
+            buf: Vec::with_capacity(cap),
+            cap,
             runs: Vec::new(),
         }
     }

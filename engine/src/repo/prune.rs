@@ -7,8 +7,10 @@
 //! Memory does not grow with the number of blobs: the ids the snapshots use
 //! are sorted out of memory ([`IdSorter`]) and joined against the index
 //! entries merged in id order, which are sorted too; what is kept per pack
-//! is a pair of counts, and packs are rewritten a batch at a time. Only the
-//! set of directory trees already walked is held whole.
+//! is a few counts, and packs are rewritten a batch at a time. The set of
+//! trees already walked (so that a subtree many snapshots share is walked
+//! once) is capped: past [`SEEN_TREES`] it starts afresh, which costs walks,
+//! never correctness.
 //!
 //! Order for crash safety: new packs, then the new indexes, then the old
 //! indexes, then the old packs: at every moment every snapshot is restorable.
@@ -48,6 +50,15 @@ pub struct PruneSummary {
 /// inner offset) the ones kept are.
 type Rewrite = (Vec<IndexEntry>, HashSet<(u32, u32)>);
 
+/// Tree ids remembered as walked, at most (about 40 MiB of them).
+const SEEN_TREES: usize = 1 << 20;
+
+/// Trees already walked, at most `cap` of them.
+struct Seen {
+    set: HashSet<Id>,
+    cap: usize,
+}
+
 /// Index entries (56 B each) an index file prune writes holds at most.
 const INDEX_PART: usize = 1 << 18;
 
@@ -62,16 +73,19 @@ struct Counts {
 
 impl Repository {
     /// Feeds `used` every blob the tree `tree` uses, itself included;
-    /// `trees` is the set of trees already walked.
+    /// `trees` holds trees already walked (not necessarily all of them).
     fn mark(
         &self,
         index: &MasterIndex,
         tree: &Id,
-        trees: &mut HashSet<Id>,
+        trees: &mut Seen,
         used: &mut IdSorter,
         progress: &dyn Progress,
     ) -> Result<(), Error> {
-        if !trees.insert(*tree) {
+        if trees.set.len() >= trees.cap {
+            trees.set.clear();
+        }
+        if !trees.set.insert(*tree) {
             return Ok(());
         }
         let sorting = |e| Error::io("sorting used blob ids", std::env::temp_dir(), e);
@@ -127,16 +141,25 @@ impl Repository {
     /// (no total yet); then one entry per pack to rewrite or delete, and
     /// the bytes of the stored blobs read from the packs being rewritten.
     pub fn prune(&self, progress: &dyn Progress) -> Result<PruneSummary, Error> {
-        self.prune_with(progress, RUN_IDS)
+        self.prune_with(progress, RUN_IDS, SEEN_TREES)
     }
 
-    /// [`Repository::prune`], holding at most `run_ids` used ids in memory.
-    fn prune_with(&self, progress: &dyn Progress, run_ids: usize) -> Result<PruneSummary, Error> {
+    /// [`Repository::prune`], holding at most `run_ids` used ids and
+    /// `seen_trees` walked trees in memory.
+    fn prune_with(
+        &self,
+        progress: &dyn Progress,
+        run_ids: usize,
+        seen_trees: usize,
+    ) -> Result<PruneSummary, Error> {
         let lock = self.lock(true)?;
         let mut index = self.load_index()?;
         self.recover_unindexed(&mut index)?;
         let mut used = IdSorter::new(run_ids);
-        let mut trees = HashSet::new();
+        let mut trees = Seen {
+            set: HashSet::new(),
+            cap: seen_trees,
+        };
         for s in self.snapshots()? {
             self.mark(&index, &s.snapshot.tree, &mut trees, &mut used, progress)?;
         }
@@ -359,6 +382,12 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join(format!("f{i}")), data).unwrap();
         }
+        // A subtree every snapshot shares.
+        let fixed = root.join("fixed/deeper");
+        std::fs::create_dir_all(&fixed).unwrap();
+        for j in 0..20u32 {
+            std::fs::write(fixed.join(format!("g{j}")), j.to_le_bytes().repeat(50)).unwrap();
+        }
     }
 
     fn copy_dir(from: &Path, to: &Path) {
@@ -392,10 +421,10 @@ mod tests {
         out
     }
 
-    /// Used ids sorted through temporary files give the very repository
-    /// that ids sorted in memory give.
+    /// Used ids sorted through temporary files, and a walk that forgets the
+    /// trees it saw, give the very repository that in-memory ones give.
     #[test]
-    fn prune_with_used_ids_spilled_to_disk_equals_in_memory() {
+    fn prune_with_small_memory_limits_equals_prune_without() {
         let t = tempfile::tempdir().unwrap();
         let (src, base) = (t.path().join("src"), t.path().join("base"));
         let opts = InitOptions {
@@ -424,10 +453,12 @@ mod tests {
         copy_dir(&base, &disk);
         let a = Repository::open(&mem)
             .unwrap()
-            .prune_with(&NoProgress, RUN_IDS)
+            .prune_with(&NoProgress, RUN_IDS, SEEN_TREES)
             .unwrap();
         let disk_repo = Repository::open(&disk).unwrap();
-        let b = disk_repo.prune_with(&NoProgress, 5).unwrap();
+        // (And with at most 2 trees remembered: shared subtrees walked
+        // again change nothing.)
+        let b = disk_repo.prune_with(&NoProgress, 5, 2).unwrap();
         assert!(a.blobs_removed > 0 && a.packs_rewritten > 0, "{a:?}");
         assert_eq!(
             (
