@@ -210,7 +210,7 @@ impl Repository {
         for batch in batches(&rewrite, BATCH_BLOBS) {
             let mut entries: BTreeMap<Id, Rewrite> = batch
                 .iter()
-                .map(|(p, _)| (*p, Default::default()))
+                .map(|(p, n)| (*p, (Vec::with_capacity(*n as usize), HashSet::new())))
                 .collect();
             self.classify(&index, &used, |e, kept| {
                 if let Some((all, keep)) = entries.get_mut(&e.pack) {
