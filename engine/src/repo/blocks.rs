@@ -148,6 +148,11 @@ impl BlockCache {
         Ok(b)
     }
 
+    /// Drops every cached block (a phase that reads no more trees).
+    pub(crate) fn clear(&self) {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Drops `key` (a blob stored alone, which nothing else will ask for).
     pub(crate) fn forget(&self, key: BlockKey) {
         self.slots

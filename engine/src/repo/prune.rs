@@ -164,6 +164,8 @@ impl Repository {
             self.mark(&index, &s.snapshot.tree, &mut trees, &mut used, progress)?;
         }
         drop(trees);
+        // The trees' bundles decoded for the walk are not read again.
+        self.blocks.clear();
         let used = used.finish();
         // What happens to each pack follows from its counts.
         let mut counts: BTreeMap<Id, Counts> = BTreeMap::new();
