@@ -11,8 +11,29 @@ use crate::error::FormatError;
 ///
 /// Text forms (display, JSON) are 64 lowercase hex digits; binary forms
 /// (tree blobs, pack and index files) store the 32 raw bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+///
+/// Ids order as their bytes do.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Id([u8; 32]);
+
+impl Ord for Id {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // The bytes' order, faster: ids are hashes, so the first 8 bytes,
+        // compared as one big-endian integer, almost always decide (sorts
+        // and merges of millions of ids spent a third of their time in
+        // memcmp).
+        let head = |id: &Id| u64::from_be_bytes(id.0[..8].try_into().expect("8 bytes"));
+        head(self)
+            .cmp(&head(other))
+            .then_with(|| self.0[8..].cmp(&other.0[8..]))
+    }
+}
+
+impl PartialOrd for Id {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Id {
     /// Length of an id in bytes.
@@ -213,6 +234,30 @@ impl<'de> Deserialize<'de> for Id {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_order_as_their_bytes() {
+        let mut ids: Vec<[u8; 32]> = (0..2000u32)
+            .map(|i| *Id::hash(&i.to_le_bytes()).as_bytes())
+            .collect();
+        // Ties in the first 8 bytes, and bytes at both extremes.
+        for k in 0..200 {
+            let mut b = ids[k];
+            b[..8].copy_from_slice(&ids[k + 1][..8]);
+            ids.push(b);
+            let mut c = b;
+            c[7] = 0xff;
+            c[8] = 0;
+            ids.push(c);
+        }
+        ids.extend([[0; 32], [0xff; 32]]);
+        for a in &ids {
+            for b in &ids {
+                assert_eq!(Id(*a).cmp(&Id(*b)), a.cmp(b));
+                assert_eq!(Id(*a).partial_cmp(&Id(*b)), Some(a.cmp(b)));
+            }
+        }
+    }
 
     #[test]
     fn hex_round_trip() {

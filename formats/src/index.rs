@@ -581,22 +581,38 @@ impl<'a, F: FnMut(&IndexEntry) -> bool> Merge<'a, F> {
         })
     }
 
-    fn step(&mut self) -> Result<Option<IndexEntry>, FormatError> {
+    fn step(&mut self) -> Result<Option<MergedEntry>, FormatError> {
         while let Some(Reverse((_, input))) = self.heap.pop() {
-            let e = self.inputs[input].entry(self.next[input] - 1)?;
+            let record = self.next[input] - 1;
+            let e = self.inputs[input].entry(record)?;
             self.refill(input, Some((e.id, e.kind)))?;
             if self.duplicate(&e) || !(self.keep)(&e) {
                 continue;
             }
             self.last = Some(e.order_key());
-            return Ok(Some(e));
+            return Ok(Some(MergedEntry {
+                input,
+                record,
+                entry: e,
+            }));
         }
         Ok(None)
     }
 }
 
+/// An entry [`merged_entries`] yields, and where it was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MergedEntry {
+    /// Which input it came from.
+    pub input: usize,
+    /// Its record number in that input.
+    pub record: u64,
+    /// The entry.
+    pub entry: IndexEntry,
+}
+
 impl<F: FnMut(&IndexEntry) -> bool> Iterator for Merge<'_, F> {
-    type Item = Result<IndexEntry, FormatError>;
+    type Item = Result<MergedEntry, FormatError>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
@@ -612,10 +628,11 @@ impl<F: FnMut(&IndexEntry) -> bool> Iterator for Merge<'_, F> {
 /// Every entry of sorted index files, streaming, in the order of a file
 /// (id, kind), the copies of a blob by pack id, then offset (so the first
 /// is the one [`merge_indexes`] keeps). An entry that several files hold
-/// comes once. Memory is O(inputs). Unsorted inputs are an error.
+/// comes once (from the first input that has it). Memory is O(inputs).
+/// Unsorted inputs are an error.
 pub fn merged_entries<'a>(
     inputs: &'a [IndexReader<'a>],
-) -> Result<impl Iterator<Item = Result<IndexEntry, FormatError>> + 'a, FormatError> {
+) -> Result<impl Iterator<Item = Result<MergedEntry, FormatError>> + 'a, FormatError> {
     Merge::new(inputs, Dedup::Exact, |_: &IndexEntry| true)
 }
 
@@ -639,17 +656,13 @@ where
     let mut count = 0u64;
     let mut packs = BTreeSet::new();
     for e in Merge::new(inputs, Dedup::Key, &mut keep)? {
-        let e = e?;
+        let e = e?.entry;
         count += 1;
         packs.insert(e.pack);
     }
     let packs: Vec<Id> = packs.into_iter().collect();
-    write_index(
-        out,
-        &packs,
-        count,
-        Merge::new(inputs, Dedup::Key, &mut keep)?,
-    )
+    let entries = Merge::new(inputs, Dedup::Key, &mut keep)?.map(|m| m.map(|m| m.entry));
+    write_index(out, &packs, count, entries)
 }
 
 #[cfg(test)]
@@ -861,6 +874,10 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap())
             .collect();
+        // Where each was read: a's records from the first copy of a.
+        let at: Vec<_> = every.iter().map(|m| (m.input, m.record)).collect();
+        assert_eq!(at, [(2, 0), (0, 0), (2, 1), (0, 1), (0, 2), (2, 2)]);
+        let every: Vec<_> = every.into_iter().map(|m| m.entry).collect();
         assert_eq!(
             every,
             vec![

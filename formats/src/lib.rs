@@ -121,8 +121,8 @@ pub use crate::{
     id::{find_by_prefix, Id},
     index::{
         merge_indexes, merged_entries, IndexEntry, IndexLayout, IndexReader, IndexWriter,
-        WrittenIndex, INDEX_FOOTER_LEN, INDEX_HEADER_LEN, INDEX_MAGIC, INDEX_RECORD_LEN,
-        INDEX_VERSION,
+        MergedEntry, WrittenIndex, INDEX_FOOTER_LEN, INDEX_HEADER_LEN, INDEX_MAGIC,
+        INDEX_RECORD_LEN, INDEX_VERSION,
     },
     layout::{
         FileKind, RepoConfig, CONFIG_FILE, DATA_DIR, DEFAULT_PACK_SIZE, DEFAULT_ZSTD_LEVEL,

@@ -4,13 +4,14 @@
 //! as it is, not recompressed; the used members of a partly used bundle are
 //! bundled anew.
 //!
-//! Memory does not grow with the number of blobs: the ids the snapshots use
-//! are sorted out of memory ([`IdSorter`]) and joined against the index
-//! entries merged in id order, which are sorted too; what is kept per pack
-//! is a few counts, and packs are rewritten a batch at a time. The set of
-//! trees already walked (so that a subtree many snapshots share is walked
-//! once) is capped: past [`SEEN_TREES`] it starts afresh, which costs walks,
-//! never correctness.
+//! Memory grows with the number of blobs by one bit each: the ids the
+//! snapshots use are sorted out of memory ([`IdSorter`]) and joined, in one
+//! pass, against the index entries merged in id order, which are sorted
+//! too; that pass leaves a few counts per pack and one bit per index entry
+//! ([`Kept`]); packs are then rewritten a batch at a time, each batch one
+//! plain pass over the index files. The set of trees already walked (so
+//! that a subtree many snapshots share is walked once) is capped: past
+//! [`SEEN_TREES`] it starts afresh, which costs walks, never correctness.
 //!
 //! Order for crash safety: new packs, then the new indexes, then the old
 //! indexes, then the old packs: at every moment every snapshot is restorable.
@@ -49,6 +50,21 @@ pub struct PruneSummary {
 /// The index entries of one pack being rewritten, and where in it (offset,
 /// inner offset) the ones kept are.
 type Rewrite = (Vec<IndexEntry>, HashSet<(u32, u32)>);
+
+/// One bit per record of every index file: whether prune keeps that entry.
+/// An eighth of a byte per blob, the one thing prune holds that grows with
+/// the repository (12.5 MB at 100M blobs).
+struct Kept(Vec<Vec<u64>>);
+
+impl Kept {
+    fn set(&mut self, file: usize, record: u64) {
+        self.0[file][(record / 64) as usize] |= 1 << (record % 64);
+    }
+
+    fn get(&self, file: usize, record: u64) -> bool {
+        self.0[file][(record / 64) as usize] >> (record % 64) & 1 == 1
+    }
+}
 
 /// Tree ids remembered as walked, at most (about 40 MiB of them).
 const SEEN_TREES: usize = 1 << 20;
@@ -107,31 +123,49 @@ impl Repository {
         Ok(())
     }
 
-    /// Calls `each` with every index entry, an entry several index files
-    /// hold once, saying whether prune keeps it: the first copy (in the
+    /// Decides which index entries prune keeps: the first copy (in the
     /// merged order: data before tree, then by pack id and offset) of each
-    /// blob that `used` holds. One streaming pass over every index file.
+    /// blob that `used` holds. An entry several index files hold is decided
+    /// once, at the record [`merged_entries`] reads it from. One streaming
+    /// pass over every index file; gives the decisions and the counts per
+    /// pack.
     fn classify(
         &self,
         index: &MasterIndex,
         used: &SortedIds,
-        mut each: impl FnMut(IndexEntry, bool) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    ) -> Result<(Kept, BTreeMap<Id, Counts>), Error> {
         let corrupt = |e| Error::corrupt("reading index", self.location(), e);
         let readers: Vec<_> = index.files.iter().map(|f| f.reader()).collect();
+        let mut kept = Kept(
+            readers
+                .iter()
+                .map(|r| vec![0; r.len().div_ceil(64) as usize])
+                .collect(),
+        );
+        let mut counts: BTreeMap<Id, Counts> = BTreeMap::new();
         let mut cursor = used.cursor();
         let mut last = None;
-        for e in merged_entries(&readers).map_err(corrupt)? {
-            let e = e.map_err(corrupt)?;
+        for m in merged_entries(&readers).map_err(corrupt)? {
+            let m = m.map_err(corrupt)?;
+            let e = &m.entry;
             let first = last != Some(e.id);
             last = Some(e.id);
-            let kept = first
+            let keep = first
                 && cursor
                     .contains(&e.id)
                     .map_err(|err| Error::io("reading used blob ids", std::env::temp_dir(), err))?;
-            each(e, kept)?;
+            if keep {
+                kept.set(m.input, m.record);
+            }
+            let c = counts.entry(e.pack).or_default();
+            c.entries += 1;
+            c.kept += u64::from(keep);
+            // A stored blob's first (or only) member starts at 0.
+            if e.inner == 0 {
+                c.stored += u64::from(e.stored_len);
+            }
         }
-        Ok(())
+        Ok((kept, counts))
     }
 
     /// Removes unreferenced data; takes an exclusive lock. Refuses to run when
@@ -166,19 +200,9 @@ impl Repository {
         drop(trees);
         // The trees' bundles decoded for the walk are not read again.
         self.blocks.clear();
-        let used = used.finish();
         // What happens to each pack follows from its counts.
-        let mut counts: BTreeMap<Id, Counts> = BTreeMap::new();
-        self.classify(&index, &used, |e, kept| {
-            let c = counts.entry(e.pack).or_default();
-            c.entries += 1;
-            c.kept += u64::from(kept);
-            // A stored blob's first (or only) member starts at 0.
-            if e.inner == 0 {
-                c.stored += u64::from(e.stored_len);
-            }
-            Ok(())
-        })?;
+        let (kept, counts) = self.classify(&index, &used.finish())?;
+        let corrupt = |e| Error::corrupt("reading index", self.location(), e);
         let mut sum = PruneSummary {
             notices: lock.notices().to_vec(),
             ..Default::default()
@@ -205,8 +229,9 @@ impl Repository {
         }
         progress.discovered(remove_packs.len() as u64, rewrite_bytes);
         progress.discovery_done();
-        // The packs to rewrite, a batch at a time: their kept blobs move
-        // into new packs, indexed every so many blobs as create does.
+        // The packs to rewrite, a batch at a time (one plain pass over the
+        // index files each): their kept blobs move into new packs, indexed
+        // every so many blobs as create does.
         let mut new_indexes = BTreeSet::new();
         let packer = Packer::new(self);
         for batch in batches(&rewrite, BATCH_BLOBS) {
@@ -214,45 +239,51 @@ impl Repository {
                 .iter()
                 .map(|(p, n)| (*p, (Vec::with_capacity(*n as usize), HashSet::new())))
                 .collect();
-            self.classify(&index, &used, |e, kept| {
-                if let Some((all, keep)) = entries.get_mut(&e.pack) {
-                    if kept {
-                        keep.insert((e.offset, e.inner));
+            for (i, f) in index.files.iter().enumerate() {
+                for (record, e) in (0u64..).zip(f.reader().iter()) {
+                    let e = e.map_err(corrupt)?;
+                    if let Some((all, keep)) = entries.get_mut(&e.pack) {
+                        if kept.get(i, record) {
+                            keep.insert((e.offset, e.inner));
+                        }
+                        all.push(e);
                     }
-                    all.push(e);
                 }
-                Ok(())
-            })?;
+            }
             for (pack, (all, keep)) in &entries {
                 sum.packs_rewritten += 1;
-                for members in by_stored_blob(all) {
+                for mut members in by_stored_blob(all) {
+                    // Two index files may name the same pack entry.
+                    members.dedup_by_key(|e| e.inner);
                     self.repack(&packer, pack, &members, keep)?;
                     progress.bytes(u64::from(members[0].stored_len));
                 }
                 progress.entry_done();
                 if packer.written_len() >= DEFAULT_INDEX_FLUSH {
-                    new_indexes.extend(self.write_index(packer.take_written())?.map(|(_, id)| id));
+                    let written = packer.take_written();
+                    new_indexes.extend(self.write_index(written)?.map(|(_, id)| id));
                 }
             }
         }
-        let (new_entries, _, new_bytes) = packer.finish()?;
-        new_indexes.extend(self.write_index(new_entries)?.map(|(_, id)| id));
+        let (written, _, new_bytes) = packer.finish()?;
+        new_indexes.extend(self.write_index(written)?.map(|(_, id)| id));
         // The entries of the packs kept whole, in index files of at most
         // INDEX_PART entries. (An index written now may have the name, and so
         // the content, of an old one: that one stays.)
         let mut part = Vec::new();
-        self.classify(&index, &used, |e, kept| {
-            if kept && keep_packs.contains(&e.pack) {
-                part.push(e);
+        let readers: Vec<_> = index.files.iter().map(|f| f.reader()).collect();
+        for m in merged_entries(&readers).map_err(corrupt)? {
+            let m = m.map_err(corrupt)?;
+            if kept.get(m.input, m.record) && keep_packs.contains(&m.entry.pack) {
+                part.push(m.entry);
                 if part.len() >= INDEX_PART {
                     let full = std::mem::take(&mut part);
                     new_indexes.extend(self.write_index(full)?.map(|(_, id)| id));
                 }
             }
-            Ok(())
-        })?;
+        }
         new_indexes.extend(self.write_index(part)?.map(|(_, id)| id));
-        drop(used);
+        drop(readers);
         let old_indexes: Vec<Id> = index.files.iter().map(|f| f.id).collect();
         drop(index);
         for id in old_indexes.into_iter().filter(|i| !new_indexes.contains(i)) {
