@@ -233,6 +233,7 @@ impl Repository {
         // index files each): their kept blobs move into new packs, indexed
         // every so many blobs as create does.
         let mut new_indexes = BTreeSet::new();
+        let mut new_packs = BTreeSet::new();
         let packer = Packer::new(self);
         for batch in batches(&rewrite, BATCH_BLOBS) {
             let mut entries: BTreeMap<Id, Rewrite> = batch
@@ -261,11 +262,13 @@ impl Repository {
                 progress.entry_done();
                 if packer.written_len() >= DEFAULT_INDEX_FLUSH {
                     let written = packer.take_written();
+                    new_packs.extend(written.iter().map(|e| e.pack));
                     new_indexes.extend(self.write_index(written)?.map(|(_, id)| id));
                 }
             }
         }
         let (written, _, new_bytes) = packer.finish()?;
+        new_packs.extend(written.iter().map(|e| e.pack));
         new_indexes.extend(self.write_index(written)?.map(|(_, id)| id));
         // The entries of the packs kept whole, in index files of at most
         // INDEX_PART entries. (An index written now may have the name, and so
@@ -296,10 +299,15 @@ impl Repository {
         for p in remove_packs {
             let name = RepoFile::Pack.path(&p);
             freed += self.backend().size(&name).unwrap_or(0) as i64;
-            self.backend()
-                .remove(&name)
-                .map_err(|e| Error::io("removing pack", self.file_path(&name), e))?;
-            sum.packs_removed += 1;
+            // A pack written now may have the name, and so the content, of
+            // one being removed (left by an interrupted prune, it lost its
+            // blobs to the pack they were copied from): that one stays.
+            if !new_packs.contains(&p) {
+                self.backend()
+                    .remove(&name)
+                    .map_err(|e| Error::io("removing pack", self.file_path(&name), e))?;
+                sum.packs_removed += 1;
+            }
             if rewrite.binary_search_by(|(r, _)| r.cmp(&p)).is_err() {
                 progress.entry_done();
             }
@@ -510,6 +518,50 @@ mod tests {
         assert_eq!(listing(&mem), listing(&disk));
         assert_ne!(listing(&base), listing(&disk));
         let report = disk_repo
+            .check(CheckOptions { read_data: true }, &NoProgress)
+            .unwrap();
+        assert!(report.ok, "{:?}", report.errors);
+    }
+    /// A prune interrupted after writing its new packs and indexes, before
+    /// removing the old ones, leaves two copies of the blobs it moved; the
+    /// next prune may rewrite an old pack into the very pack (same content,
+    /// same name) the first one wrote, and must not then remove it as a
+    /// losing copy.
+    #[test]
+    fn prune_after_an_interrupted_prune_keeps_what_it_writes_again() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, base) = (t.path().join("src"), t.path().join("base"));
+        let opts = InitOptions {
+            pack_size: Some(1 << 20),
+            ..Default::default()
+        };
+        let repo = Repository::init(&base, &opts).unwrap();
+        let mut first = None;
+        for round in 1..=3 {
+            write_tree(&src, round);
+            let s = repo
+                .create_snapshot(
+                    &CreateOptions {
+                        paths: vec![src.clone()],
+                        ..Default::default()
+                    },
+                    &NoProgress,
+                )
+                .unwrap();
+            first.get_or_insert(s.id);
+        }
+        repo.forget(&[first.unwrap()]).unwrap();
+        let (done, crashed) = (t.path().join("done"), t.path().join("crashed"));
+        copy_dir(&base, &done);
+        copy_dir(&base, &crashed);
+        Repository::open(&done).unwrap().prune(&NoProgress).unwrap();
+        // The interrupted state: the old files plus everything prune wrote.
+        for sub in ["data", "index"] {
+            copy_dir(&done.join(sub), &crashed.join(sub));
+        }
+        let crashed = Repository::open(&crashed).unwrap();
+        crashed.prune(&NoProgress).unwrap();
+        let report = crashed
             .check(CheckOptions { read_data: true }, &NoProgress)
             .unwrap();
         assert!(report.ok, "{:?}", report.errors);
