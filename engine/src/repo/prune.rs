@@ -462,12 +462,10 @@ mod tests {
         out
     }
 
-    /// Used ids sorted through temporary files, and a walk that forgets the
-    /// trees it saw, give the very repository that in-memory ones give.
-    #[test]
-    fn prune_with_small_memory_limits_equals_prune_without() {
-        let t = tempfile::tempdir().unwrap();
-        let (src, base) = (t.path().join("src"), t.path().join("base"));
+    /// A repository (1 MiB packs, an index file every `flush` blobs) under
+    /// `dir` with three snapshots of a changing tree, the first forgotten.
+    fn forgotten_first(dir: &Path, flush: usize) -> std::path::PathBuf {
+        let (src, base) = (dir.join("src"), dir.join("base"));
         let opts = InitOptions {
             pack_size: Some(1 << 20),
             ..Default::default()
@@ -480,7 +478,7 @@ mod tests {
                 .create_snapshot(
                     &CreateOptions {
                         paths: vec![src.clone()],
-                        index_flush_every: 50,
+                        index_flush_every: flush,
                         ..Default::default()
                     },
                     &NoProgress,
@@ -489,6 +487,16 @@ mod tests {
             first.get_or_insert(s.id);
         }
         repo.forget(&[first.unwrap()]).unwrap();
+        base
+    }
+
+    /// Used ids sorted through temporary files, and a walk that forgets the
+    /// trees it saw, give the very repository that in-memory ones give.
+    #[test]
+    fn prune_with_small_memory_limits_equals_prune_without() {
+        let t = tempfile::tempdir().unwrap();
+        // Several index files, so that the merges have inputs to merge.
+        let base = forgotten_first(t.path(), 50);
         let (mem, disk) = (t.path().join("mem"), t.path().join("disk"));
         copy_dir(&base, &mem);
         copy_dir(&base, &disk);
@@ -522,6 +530,7 @@ mod tests {
             .unwrap();
         assert!(report.ok, "{:?}", report.errors);
     }
+
     /// A prune interrupted after writing its new packs and indexes, before
     /// removing the old ones, leaves two copies of the blobs it moved; the
     /// next prune may rewrite an old pack into the very pack (same content,
@@ -530,27 +539,7 @@ mod tests {
     #[test]
     fn prune_after_an_interrupted_prune_keeps_what_it_writes_again() {
         let t = tempfile::tempdir().unwrap();
-        let (src, base) = (t.path().join("src"), t.path().join("base"));
-        let opts = InitOptions {
-            pack_size: Some(1 << 20),
-            ..Default::default()
-        };
-        let repo = Repository::init(&base, &opts).unwrap();
-        let mut first = None;
-        for round in 1..=3 {
-            write_tree(&src, round);
-            let s = repo
-                .create_snapshot(
-                    &CreateOptions {
-                        paths: vec![src.clone()],
-                        ..Default::default()
-                    },
-                    &NoProgress,
-                )
-                .unwrap();
-            first.get_or_insert(s.id);
-        }
-        repo.forget(&[first.unwrap()]).unwrap();
+        let base = forgotten_first(t.path(), 0);
         let (done, crashed) = (t.path().join("done"), t.path().join("crashed"));
         copy_dir(&base, &done);
         copy_dir(&base, &crashed);
