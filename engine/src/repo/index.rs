@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use haul_formats::{
     pack_trailer_len, parse_pack_trailer, FileKind as RepoFile, FormatError, Id, IndexEntry,
-    IndexLayout, IndexReader, IndexWriter, PACK_FOOTER_LEN,
+    IndexLayout, IndexReader, PACK_FOOTER_LEN,
 };
 
 use super::Repository;
@@ -240,7 +240,7 @@ impl Repository {
             .backend()
             .list(RepoFile::Pack.dir())
             .map_err(|e| Error::io("listing packs", self.file_path(RepoFile::Pack.dir()), e))?;
-        let mut writer = IndexWriter::new();
+        let mut recovered = Vec::new();
         let mut found = 0;
         for name in names {
             let Some((RepoFile::Pack, id)) = RepoFile::parse_path(&name) else {
@@ -251,18 +251,12 @@ impl Repository {
             }
             // A pack that cannot be read back is left for check/prune to report.
             if let Ok(entries) = self.read_pack_entries(&name) {
-                writer.add_pack(id, &entries);
+                recovered.extend(entries.iter().map(|e| IndexEntry::new(id, e)));
                 found += 1;
             }
         }
         if found > 0 {
-            let (written, bytes) = writer
-                .finish()
-                .map_err(|e| Error::corrupt("writing index", self.location(), e))?;
-            let name = RepoFile::Index.path(&written.id);
-            self.backend()
-                .put(&name, &bytes)
-                .map_err(|e| Error::io("writing index", self.file_path(&name), e))?;
+            self.write_index(recovered)?;
             *index = self.load_index()?;
         }
         Ok(found)

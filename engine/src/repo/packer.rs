@@ -225,18 +225,11 @@ impl Repository {
         let (written, bytes) = haul_formats::IndexWriter::from(entries)
             .finish()
             .map_err(|e| Error::corrupt("writing index", self.location(), e))?;
-        let name = self.put_index(&written.id, &bytes)?;
-        Ok(Some((name, written.id)))
-    }
-
-    /// Stores the bytes of an index file under its name (its id) and
-    /// returns that name.
-    pub(crate) fn put_index(&self, id: &Id, bytes: &[u8]) -> Result<String, Error> {
-        let name = RepoFile::Index.path(id);
+        let name = RepoFile::Index.path(&written.id);
         self.backend()
-            .put(&name, bytes)
+            .put(&name, &bytes)
             .map_err(|e| Error::io("writing index", self.file_path(&name), e))?;
-        Ok(name)
+        Ok(Some((name, written.id)))
     }
 }
 
