@@ -108,15 +108,26 @@ impl MasterIndex {
         self.lookup(id).is_some()
     }
 
+    /// Calls `each` with every entry of every index file (not those added
+    /// during the run), in file order, with the file's place in `files` and
+    /// the record's number in it.
+    pub(crate) fn each_entry(
+        &self,
+        mut each: impl FnMut(usize, u64, IndexEntry),
+    ) -> Result<(), FormatError> {
+        for (i, f) in self.files.iter().enumerate() {
+            for (record, e) in (0u64..).zip(f.reader().iter()) {
+                each(i, record, e?);
+            }
+        }
+        Ok(())
+    }
+
     /// How many index entries name each pack (memory in the number of
     /// packs, not of blobs).
     pub(crate) fn blobs_per_pack(&self) -> Result<BTreeMap<Id, u64>, FormatError> {
         let mut per_pack = BTreeMap::new();
-        for f in &self.files {
-            for e in f.reader().iter() {
-                *per_pack.entry(e?.pack).or_default() += 1;
-            }
-        }
+        self.each_entry(|_, _, e| *per_pack.entry(e.pack).or_default() += 1)?;
         Ok(per_pack)
     }
 
@@ -128,14 +139,11 @@ impl MasterIndex {
     ) -> Result<BTreeMap<Id, Vec<IndexEntry>>, FormatError> {
         let mut out: BTreeMap<Id, Vec<IndexEntry>> =
             packs.into_iter().map(|p| (p, Vec::new())).collect();
-        for f in &self.files {
-            for e in f.reader().iter() {
-                let e = e?;
-                if let Some(v) = out.get_mut(&e.pack) {
-                    v.push(e);
-                }
+        self.each_entry(|_, _, e| {
+            if let Some(v) = out.get_mut(&e.pack) {
+                v.push(e);
             }
-        }
+        })?;
         Ok(out)
     }
 

@@ -240,17 +240,16 @@ impl Repository {
                 .iter()
                 .map(|(p, n)| (*p, (Vec::with_capacity(*n as usize), HashSet::new())))
                 .collect();
-            for (i, f) in index.files.iter().enumerate() {
-                for (record, e) in (0u64..).zip(f.reader().iter()) {
-                    let e = e.map_err(corrupt)?;
+            index
+                .each_entry(|file, record, e| {
                     if let Some((all, keep)) = entries.get_mut(&e.pack) {
-                        if kept.get(i, record) {
+                        if kept.get(file, record) {
                             keep.insert((e.offset, e.inner));
                         }
                         all.push(e);
                     }
-                }
-            }
+                })
+                .map_err(corrupt)?;
             for (pack, (all, keep)) in &entries {
                 sum.packs_rewritten += 1;
                 for mut members in by_stored_blob(all) {
