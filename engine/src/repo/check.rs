@@ -11,6 +11,7 @@ use haul_formats::{
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::batch::Batching;
 use super::index::{by_stored_blob, MasterIndex};
 use super::Repository;
 use crate::error::Error;
@@ -110,25 +111,30 @@ impl Repository {
             progress.discovery_done();
         }
         // A batch of packs at a time, with the index entries of just those
-        // packs (one pass over the index files per batch).
+        // packs.
         let mut bad: HashSet<Id> = HashSet::new();
         let packs: Vec<(Id, u64)> = per_pack.into_iter().collect();
-        for entries in index.by_pack_batches(&packs) {
-            let entries =
-                entries.map_err(|e| Error::corrupt("reading index", self.location(), e))?;
-            let results: Vec<(Vec<String>, Vec<Id>)> = entries
-                .par_iter()
-                .map(|(pack, entries)| {
-                    let r = self.check_pack(pack, entries, opts.read_data, progress);
-                    progress.entry_done();
-                    r
-                })
-                .collect();
-            for (errs, blobs) in results {
-                rep.errors.extend(errs);
-                bad.extend(blobs);
-            }
-        }
+        self.each_pack_batch(
+            &index,
+            &packs,
+            Batching::default(),
+            |_, _, e| e,
+            |entries| {
+                let results: Vec<(Vec<String>, Vec<Id>)> = entries
+                    .par_iter()
+                    .map(|(pack, entries)| {
+                        let r = self.check_pack(pack, entries, opts.read_data, progress);
+                        progress.entry_done();
+                        r
+                    })
+                    .collect();
+                for (errs, blobs) in results {
+                    rep.errors.extend(errs);
+                    bad.extend(blobs);
+                }
+                Ok(())
+            },
+        )?;
 
         // Snapshots: every tree and chunk indexed, none of them bad.
         let snap_ids = self.backend().list(RepoFile::Snapshot.dir()).map_err(|e| {
@@ -271,6 +277,10 @@ impl Repository {
     }
 }
 
+/// Sound trees remembered, at most (about 40 MiB of them), so that a
+/// subtree many snapshots share is walked once.
+const CLEAN_TREES: usize = 1 << 20;
+
 struct Walker<'a> {
     repo: &'a Repository,
     index: &'a MasterIndex,
@@ -333,6 +343,12 @@ impl Walker<'_> {
             }
         }
         if ok {
+            // Remembering every sound tree would grow with the repository:
+            // past the cap, start afresh (trees are walked again, the
+            // findings are the same).
+            if self.clean.len() >= CLEAN_TREES {
+                self.clean.clear();
+            }
             self.clean.insert(*id);
         }
         ok

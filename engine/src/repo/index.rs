@@ -131,34 +131,6 @@ impl MasterIndex {
         Ok(per_pack)
     }
 
-    /// The index entries of `packs`, by pack, in index-file order (one pass
-    /// over every index file).
-    fn entries_of(
-        &self,
-        packs: impl IntoIterator<Item = Id>,
-    ) -> Result<BTreeMap<Id, Vec<IndexEntry>>, FormatError> {
-        let mut out: BTreeMap<Id, Vec<IndexEntry>> =
-            packs.into_iter().map(|p| (p, Vec::new())).collect();
-        self.each_entry(|_, _, e| {
-            if let Some(v) = out.get_mut(&e.pack) {
-                v.push(e);
-            }
-        })?;
-        Ok(out)
-    }
-
-    /// The index entries of `packs` (pack, blob count), by pack, a batch of
-    /// about [`BATCH_BLOBS`] blobs at a time (one pass over every index file
-    /// per batch).
-    pub(crate) fn by_pack_batches<'a>(
-        &'a self,
-        packs: &'a [(Id, u64)],
-    ) -> impl Iterator<Item = Result<BTreeMap<Id, Vec<IndexEntry>>, FormatError>> + 'a {
-        batches(packs, BATCH_BLOBS)
-            .into_iter()
-            .map(|b| self.entries_of(b.iter().map(|(p, _)| *p)))
-    }
-
     /// Every pack id any index names.
     pub(crate) fn packs(&self) -> std::collections::BTreeSet<Id> {
         self.files
@@ -168,33 +140,12 @@ impl MasterIndex {
     }
 }
 
-/// Index entries a command gathers at a time (about 44 MiB of them): packs
-/// are handled in batches of about this many blobs, so memory does not grow
-/// with the repository.
-pub(crate) const BATCH_BLOBS: u64 = 1 << 19;
-
-/// Consecutive runs of `packs` (pack, blob count) of at most `max` blobs
-/// each, or of one pack where it alone holds more.
-pub(crate) fn batches(packs: &[(Id, u64)], max: u64) -> Vec<&[(Id, u64)]> {
-    let mut out = Vec::new();
-    let (mut start, mut sum) = (0, 0);
-    for (i, (_, n)) in packs.iter().enumerate() {
-        if i > start && sum + n > max {
-            out.push(&packs[start..i]);
-            (start, sum) = (i, 0);
-        }
-        sum += n;
-    }
-    if start < packs.len() {
-        out.push(&packs[start..]);
-    }
-    out
-}
-
 /// Index entries of one pack, grouped by stored blob (one group per blob
 /// stored alone, one per bundle), in pack order, each group by `inner`.
-pub(crate) fn by_stored_blob(entries: &[IndexEntry]) -> Vec<Vec<&IndexEntry>> {
-    let mut sorted: Vec<&IndexEntry> = entries.iter().collect();
+pub(crate) fn by_stored_blob<'a>(
+    entries: impl IntoIterator<Item = &'a IndexEntry>,
+) -> Vec<Vec<&'a IndexEntry>> {
+    let mut sorted: Vec<&IndexEntry> = entries.into_iter().collect();
     sorted.sort_by_key(|e| (e.offset, e.inner));
     sorted
         .chunk_by(|a, b| a.offset == b.offset)
@@ -306,23 +257,5 @@ impl Repository {
             .map_err(|e| Error::io("reading pack", &path, e))?;
         let t = parse_pack_trailer(&tail).map_err(|e| Error::corrupt("reading pack", &path, e))?;
         Ok(t.entries)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_hold_at_most_max_blobs_or_one_pack() {
-        let p = |n: u64| (Id::hash(&n.to_le_bytes()), n);
-        let packs = [p(3), p(4), p(2), p(9), p(1), p(1)];
-        let sizes: Vec<Vec<u64>> = batches(&packs, 7)
-            .iter()
-            .map(|b| b.iter().map(|(_, n)| *n).collect())
-            .collect();
-        assert_eq!(sizes, [vec![3, 4], vec![2], vec![9], vec![1, 1]]);
-        assert!(batches(&[], 7).is_empty());
-        assert_eq!(batches(&packs, u64::MAX).len(), 1);
     }
 }

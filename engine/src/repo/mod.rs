@@ -19,6 +19,7 @@ use haul_formats::{
 use crate::error::Error;
 
 pub(crate) mod backend;
+mod batch;
 mod blocks;
 mod check;
 mod create;

@@ -8,10 +8,11 @@
 //! snapshots use are sorted out of memory ([`IdSorter`]) and joined, in one
 //! pass, against the index entries merged in id order, which are sorted
 //! too; that pass leaves a few counts per pack and one bit per index entry
-//! ([`Kept`]); packs are then rewritten a batch at a time, each batch one
-//! plain pass over the index files. The set of trees already walked (so
-//! that a subtree many snapshots share is walked once) is capped: past
-//! [`SEEN_TREES`] it starts afresh, which costs walks, never correctness.
+//! ([`Kept`]); packs are then rewritten a batch at a time (see
+//! `batch.rs`: one more pass sorts their entries out to temporary files).
+//! The set of trees already walked (so that a subtree many snapshots share
+//! is walked once) is capped: past [`SEEN_TREES`] it starts afresh, which
+//! costs walks, never correctness.
 //!
 //! Order for crash safety: new packs, then the new indexes, then the old
 //! indexes, then the old packs: at every moment every snapshot is restorable.
@@ -24,9 +25,10 @@ use haul_formats::{
 };
 use serde::Serialize;
 
+use super::batch::Batching;
 use super::create::DEFAULT_INDEX_FLUSH;
 use super::idset::{IdSorter, SortedIds, RUN_IDS};
-use super::index::{batches, by_stored_blob, MasterIndex, BATCH_BLOBS};
+use super::index::{by_stored_blob, MasterIndex};
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
 use crate::error::Error;
@@ -46,10 +48,6 @@ pub struct PruneSummary {
     /// Messages about stale locks that were broken.
     pub notices: Vec<String>,
 }
-
-/// The index entries of one pack being rewritten, and where in it (offset,
-/// inner offset) the ones kept are.
-type Rewrite = (Vec<IndexEntry>, HashSet<(u32, u32)>);
 
 /// One bit per record of every index file: whether prune keeps that entry.
 /// An eighth of a byte per blob, the one thing prune holds that grows with
@@ -73,6 +71,27 @@ const SEEN_TREES: usize = 1 << 20;
 struct Seen {
     set: HashSet<Id>,
     cap: usize,
+}
+
+/// What prune holds in memory at most.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Used blob ids before they are sorted out to a temporary file.
+    run_ids: usize,
+    /// Trees remembered as walked.
+    seen_trees: usize,
+    /// Index entries of packs to rewrite, a batch at a time.
+    batching: Batching,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            run_ids: RUN_IDS,
+            seen_trees: SEEN_TREES,
+            batching: Batching::default(),
+        }
+    }
 }
 
 /// Index entries (56 B each) an index file prune writes holds at most.
@@ -175,24 +194,18 @@ impl Repository {
     /// (no total yet); then one entry per pack to rewrite or delete, and
     /// the bytes of the stored blobs read from the packs being rewritten.
     pub fn prune(&self, progress: &dyn Progress) -> Result<PruneSummary, Error> {
-        self.prune_with(progress, RUN_IDS, SEEN_TREES)
+        self.prune_with(progress, Limits::default())
     }
 
-    /// [`Repository::prune`], holding at most `run_ids` used ids and
-    /// `seen_trees` walked trees in memory.
-    fn prune_with(
-        &self,
-        progress: &dyn Progress,
-        run_ids: usize,
-        seen_trees: usize,
-    ) -> Result<PruneSummary, Error> {
+    /// [`Repository::prune`] within `limits`.
+    fn prune_with(&self, progress: &dyn Progress, limits: Limits) -> Result<PruneSummary, Error> {
         let lock = self.lock(true)?;
         let mut index = self.load_index()?;
         self.recover_unindexed(&mut index)?;
-        let mut used = IdSorter::new(run_ids);
+        let mut used = IdSorter::new(limits.run_ids);
         let mut trees = Seen {
             set: HashSet::new(),
-            cap: seen_trees,
+            cap: limits.seen_trees,
         };
         for s in self.snapshots()? {
             self.mark(&index, &s.snapshot.tree, &mut trees, &mut used, progress)?;
@@ -229,43 +242,40 @@ impl Repository {
         }
         progress.discovered(remove_packs.len() as u64, rewrite_bytes);
         progress.discovery_done();
-        // The packs to rewrite, a batch at a time (one plain pass over the
-        // index files each): their kept blobs move into new packs, indexed
-        // every so many blobs as create does.
+        // The packs to rewrite, a batch at a time: their kept blobs move
+        // into new packs, indexed every so many blobs as create does.
         let mut new_indexes = BTreeSet::new();
         let mut new_packs = BTreeSet::new();
         let packer = Packer::new(self);
-        for batch in batches(&rewrite, BATCH_BLOBS) {
-            let mut entries: BTreeMap<Id, Rewrite> = batch
-                .iter()
-                .map(|(p, n)| (*p, (Vec::with_capacity(*n as usize), HashSet::new())))
-                .collect();
-            index
-                .each_entry(|file, record, e| {
-                    if let Some((all, keep)) = entries.get_mut(&e.pack) {
-                        if kept.get(file, record) {
-                            keep.insert((e.offset, e.inner));
-                        }
-                        all.push(e);
+        self.each_pack_batch(
+            &index,
+            &rewrite,
+            limits.batching,
+            |file, record, e| (e, kept.get(file, record)),
+            |batch| {
+                for (pack, all) in &batch {
+                    sum.packs_rewritten += 1;
+                    let keep: HashSet<(u32, u32)> = all
+                        .iter()
+                        .filter(|(_, k)| *k)
+                        .map(|(e, _)| (e.offset, e.inner))
+                        .collect();
+                    for mut members in by_stored_blob(all.iter().map(|(e, _)| e)) {
+                        // Two index files may name the same pack entry.
+                        members.dedup_by_key(|e| e.inner);
+                        self.repack(&packer, pack, &members, &keep)?;
+                        progress.bytes(u64::from(members[0].stored_len));
                     }
-                })
-                .map_err(corrupt)?;
-            for (pack, (all, keep)) in &entries {
-                sum.packs_rewritten += 1;
-                for mut members in by_stored_blob(all) {
-                    // Two index files may name the same pack entry.
-                    members.dedup_by_key(|e| e.inner);
-                    self.repack(&packer, pack, &members, keep)?;
-                    progress.bytes(u64::from(members[0].stored_len));
+                    progress.entry_done();
+                    if packer.written_len() >= DEFAULT_INDEX_FLUSH {
+                        let written = packer.take_written();
+                        new_packs.extend(written.iter().map(|e| e.pack));
+                        new_indexes.extend(self.write_index(written)?.map(|(_, id)| id));
+                    }
                 }
-                progress.entry_done();
-                if packer.written_len() >= DEFAULT_INDEX_FLUSH {
-                    let written = packer.take_written();
-                    new_packs.extend(written.iter().map(|e| e.pack));
-                    new_indexes.extend(self.write_index(written)?.map(|(_, id)| id));
-                }
-            }
-        }
+                Ok(())
+            },
+        )?;
         let (written, _, new_bytes) = packer.finish()?;
         new_packs.extend(written.iter().map(|e| e.pack));
         new_indexes.extend(self.write_index(written)?.map(|(_, id)| id));
@@ -489,45 +499,101 @@ mod tests {
         base
     }
 
-    /// Used ids sorted through temporary files, and a walk that forgets the
-    /// trees it saw, give the very repository that in-memory ones give.
+    /// Used ids sorted through temporary files, a walk that forgets the
+    /// trees it saw, and packs rewritten in batches of a few blobs (their
+    /// entries sorted out through temporary files, one per batch or shared)
+    /// give the very repository that in-memory ones give.
     #[test]
     fn prune_with_small_memory_limits_equals_prune_without() {
         let t = tempfile::tempdir().unwrap();
         // Several index files, so that the merges have inputs to merge.
         let base = forgotten_first(t.path(), 50);
-        let (mem, disk) = (t.path().join("mem"), t.path().join("disk"));
+        let mem = t.path().join("mem");
         copy_dir(&base, &mem);
-        copy_dir(&base, &disk);
         let a = Repository::open(&mem)
             .unwrap()
-            .prune_with(&NoProgress, RUN_IDS, SEEN_TREES)
+            .prune_with(&NoProgress, Limits::default())
             .unwrap();
-        let disk_repo = Repository::open(&disk).unwrap();
-        // (And with at most 2 trees remembered: shared subtrees walked
-        // again change nothing.)
-        let b = disk_repo.prune_with(&NoProgress, 5, 2).unwrap();
-        assert!(a.blobs_removed > 0 && a.packs_rewritten > 0, "{a:?}");
-        assert_eq!(
-            (
-                a.packs_removed,
-                a.packs_rewritten,
-                a.blobs_removed,
-                a.bytes_freed
-            ),
-            (
-                b.packs_removed,
-                b.packs_rewritten,
-                b.blobs_removed,
-                b.bytes_freed
+        assert!(a.blobs_removed > 0 && a.packs_rewritten > 1, "{a:?}");
+        for (i, files) in [1000, 2].into_iter().enumerate() {
+            let disk = t.path().join(format!("disk{i}"));
+            copy_dir(&base, &disk);
+            let disk_repo = Repository::open(&disk).unwrap();
+            // (And with at most 2 trees remembered: shared subtrees walked
+            // again change nothing.)
+            let small = Limits {
+                run_ids: 5,
+                seen_trees: 2,
+                batching: Batching { blobs: 7, files },
+            };
+            let b = disk_repo.prune_with(&NoProgress, small).unwrap();
+            assert_eq!(
+                (
+                    a.packs_removed,
+                    a.packs_rewritten,
+                    a.blobs_removed,
+                    a.bytes_freed
+                ),
+                (
+                    b.packs_removed,
+                    b.packs_rewritten,
+                    b.blobs_removed,
+                    b.bytes_freed
+                ),
+                "spill files {files}"
+            );
+            assert_eq!(listing(&mem), listing(&disk), "spill files {files}");
+            assert_ne!(listing(&base), listing(&disk));
+            let report = disk_repo
+                .check(CheckOptions { read_data: true }, &NoProgress)
+                .unwrap();
+            assert!(report.ok, "{:?}", report.errors);
+        }
+    }
+
+    /// check and prune see each pack's index entries alike however packs
+    /// are batched: in one pass, or sorted out through temporary files,
+    /// one per batch or shared by neighbouring batches.
+    #[test]
+    fn pack_batches_give_every_entry_once_however_batched() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = Repository::open(&forgotten_first(t.path(), 50)).unwrap();
+        let index = repo.load_index().unwrap();
+        assert!(index.files.len() > 2);
+        let packs: Vec<(Id, u64)> = index.blobs_per_pack().unwrap().into_iter().collect();
+        let gather = |how: Batching| {
+            let mut all = Vec::new();
+            let mut sizes = Vec::new();
+            repo.each_pack_batch(
+                &index,
+                &packs,
+                how,
+                |file, record, e| (file, record, e),
+                |batch| {
+                    sizes.push(batch.values().map(Vec::len).sum::<usize>());
+                    all.extend(batch);
+                    Ok(())
+                },
             )
-        );
-        assert_eq!(listing(&mem), listing(&disk));
-        assert_ne!(listing(&base), listing(&disk));
-        let report = disk_repo
-            .check(CheckOptions { read_data: true }, &NoProgress)
             .unwrap();
-        assert!(report.ok, "{:?}", report.errors);
+            (all, sizes)
+        };
+        let (whole, sizes) = gather(Batching::default());
+        assert_eq!(sizes.len(), 1);
+        assert_eq!(whole.len(), packs.len());
+        let total: u64 = packs.iter().map(|(_, n)| n).sum();
+        assert_eq!(sizes[0] as u64, total);
+        for (_, entries) in &whole {
+            // Each entry is where it says it is.
+            for (file, record, e) in entries {
+                assert_eq!(index.files[*file].reader().entry(*record).unwrap(), *e);
+            }
+        }
+        for files in [1, 3, 1000] {
+            let (parts, sizes) = gather(Batching { blobs: 40, files });
+            assert!(sizes.len() > 3, "{sizes:?}");
+            assert_eq!(parts, whole, "spill files {files}");
+        }
     }
 
     /// A prune interrupted after writing its new packs and indexes, before
