@@ -9,7 +9,7 @@
 //! batch's unnamed temporary file in `$TMPDIR`, and each batch then reads
 //! just its own records back: linear in the number of entries, where a
 //! pass over the whole index per batch would grow with its square.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, Write};
 
@@ -164,11 +164,19 @@ impl Repository {
             }
             return Ok(());
         }
-        let batch_of: HashMap<Id, usize> = groups
+        // Sorted, searched: fewer instructions than hashing 32-byte ids.
+        let mut batch_of: Vec<(Id, usize)> = groups
             .iter()
             .enumerate()
             .flat_map(|(b, g)| g.iter().map(move |(p, _)| (*p, b)))
             .collect();
+        batch_of.sort_unstable();
+        let batch_of = |pack: &Id| {
+            batch_of
+                .binary_search_by(|(p, _)| p.cmp(pack))
+                .ok()
+                .map(|i| batch_of[i].1)
+        };
         let files = how.files.clamp(1, groups.len());
         // Batch b's file: neighbours share one when there are more batches.
         let file_of = |b: usize| b * files / groups.len();
@@ -186,7 +194,7 @@ impl Repository {
         let mut failed = None;
         index
             .each_entry(|file, record, e| {
-                if let (None, Some(&b)) = (&failed, batch_of.get(&e.pack)) {
+                if let (None, Some(b)) = (&failed, batch_of(&e.pack)) {
                     if let Err(err) = spills[file_of(b)].push(base[file] + record) {
                         failed = Some(err);
                     }
@@ -205,7 +213,7 @@ impl Repository {
                 }
                 let record = pos - base[file];
                 let e = readers[file].entry(record).map_err(corrupt)?;
-                if batch_of.get(&e.pack) == Some(&b) {
+                if batch_of(&e.pack) == Some(b) {
                     let v = out.get_mut(&e.pack).expect("a pack of this batch");
                     v.push(map(file, record, e));
                 }
