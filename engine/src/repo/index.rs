@@ -56,12 +56,56 @@ impl IndexFile {
 /// All index files of a repository, plus those a running create wrote.
 pub(crate) struct MasterIndex {
     pub files: Vec<IndexFile>,
-    /// The file that answered a lookup last, asked first: blobs looked up
-    /// one after another (a snapshot's, a directory's) were mostly indexed
-    /// together, and a repository may have many index files.
-    last: std::sync::atomic::AtomicUsize,
+    /// The files that answered the last lookups, asked first, most recent
+    /// first: blobs looked up one after another (a snapshot's, a
+    /// directory's) were mostly indexed together, or by a few runs (a
+    /// directory's unchanged files by an old one, its changed ones by a new
+    /// one), and a repository may have many index files. See [`Recent`].
+    recent: std::sync::atomic::AtomicU64,
     /// Index files written during this run (see `Backup::flush_index`).
     added: std::sync::RwLock<Vec<IndexFile>>,
+}
+
+/// Up to four file numbers, most recent first, 16 bits each (`u16::MAX`:
+/// none), in one word that lookups on every thread read and replace
+/// without a lock. Files numbered past 65,534 are just never remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Recent(u64);
+
+impl Recent {
+    const EMPTY: Recent = Recent(u64::MAX);
+    const SLOTS: usize = 4;
+
+    fn files(self) -> impl Iterator<Item = usize> {
+        (0..Self::SLOTS)
+            .map(move |k| (self.0 >> (16 * k)) as u16)
+            .take_while(|&f| f != u16::MAX)
+            .map(usize::from)
+    }
+
+    fn holds(self, file: usize) -> bool {
+        self.files().any(|f| f == file)
+    }
+
+    /// `file` first, then the others in their order (the oldest dropped).
+    fn with_first(self, file: usize) -> Recent {
+        let Ok(f) = u16::try_from(file) else {
+            return self;
+        };
+        if f == u16::MAX {
+            return self;
+        }
+        let mut word = u64::from(f);
+        let mut k = 1;
+        for other in self.files().filter(|&o| o != file).take(Self::SLOTS - 1) {
+            word |= (other as u64) << (16 * k);
+            k += 1;
+        }
+        for k in k..Self::SLOTS {
+            word |= 0xffff << (16 * k);
+        }
+        Recent(word)
+    }
 }
 
 impl MasterIndex {
@@ -69,7 +113,7 @@ impl MasterIndex {
     pub(crate) fn from_files(files: Vec<IndexFile>) -> MasterIndex {
         MasterIndex {
             files,
-            last: Default::default(),
+            recent: std::sync::atomic::AtomicU64::new(Recent::EMPTY.0),
             added: Default::default(),
         }
     }
@@ -77,23 +121,28 @@ impl MasterIndex {
     pub(crate) fn lookup(&self, id: &Id) -> Option<IndexEntry> {
         use std::sync::atomic::Ordering::Relaxed;
         let find = |i: usize| self.files[i].reader().lookup(id).ok().flatten();
-        let first = self.last.load(Relaxed);
-        (first < self.files.len())
-            .then(|| find(first))
-            .flatten()
+        let recent = Recent(self.recent.load(Relaxed));
+        let found = recent
+            .files()
+            .filter(|&i| i < self.files.len())
+            .find_map(|i| Some((i, find(i)?)))
             .or_else(|| {
-                (0..self.files.len()).filter(|&i| i != first).find_map(|i| {
-                    let e = find(i)?;
-                    self.last.store(i, Relaxed);
-                    Some(e)
-                })
-            })
-            .or_else(|| {
-                let added = self.added.read().unwrap_or_else(|e| e.into_inner());
-                added
-                    .iter()
-                    .find_map(|f| f.reader().lookup(id).ok().flatten())
-            })
+                (0..self.files.len())
+                    .filter(|&i| !recent.holds(i))
+                    .find_map(|i| Some((i, find(i)?)))
+            });
+        if let Some((i, e)) = found {
+            // Racing threads may each store their own: any order will do.
+            let now = recent.with_first(i);
+            if now != recent {
+                self.recent.store(now.0, Relaxed);
+            }
+            return Some(e);
+        }
+        let added = self.added.read().unwrap_or_else(|e| e.into_inner());
+        added
+            .iter()
+            .find_map(|f| f.reader().lookup(id).ok().flatten())
     }
 
     /// Makes a freshly written index file part of the lookups.
@@ -257,5 +306,26 @@ impl Repository {
             .map_err(|e| Error::io("reading pack", &path, e))?;
         let t = parse_pack_trailer(&tail).map_err(|e| Error::corrupt("reading pack", &path, e))?;
         Ok(t.entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_files_most_recent_first_four_at_most() {
+        let r = Recent::EMPTY;
+        assert_eq!(r.files().count(), 0);
+        let r = r.with_first(3).with_first(7).with_first(3);
+        assert_eq!(r.files().collect::<Vec<_>>(), [3, 7]);
+        let r = r.with_first(1).with_first(2).with_first(9);
+        assert_eq!(r.files().collect::<Vec<_>>(), [9, 2, 1, 3]);
+        assert!(r.holds(1) && !r.holds(7));
+        assert_eq!(r.with_first(1).files().collect::<Vec<_>>(), [1, 9, 2, 3]);
+        // Past what 16 bits hold: not remembered, nothing else lost.
+        assert_eq!(r.with_first(65_535), r);
+        assert_eq!(r.with_first(1 << 20), r);
+        assert_eq!(Recent::EMPTY.with_first(0).files().collect::<Vec<_>>(), [0]);
     }
 }
