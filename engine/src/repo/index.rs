@@ -32,6 +32,10 @@ pub(crate) struct IndexFile {
     pub id: Id,
     bytes: Bytes,
     layout: IndexLayout,
+    /// The first and last blob id it holds (none: empty). The files prune
+    /// writes hold consecutive ranges of ids, so a lookup passes over all
+    /// but one of them with two comparisons.
+    range: Option<(Id, Id)>,
 }
 
 impl IndexFile {
@@ -43,7 +47,25 @@ impl IndexFile {
         r.verify_id(&id)?;
         r.verify()?;
         let layout = r.layout().clone();
-        Ok(IndexFile { id, bytes, layout })
+        let range = match r.len() {
+            0 => None,
+            n => Some((r.entry(0)?.id, r.entry(n - 1)?.id)),
+        };
+        Ok(IndexFile {
+            id,
+            bytes,
+            layout,
+            range,
+        })
+    }
+
+    /// The entry for blob `id`, if this file holds one.
+    fn lookup(&self, id: &Id) -> Option<IndexEntry> {
+        let (first, last) = self.range.as_ref()?;
+        if id < first || id > last {
+            return None;
+        }
+        self.reader().lookup(id).ok().flatten()
     }
 
     pub(crate) fn reader(&self) -> IndexReader<'_> {
@@ -120,7 +142,7 @@ impl MasterIndex {
 
     pub(crate) fn lookup(&self, id: &Id) -> Option<IndexEntry> {
         use std::sync::atomic::Ordering::Relaxed;
-        let find = |i: usize| self.files[i].reader().lookup(id).ok().flatten();
+        let find = |i: usize| self.files[i].lookup(id);
         let recent = Recent(self.recent.load(Relaxed));
         let found = recent
             .files()
@@ -142,7 +164,7 @@ impl MasterIndex {
         let added = self.added.read().unwrap_or_else(|e| e.into_inner());
         added
             .iter()
-            .find_map(|f| f.reader().lookup(id).ok().flatten())
+            .find_map(|f| f.lookup(id))
     }
 
     /// Makes a freshly written index file part of the lookups.
