@@ -604,8 +604,13 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 print_json(&s)?;
             } else {
                 eprintln!(
-                    "removed {} packs ({} rewritten), {} blobs; freed {} bytes",
-                    s.packs_removed, s.packs_rewritten, s.blobs_removed, s.bytes_freed
+                    "removed {} packs ({} rewritten), {} blobs; freed {} bytes; index files: {} -> {}",
+                    s.packs_removed,
+                    s.packs_rewritten,
+                    s.blobs_removed,
+                    s.bytes_freed,
+                    s.index_files_before,
+                    s.index_files_after
                 );
             }
             Ok(exit::OK)

@@ -59,6 +59,11 @@ impl IndexFile {
         })
     }
 
+    /// The first and last blob id it holds (none: it is empty).
+    pub(crate) fn range(&self) -> Option<(Id, Id)> {
+        self.range
+    }
+
     /// The entry for blob `id`, if this file holds one.
     fn lookup(&self, id: &Id) -> Option<IndexEntry> {
         let (first, last) = self.range.as_ref()?;
@@ -162,9 +167,7 @@ impl MasterIndex {
             return Some(e);
         }
         let added = self.added.read().unwrap_or_else(|e| e.into_inner());
-        added
-            .iter()
-            .find_map(|f| f.lookup(id))
+        added.iter().find_map(|f| f.lookup(id))
     }
 
     /// Makes a freshly written index file part of the lookups.

@@ -28,7 +28,7 @@ use serde::Serialize;
 use super::batch::Batching;
 use super::create::DEFAULT_INDEX_FLUSH;
 use super::idset::{IdSorter, SortedIds, RUN_IDS};
-use super::index::{by_stored_blob, MasterIndex};
+use super::index::{by_stored_blob, IndexFile, MasterIndex};
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
 use crate::error::Error;
@@ -45,8 +45,49 @@ pub struct PruneSummary {
     pub blobs_removed: u64,
     /// Bytes of pack files deleted, less the bytes of new packs.
     pub bytes_freed: i64,
+    /// Index files before.
+    pub index_files_before: u64,
+    /// Index files after (the same, when prune had nothing to do).
+    pub index_files_after: u64,
     /// Messages about stale locks that were broken.
     pub notices: Vec<String>,
+}
+
+/// Index files whose id ranges overlap another's that a prune with nothing
+/// to remove leaves as they are; past this many it writes the index anew.
+const LOOSE_INDEX_FILES: usize = 16;
+
+/// How many index files hold an id range that overlaps another file's. A
+/// lookup the recent files miss binary-searches each of them; the files
+/// prune writes overlap none.
+fn overlapping(index: &MasterIndex) -> usize {
+    overlapping_ranges(index.files.iter().filter_map(|f| f.range()).collect())
+}
+
+/// How many of `ranges` (first, last) overlap another.
+fn overlapping_ranges(mut ranges: Vec<(Id, Id)>) -> usize {
+    ranges.sort_unstable();
+    // Files in groups whose ranges chain into each other, groups of one
+    // not counted.
+    let (mut n, mut size, mut end) = (0, 0, None);
+    for (first, last) in ranges {
+        match end {
+            Some(e) if first <= e => {
+                size += 1;
+                end = Some(e.max(last));
+            }
+            _ => {
+                if size > 1 {
+                    n += size;
+                }
+                (size, end) = (1, Some(last));
+            }
+        }
+    }
+    if size > 1 {
+        n += size;
+    }
+    n
 }
 
 /// One bit per record of every index file: whether prune keeps that entry.
@@ -237,7 +278,9 @@ impl Repository {
             }
         }
         drop(counts);
-        if remove_packs.is_empty() {
+        sum.index_files_before = index.files.len() as u64;
+        sum.index_files_after = sum.index_files_before;
+        if remove_packs.is_empty() && overlapping(&index) <= LOOSE_INDEX_FILES {
             return Ok(sum);
         }
         progress.discovered(remove_packs.len() as u64, rewrite_bytes);
@@ -279,31 +322,69 @@ impl Repository {
         let (written, _, new_bytes) = packer.finish()?;
         new_packs.extend(written.iter().map(|e| e.pack));
         new_indexes.extend(self.write_index(written)?.map(|(_, id)| id));
-        // The entries of the packs kept whole, in index files of at most
-        // INDEX_PART entries. (An index written now may have the name, and so
-        // the content, of an old one: that one stays.)
-        let mut part = Vec::new();
-        let readers: Vec<_> = index.files.iter().map(|f| f.reader()).collect();
+        // The whole index written anew, merged in id order, in files of at
+        // most INDEX_PART entries, so that their id ranges do not overlap
+        // (a lookup passes over all but one of them): the entries kept of
+        // the packs kept whole, and every entry of the files just written.
+        // (A file written now may have the name, and so the content, of an
+        // old one: that one is read as one of the new.) The new files come
+        // first: an entry several files hold is read from the first that
+        // has it, and an old file may hold, not kept, an entry of a pack
+        // this prune wrote again (left by an interrupted prune).
+        let old: BTreeSet<Id> = index.files.iter().map(|f| f.id).collect();
+        let mut fresh = Vec::new();
+        for id in new_indexes.iter().filter(|id| !old.contains(id)) {
+            fresh.push(self.load_index_file(&RepoFile::Index.path(id), *id)?);
+        }
+        // Each input, and for an old one read through the kept bits, its
+        // place among the old files.
+        let (new_old, rest): (Vec<_>, Vec<_>) = index
+            .files
+            .iter()
+            .enumerate()
+            .partition(|(_, f)| new_indexes.contains(&f.id));
+        let inputs: Vec<(&IndexFile, Option<usize>)> = fresh
+            .iter()
+            .map(|f| (f, None))
+            .chain(new_old.into_iter().map(|(_, f)| (f, None)))
+            .chain(rest.into_iter().map(|(i, f)| (f, Some(i))))
+            .collect();
+        let readers: Vec<_> = inputs.iter().map(|(f, _)| f.reader()).collect();
+        let mut parts = BTreeSet::new();
+        let mut part: Vec<IndexEntry> = Vec::new();
         for m in merged_entries(&readers).map_err(corrupt)? {
             let m = m.map_err(corrupt)?;
-            if kept.get(m.input, m.record) && keep_packs.contains(&m.entry.pack) {
-                part.push(m.entry);
-                if part.len() >= INDEX_PART {
-                    let full = std::mem::take(&mut part);
-                    new_indexes.extend(self.write_index(full)?.map(|(_, id)| id));
-                }
+            let e = m.entry;
+            let keep = match inputs[m.input].1 {
+                None => true,
+                Some(file) => kept.get(file, m.record) && keep_packs.contains(&e.pack),
+            };
+            if !keep {
+                continue;
+            }
+            part.push(e);
+            if part.len() >= INDEX_PART {
+                let full = std::mem::take(&mut part);
+                parts.extend(self.write_index(full)?.map(|(_, id)| id));
             }
         }
-        new_indexes.extend(self.write_index(part)?.map(|(_, id)| id));
+        parts.extend(self.write_index(part)?.map(|(_, id)| id));
         drop(readers);
-        let old_indexes: Vec<Id> = index.files.iter().map(|f| f.id).collect();
+        drop(inputs);
         drop(index);
-        for id in old_indexes.into_iter().filter(|i| !new_indexes.contains(i)) {
-            let name = RepoFile::Index.path(&id);
+        sum.index_files_after = parts.len() as u64;
+        // Then every other index file: the old ones, and those written for
+        // the new packs on the way (their entries are in the parts now).
+        for id in old.iter().chain(fresh.iter().map(|f| &f.id)) {
+            if parts.contains(id) {
+                continue;
+            }
+            let name = RepoFile::Index.path(id);
             self.backend()
                 .remove(&name)
                 .map_err(|e| Error::io("removing index", self.file_path(&name), e))?;
         }
+        drop(fresh);
         let mut freed = 0i64;
         for p in remove_packs {
             let name = RepoFile::Pack.path(&p);
@@ -543,6 +624,8 @@ mod tests {
                 "spill files {files}"
             );
             assert_eq!(listing(&mem), listing(&disk), "spill files {files}");
+            // The index written anew: no two files' id ranges overlap.
+            assert_eq!(overlapping(&disk_repo.load_index().unwrap()), 0);
             assert_ne!(listing(&base), listing(&disk));
             let report = disk_repo
                 .check(CheckOptions { read_data: true }, &NoProgress)
@@ -594,6 +677,86 @@ mod tests {
             assert!(sizes.len() > 3, "{sizes:?}");
             assert_eq!(parts, whole, "spill files {files}");
         }
+    }
+
+    #[test]
+    fn overlapping_ranges_counts_files_in_chains() {
+        let id = |b: u8| Id::from_bytes([b; 32]);
+        let r = |a: u8, b: u8| (id(a), id(b));
+        assert_eq!(overlapping_ranges(vec![]), 0);
+        assert_eq!(overlapping_ranges(vec![r(0, 9)]), 0);
+        // Disjoint, in any order.
+        assert_eq!(overlapping_ranges(vec![r(20, 29), r(0, 9), r(10, 19)]), 0);
+        // Two chains: 0-9/5-12/11-15, and 30-40/40-41; 20-25 alone.
+        let v = vec![
+            r(11, 15),
+            r(30, 40),
+            r(0, 9),
+            r(20, 25),
+            r(5, 12),
+            r(40, 41),
+        ];
+        assert_eq!(overlapping_ranges(v), 5);
+        // One range holding the others.
+        assert_eq!(overlapping_ranges(vec![r(0, 255), r(3, 4), r(7, 8)]), 3);
+    }
+
+    /// A repository whose index is many files from many creates, each over
+    /// every id: a prune with nothing to remove writes it anew in files of
+    /// disjoint id ranges and touches no pack; the next prune does nothing.
+    #[test]
+    fn prune_compacts_an_index_of_many_overlapping_files() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, base) = (t.path().join("src"), t.path().join("repo"));
+        let opts = InitOptions {
+            pack_size: Some(1 << 20),
+            ..Default::default()
+        };
+        let repo = Repository::init(&base, &opts).unwrap();
+        for round in 1..=10 {
+            write_tree(&src, round);
+            repo.create_snapshot(
+                &CreateOptions {
+                    paths: vec![src.clone()],
+                    index_flush_every: 20,
+                    ..Default::default()
+                },
+                &NoProgress,
+            )
+            .unwrap();
+        }
+        let before = repo.load_index().unwrap();
+        assert!(
+            overlapping(&before) > LOOSE_INDEX_FILES,
+            "{} files, {} overlapping",
+            before.files.len(),
+            overlapping(&before)
+        );
+        let entries: u64 = before.files.iter().map(|f| f.reader().len()).sum();
+        drop(before);
+        let packs = |root: &Path| -> Vec<String> {
+            listing(root)
+                .into_iter()
+                .filter(|p| p.starts_with("data"))
+                .collect()
+        };
+        let data = packs(&base);
+        let s = repo.prune(&NoProgress).unwrap();
+        assert_eq!((s.packs_removed, s.blobs_removed), (0, 0), "{s:?}");
+        assert_eq!(s.index_files_after, 1, "{s:?}");
+        let after = repo.load_index().unwrap();
+        assert_eq!(after.files.len(), 1);
+        assert_eq!(after.files[0].reader().len(), entries);
+        drop(after);
+        assert_eq!(packs(&base), data);
+        let report = repo
+            .check(CheckOptions { read_data: true }, &NoProgress)
+            .unwrap();
+        assert!(report.ok, "{:?}", report.errors);
+        let files = listing(&base);
+        let s = repo.prune(&NoProgress).unwrap();
+        assert_eq!((s.index_files_before, s.index_files_after), (1, 1));
+        assert_eq!(listing(&base), files);
     }
 
     /// A prune interrupted after writing its new packs and indexes, before
