@@ -69,6 +69,13 @@ struct Spill {
     last: u64,
 }
 
+fn damaged() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "a temporary file of index positions reads back damaged",
+    )
+}
+
 impl Spill {
     fn new() -> io::Result<Spill> {
         Ok(Spill {
@@ -112,10 +119,14 @@ impl Spill {
             }
             let n = buf.len();
             for &b in buf {
-                // Our own file: a delta never needs more than 64 bits.
+                // Our own file, but read as if it might be damaged (the
+                // disk under $TMPDIR): an error, not a panic.
+                if shift > 63 {
+                    return Err(tmp(damaged()));
+                }
                 d |= u64::from(b & 0x7f) << shift;
                 if b & 0x80 == 0 {
-                    pos += d;
+                    pos = pos.checked_add(d).ok_or_else(|| tmp(damaged()))?;
                     each(pos)?;
                     (d, shift) = (0, 0);
                 } else {
@@ -207,7 +218,16 @@ impl Repository {
         for (b, g) in groups.iter().enumerate() {
             let mut out = empty(g);
             let mut file = 0;
+            let total = *base.last().expect("pushed");
             spills[file_of(b)].read(|pos| {
+                if pos >= total {
+                    let e = damaged();
+                    return Err(Error::io(
+                        "reading index positions",
+                        std::env::temp_dir(),
+                        e,
+                    ));
+                }
                 while pos >= base[file + 1] {
                     file += 1;
                 }
@@ -260,5 +280,24 @@ mod tests {
             .unwrap();
             assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn a_damaged_spill_is_an_error_not_a_panic() {
+        // A delta of more than 64 bits.
+        let mut s = Spill::new().unwrap();
+        s.out.write_all(&[0xff; 11]).unwrap();
+        assert!(s.read(|_| Ok(())).is_err());
+        // Positions past u64::MAX.
+        let mut s = Spill::new().unwrap();
+        s.push(u64::MAX - 1).unwrap();
+        s.out.write_all(&[5]).unwrap();
+        let mut seen = Vec::new();
+        let r = s.read(|p| {
+            seen.push(p);
+            Ok(())
+        });
+        assert!(r.is_err());
+        assert_eq!(seen, [u64::MAX - 1]);
     }
 }
