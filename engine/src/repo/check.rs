@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::batch::Batching;
+use super::idset::{CappedIds, WALKED_TREES};
 use super::index::{by_stored_blob, MasterIndex};
 use super::Repository;
 use crate::error::Error;
@@ -144,7 +145,7 @@ impl Repository {
                 e,
             )
         })?;
-        let mut clean: HashSet<Id> = HashSet::new();
+        let mut clean = CappedIds::new(WALKED_TREES);
         let mut affected_snaps = BTreeSet::new();
         let mut affected_files = BTreeSet::new();
         for name in snap_ids {
@@ -277,15 +278,13 @@ impl Repository {
     }
 }
 
-/// Sound trees remembered, at most (about 40 MiB of them), so that a
-/// subtree many snapshots share is walked once.
-const CLEAN_TREES: usize = 1 << 20;
-
 struct Walker<'a> {
     repo: &'a Repository,
     index: &'a MasterIndex,
     bad: &'a HashSet<Id>,
-    clean: &'a mut HashSet<Id>,
+    /// Sound trees, so that a subtree many snapshots share is walked once
+    /// (at most [`WALKED_TREES`] remembered).
+    clean: &'a mut CappedIds,
     errors: Vec<String>,
     files: Vec<String>,
 }
@@ -343,12 +342,6 @@ impl Walker<'_> {
             }
         }
         if ok {
-            // Remembering every sound tree would grow with the repository:
-            // past the cap, start afresh (trees are walked again, the
-            // findings are the same).
-            if self.clean.len() >= CLEAN_TREES {
-                self.clean.clear();
-            }
             self.clean.insert(*id);
         }
         ok

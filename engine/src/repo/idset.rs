@@ -1,10 +1,13 @@
-//! A set of blob ids that need not fit in memory, read back in sorted order.
+//! Sets of ids whose memory is bounded: [`IdSorter`], a set of blob ids
+//! that need not fit in memory, read back in sorted order; and
+//! [`CappedIds`], a memo of ids already handled that forgets past a cap.
 //!
-//! Ids are gathered in a buffer of fixed size; when it is full it is sorted,
+//! The sorter gathers ids in a buffer of fixed size; when it is full it is sorted,
 //! deduplicated and written as a run to an unnamed temporary file (in
 //! `$TMPDIR`, as sort(1) does), so memory holds at most one buffer however
 //! many ids there are. The set is read back by walking every run at once
 //! (see [`Cursor`]): prune joins it against the index, which is also sorted.
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -171,6 +174,37 @@ impl Cursor<'_> {
     }
 }
 
+/// Trees remembered as walked by default, at most (about 40 MiB of them).
+pub(crate) const WALKED_TREES: usize = 1 << 20;
+
+/// Ids already handled (trees walked), at most `cap` of them: when full it
+/// starts afresh, so a walk that asks it may repeat work, never skip any.
+pub(crate) struct CappedIds {
+    set: HashSet<Id>,
+    cap: usize,
+}
+
+impl CappedIds {
+    pub(crate) fn new(cap: usize) -> CappedIds {
+        CappedIds {
+            set: HashSet::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    pub(crate) fn contains(&self, id: &Id) -> bool {
+        self.set.contains(id)
+    }
+
+    /// Remembers `id`; whether it was not remembered already.
+    pub(crate) fn insert(&mut self, id: Id) -> bool {
+        if self.set.len() >= self.cap {
+            self.set.clear();
+        }
+        self.set.insert(id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +238,17 @@ mod tests {
             }
             assert!(!c.contains(&Id::from_bytes([0xff; 32])).unwrap());
         }
+    }
+
+    #[test]
+    fn capped_ids_forget_when_full_never_hold_more() {
+        let id = |i: u32| Id::hash(&i.to_le_bytes());
+        let mut s = CappedIds::new(3);
+        assert!(s.insert(id(1)) && s.insert(id(2)) && !s.insert(id(1)));
+        assert!(s.insert(id(3)) && s.contains(&id(1)));
+        // Full: the fourth starts afresh.
+        assert!(s.insert(id(4)));
+        assert!(!s.contains(&id(1)) && s.contains(&id(4)));
+        assert!(s.set.len() <= 3);
     }
 }

@@ -11,7 +11,7 @@
 //! ([`Kept`]); packs are then rewritten a batch at a time (see
 //! `batch.rs`: one more pass sorts their entries out to temporary files).
 //! The set of trees already walked (so that a subtree many snapshots share
-//! is walked once) is capped: past [`SEEN_TREES`] it starts afresh, which
+//! is walked once) is capped: past [`WALKED_TREES`] it starts afresh, which
 //! costs walks, never correctness.
 //!
 //! Order for crash safety: new packs, then the new indexes, then the old
@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use super::batch::Batching;
 use super::create::DEFAULT_INDEX_FLUSH;
-use super::idset::{IdSorter, SortedIds, RUN_IDS};
+use super::idset::{CappedIds, IdSorter, SortedIds, RUN_IDS, WALKED_TREES};
 use super::index::{by_stored_blob, IndexFile, MasterIndex};
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
@@ -105,15 +105,6 @@ impl Kept {
     }
 }
 
-/// Tree ids remembered as walked, at most (about 40 MiB of them).
-const SEEN_TREES: usize = 1 << 20;
-
-/// Trees already walked, at most `cap` of them.
-struct Seen {
-    set: HashSet<Id>,
-    cap: usize,
-}
-
 /// What prune holds in memory at most.
 #[derive(Clone, Copy, Debug)]
 struct Limits {
@@ -129,7 +120,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             run_ids: RUN_IDS,
-            seen_trees: SEEN_TREES,
+            seen_trees: WALKED_TREES,
             batching: Batching::default(),
         }
     }
@@ -154,14 +145,11 @@ impl Repository {
         &self,
         index: &MasterIndex,
         tree: &Id,
-        trees: &mut Seen,
+        trees: &mut CappedIds,
         used: &mut IdSorter,
         progress: &dyn Progress,
     ) -> Result<(), Error> {
-        if trees.set.len() >= trees.cap {
-            trees.set.clear();
-        }
-        if !trees.set.insert(*tree) {
+        if !trees.insert(*tree) {
             return Ok(());
         }
         let sorting = |e| Error::io("sorting used blob ids", std::env::temp_dir(), e);
@@ -244,10 +232,7 @@ impl Repository {
         let mut index = self.load_index()?;
         self.recover_unindexed(&mut index)?;
         let mut used = IdSorter::new(limits.run_ids);
-        let mut trees = Seen {
-            set: HashSet::new(),
-            cap: limits.seen_trees,
-        };
+        let mut trees = CappedIds::new(limits.seen_trees);
         for s in self.snapshots()? {
             self.mark(&index, &s.snapshot.tree, &mut trees, &mut used, progress)?;
         }
