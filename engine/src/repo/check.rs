@@ -2,17 +2,22 @@
 //! `read_data`, every byte of every pack is read and every blob's hash
 //! verified. Problems are collected, never fatal, and traced back to the
 //! snapshots and files they affect.
+//!
+//! The walk of the snapshots does not look each file's chunks up: it sorts
+//! their ids out of memory ([`IdSorter`]) and joins them against the index
+//! merged in id order, sequential reads where lookups were cache misses;
+//! only when that finds chunks missing does a second walk name the files.
 use std::collections::{BTreeSet, HashSet};
 
 use haul_formats::{
-    bundle_member, decode_blob_unverified, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind,
-    PackReader, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
+    bundle_member, decode_blob_unverified, merged_entries, FileKind as RepoFile, Id, IndexEntry,
+    Node, NodeKind, PackReader, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
 };
 use rayon::prelude::*;
 use serde::Serialize;
 
 use super::batch::Batching;
-use super::idset::{CappedIds, WALKED_TREES};
+use super::idset::{CappedIds, IdSorter, SortedIds, RUN_IDS, WALKED_TREES};
 use super::index::{by_stored_blob, MasterIndex};
 use super::Repository;
 use crate::error::Error;
@@ -58,6 +63,16 @@ pub struct CheckReport {
 impl Repository {
     /// Checks the repository; see the module docs.
     pub fn check(&self, opts: CheckOptions, progress: &dyn Progress) -> Result<CheckReport, Error> {
+        self.check_with(opts, progress, Limits::default())
+    }
+
+    /// [`Repository::check`] within `limits`.
+    fn check_with(
+        &self,
+        opts: CheckOptions,
+        progress: &dyn Progress,
+        limits: Limits,
+    ) -> Result<CheckReport, Error> {
         let lock = self.lock(false)?;
         let mut rep = CheckReport {
             notices: lock.notices().to_vec(),
@@ -137,7 +152,10 @@ impl Repository {
             },
         )?;
 
-        // Snapshots: every tree and chunk indexed, none of them bad.
+        // Snapshots: every tree and chunk indexed, none of them bad. The
+        // walk gathers the chunks' ids, and one pass over the sorted index
+        // finds those it lacks; only then does a second walk name the
+        // files that use them.
         let snap_ids = self.backend().list(RepoFile::Snapshot.dir()).map_err(|e| {
             Error::io(
                 "listing snapshots",
@@ -145,50 +163,112 @@ impl Repository {
                 e,
             )
         })?;
+        let mut chunks = IdSorter::new(limits.run_ids);
+        let mut walk = self.walk(&index, &bad, &snap_ids, Chunks::Gather(&mut chunks));
+        let missing = walk
+            .gathered
+            .then(|| self.missing_chunks(&index, &chunks.finish(), limits.missing))
+            .flatten();
+        match missing {
+            Some(m) if m.is_empty() => {}
+            Some(m) => walk = self.walk(&index, &bad, &snap_ids, Chunks::Missing(&m)),
+            None => walk = self.walk(&index, &bad, &snap_ids, Chunks::Lookup),
+        }
+        rep.snapshots = walk.snapshots;
+        rep.errors.extend(walk.errors);
+        rep.affected_snapshots = walk.snaps.into_iter().collect();
+        rep.affected_files = walk.files.into_iter().collect();
+        rep.errors.dedup();
+        rep.ok = rep.errors.is_empty();
+        Ok(rep)
+    }
+
+    /// Walks every snapshot's trees.
+    fn walk(
+        &self,
+        index: &MasterIndex,
+        bad: &HashSet<Id>,
+        names: &[String],
+        mut chunks: Chunks<'_>,
+    ) -> Walk {
         let mut clean = CappedIds::new(WALKED_TREES);
-        let mut affected_snaps = BTreeSet::new();
-        let mut affected_files = BTreeSet::new();
-        for name in snap_ids {
-            let Some((RepoFile::Snapshot, id)) = RepoFile::parse_path(&name) else {
+        let mut out = Walk {
+            gathered: true,
+            ..Default::default()
+        };
+        for name in names {
+            let Some((RepoFile::Snapshot, id)) = RepoFile::parse_path(name) else {
                 continue;
             };
-            rep.snapshots += 1;
+            out.snapshots += 1;
             let snap = match self.load_snapshot(&id) {
                 Ok(s) => s,
                 Err(e) => {
-                    rep.errors.push(format!("snapshot {}: {e}", id.to_hex()));
-                    affected_snaps.insert(id.to_hex());
+                    out.errors.push(format!("snapshot {}: {e}", id.to_hex()));
+                    out.snaps.insert(id.to_hex());
                     continue;
                 }
             };
             let mut walker = Walker {
                 repo: self,
-                index: &index,
-                bad: &bad,
+                index,
+                bad,
                 clean: &mut clean,
+                chunks: &mut chunks,
                 errors: Vec::new(),
                 files: Vec::new(),
             };
             walker.tree(&snap.snapshot.tree, "");
             if !walker.errors.is_empty() || !walker.files.is_empty() {
-                affected_snaps.insert(id.to_hex());
+                out.snaps.insert(id.to_hex());
             }
-            rep.errors.extend(
+            out.errors.extend(
                 walker
                     .errors
                     .into_iter()
                     .map(|e| format!("snapshot {}: {e}", id.short())),
             );
-            affected_files.extend(walker.files.into_iter().map(|p| AffectedFile {
-                snapshot: id.to_hex(),
-                path: p,
-            }));
+            out.files
+                .extend(walker.files.into_iter().map(|p| AffectedFile {
+                    snapshot: id.to_hex(),
+                    path: p,
+                }));
         }
-        rep.affected_snapshots = affected_snaps.into_iter().collect();
-        rep.affected_files = affected_files.into_iter().collect();
-        rep.errors.dedup();
-        rep.ok = rep.errors.is_empty();
-        Ok(rep)
+        out.gathered = !matches!(chunks, Chunks::Failed);
+        out
+    }
+
+    /// The ids of `used` that no index file holds, from one pass over the
+    /// index merged in id order; `None` when that pass cannot tell (an
+    /// index file out of order or a record damaged, a temporary file
+    /// unreadable) or more than `cap` are missing: the walk then looks
+    /// each chunk up.
+    fn missing_chunks(
+        &self,
+        index: &MasterIndex,
+        used: &SortedIds,
+        cap: usize,
+    ) -> Option<HashSet<Id>> {
+        let readers: Vec<_> = index.files.iter().map(|f| f.reader()).collect();
+        let mut entries = merged_entries(&readers).ok()?;
+        let (mut head, mut done) = (None, false);
+        let mut missing = HashSet::new();
+        for id in used.cursor() {
+            let id = id.ok()?;
+            while !done && head.is_none_or(|h| h < id) {
+                match entries.next() {
+                    Some(m) => head = Some(m.ok()?.entry.id),
+                    None => (head, done) = (None, true),
+                }
+            }
+            if head != Some(id) {
+                if missing.len() == cap {
+                    return None;
+                }
+                missing.insert(id);
+            }
+        }
+        Some(missing)
     }
 
     /// Checks one pack; returns errors and the ids of blobs that are unusable.
@@ -205,13 +285,32 @@ impl Repository {
         if !read_data {
             return match self.read_pack_entries(&name) {
                 Ok(own) => {
-                    let own: HashSet<IndexEntry> =
-                        own.iter().map(|e| IndexEntry::new(*pack, e)).collect();
-                    let missing: Vec<Id> = entries
+                    // The trailer is in stored order, (offset, inner)
+                    // ascending (equal only around an empty member): the
+                    // index's entries are put in that order and the two
+                    // lists walked together.
+                    let mut order: Vec<(u32, u32, usize)> = entries
                         .iter()
-                        .filter(|e| !own.contains(e))
-                        .map(|e| e.id)
+                        .enumerate()
+                        .map(|(i, e)| (e.offset, e.inner, i))
                         .collect();
+                    order.sort_unstable();
+                    let mut at = 0;
+                    let mut missing = Vec::new();
+                    for (offset, inner, i) in order {
+                        let key = |o: &haul_formats::PackEntry| (o.offset, o.inner);
+                        while own.get(at).is_some_and(|o| key(o) < (offset, inner)) {
+                            at += 1;
+                        }
+                        let e = &entries[i];
+                        let held = own[at..]
+                            .iter()
+                            .take_while(|o| key(o) == (offset, inner))
+                            .any(|o| IndexEntry::new(*pack, o) == *e);
+                        if !held {
+                            missing.push(e.id);
+                        }
+                    }
                     if missing.is_empty() {
                         (vec![], vec![])
                     } else {
@@ -278,18 +377,19 @@ impl Repository {
     }
 }
 
-struct Walker<'a> {
+struct Walker<'a, 'b> {
     repo: &'a Repository,
     index: &'a MasterIndex,
     bad: &'a HashSet<Id>,
     /// Sound trees, so that a subtree many snapshots share is walked once
     /// (at most [`WALKED_TREES`] remembered).
     clean: &'a mut CappedIds,
+    chunks: &'a mut Chunks<'b>,
     errors: Vec<String>,
     files: Vec<String>,
 }
 
-impl Walker<'_> {
+impl Walker<'_, '_> {
     /// Walks a tree; returns whether everything below it is sound.
     fn tree(&mut self, id: &Id, prefix: &str) -> bool {
         if self.clean.contains(id) {
@@ -325,11 +425,11 @@ impl Walker<'_> {
                 NodeKind::File { chunks, .. } => {
                     let mut file_ok = true;
                     for c in chunks {
-                        if !self.index.contains(c) {
+                        if self.chunks.missing(c, self.index) {
                             self.errors
                                 .push(format!("{p}: data blob {} is missing", c.short()));
                             file_ok = false;
-                        } else if self.bad.contains(c) {
+                        } else if !self.bad.is_empty() && self.bad.contains(c) {
                             file_ok = false;
                         }
                     }
@@ -348,10 +448,217 @@ impl Walker<'_> {
     }
 }
 
+/// How a walk tells whether a file's chunk is indexed.
+enum Chunks<'a> {
+    /// It does not yet: it gathers the ids for [`Repository::missing_chunks`].
+    Gather(&'a mut IdSorter),
+    /// Gathering failed (a temporary file could not be written).
+    Failed,
+    /// The ids found missing.
+    Missing(&'a HashSet<Id>),
+    /// An index lookup for each.
+    Lookup,
+}
+
+impl Chunks<'_> {
+    /// Whether `id` is known to be missing (never, while gathering).
+    fn missing(&mut self, id: &Id, index: &MasterIndex) -> bool {
+        match self {
+            Chunks::Gather(ids) => {
+                if ids.push(*id).is_err() {
+                    *self = Chunks::Failed;
+                }
+                false
+            }
+            Chunks::Failed => false,
+            Chunks::Missing(m) => m.contains(id),
+            Chunks::Lookup => !index.contains(id),
+        }
+    }
+}
+
+/// What a walk of every snapshot found.
+#[derive(Default)]
+struct Walk {
+    snapshots: u64,
+    errors: Vec<String>,
+    snaps: BTreeSet<String>,
+    files: BTreeSet<AffectedFile>,
+    /// Every chunk's id was gathered (or none was asked for).
+    gathered: bool,
+}
+
+/// What check holds in memory at most.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Chunk ids before they are sorted out to a temporary file.
+    run_ids: usize,
+    /// Missing chunk ids held to name the files that use them; past this
+    /// many the second walk looks every chunk up instead.
+    missing: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            run_ids: RUN_IDS,
+            missing: MISSING_IDS,
+        }
+    }
+}
+
+/// See [`Limits::missing`]: about 12 MiB of ids.
+const MISSING_IDS: usize = 1 << 18;
+
 fn display(p: &str) -> String {
     if p.is_empty() {
         "/".into()
     } else {
         p.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::repo::{CreateOptions, InitOptions};
+    use haul_formats::BlobKind;
+
+    /// Two snapshots of a tree of small and chunked files in a few
+    /// directories, then the index written anew as `edit` leaves it.
+    fn repo_with_index(dir: &Path, edit: impl FnOnce(&mut Vec<IndexEntry>)) -> Repository {
+        let src = dir.join("src");
+        let repo = Repository::init(&dir.join("repo"), &InitOptions::default()).unwrap();
+        for round in 0..2u32 {
+            for i in 0..120u32 {
+                let d = src.join(format!("d{}", i % 5));
+                std::fs::create_dir_all(&d).unwrap();
+                let len = if i % 30 == 0 {
+                    600_000
+                } else {
+                    100 + i as usize
+                };
+                let v = if i % 3 == 0 { round } else { 0 };
+                let mut data = vec![0u8; len];
+                let mut h = blake3::Hasher::new();
+                h.update(&[i.to_le_bytes(), v.to_le_bytes()].concat());
+                h.finalize_xof().fill(&mut data);
+                std::fs::write(d.join(format!("f{i}")), data).unwrap();
+            }
+            repo.create_snapshot(
+                &CreateOptions {
+                    paths: vec![src.clone()],
+                    ..Default::default()
+                },
+                &NoProgress,
+            )
+            .unwrap();
+        }
+        let index = repo.load_index().unwrap();
+        let mut entries = Vec::new();
+        index.each_entry(|_, _, e| entries.push(e)).unwrap();
+        edit(&mut entries);
+        let names: Vec<String> = repo.backend().list(RepoFile::Index.dir()).unwrap();
+        repo.write_index(entries).unwrap();
+        for name in names {
+            repo.backend().remove(&name).unwrap();
+        }
+        repo
+    }
+
+    /// [`repo_with_index`] whose index lacks every `nth` data blob (all of
+    /// them still in their packs).
+    fn repo_missing_every(dir: &Path, nth: usize) -> Repository {
+        repo_with_index(dir, |entries| {
+            let mut n = 0;
+            entries.retain(|e| {
+                n += usize::from(e.kind == BlobKind::Data);
+                nth == 0 || e.kind != BlobKind::Data || n % nth != 0
+            });
+        })
+    }
+
+    fn outcome(r: &CheckReport) -> (bool, Vec<String>, Vec<String>, Vec<AffectedFile>) {
+        (
+            r.ok,
+            r.errors.clone(),
+            r.affected_snapshots.clone(),
+            r.affected_files.clone(),
+        )
+    }
+
+    /// Chunks joined against the index (their ids sorted in memory or out
+    /// through temporary files) and chunks looked up one by one find the
+    /// same problems and name the same files.
+    #[test]
+    fn joined_and_looked_up_chunks_give_one_report() {
+        for nth in [0, 7] {
+            let t = tempfile::tempdir().unwrap();
+            let repo = repo_missing_every(t.path(), nth);
+            let opts = CheckOptions::default();
+            let joined = repo.check(opts, &NoProgress).unwrap();
+            let spilled = Limits {
+                run_ids: 3,
+                ..Default::default()
+            };
+            // No room for a missing id: every chunk looked up.
+            let looked_up = Limits {
+                run_ids: 3,
+                missing: 0,
+            };
+            for limits in [spilled, looked_up] {
+                let r = repo.check_with(opts, &NoProgress, limits).unwrap();
+                assert_eq!(outcome(&r), outcome(&joined), "every {nth}th, {limits:?}");
+            }
+            match 120usize.checked_div(nth) {
+                None => assert!(joined.ok, "{:?}", joined.errors),
+                Some(least) => {
+                    assert!(!joined.ok);
+                    assert_eq!(joined.affected_snapshots.len(), 2);
+                    assert!(joined.affected_files.len() >= least, "{joined:?}");
+                    assert!(joined.errors.iter().all(|e| e.contains("is missing")));
+                }
+            }
+        }
+    }
+
+    /// An index entry that does not match its pack's own entry (another
+    /// length or place) is reported, by pack and count, without reading
+    /// data, and the files that use it are named.
+    #[test]
+    fn index_entries_a_pack_does_not_hold_are_found_without_reading_data() {
+        let t = tempfile::tempdir().unwrap();
+        let mut changed = Vec::new();
+        let repo = repo_with_index(t.path(), |entries| {
+            for (i, e) in entries.iter_mut().enumerate() {
+                if e.kind == BlobKind::Data && i % 9 == 0 {
+                    match i % 2 {
+                        0 => e.raw_len += 1,
+                        _ => e.inner += 1,
+                    }
+                    changed.push(e.id);
+                }
+            }
+        });
+        let r = repo.check(CheckOptions::default(), &NoProgress).unwrap();
+        assert!(!r.ok);
+        let counted: usize = r
+            .errors
+            .iter()
+            .filter_map(|e| {
+                e.split(": ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum();
+        assert_eq!(counted, changed.len(), "{:?}", r.errors);
+        assert!(r.errors.iter().all(|e| e.contains("are not in the pack")));
+        assert!(r.affected_files.len() >= changed.len() / 2, "{r:?}");
     }
 }

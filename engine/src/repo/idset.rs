@@ -6,7 +6,8 @@
 //! deduplicated and written as a run to an unnamed temporary file (in
 //! `$TMPDIR`, as sort(1) does), so memory holds at most one buffer however
 //! many ids there are. The set is read back by walking every run at once
-//! (see [`Cursor`]): prune joins it against the index, which is also sorted.
+//! (see [`Cursor`]): prune and check join it against the index, which is
+//! also sorted.
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -93,7 +94,8 @@ impl SortedIds {
         self.runs.len()
     }
 
-    /// A membership test for ids asked in ascending order, from the start.
+    /// A membership test for ids asked in ascending order, from the start;
+    /// or, as an iterator, the ids themselves.
     pub(crate) fn cursor(&self) -> Cursor<'_> {
         Cursor {
             mem: &self.mem,
@@ -109,6 +111,16 @@ impl SortedIds {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Every id once, in ascending order (the runs merged, a duplicate given
+/// once), from where the cursor is.
+impl Iterator for Cursor<'_> {
+    type Item = io::Result<Id>;
+
+    fn next(&mut self) -> Option<io::Result<Id>> {
+        self.step().transpose()
     }
 }
 
@@ -171,6 +183,28 @@ impl Cursor<'_> {
             }
         }
         Ok(found)
+    }
+
+    /// The least id not yet given, if any, and past it.
+    fn step(&mut self) -> io::Result<Option<Id>> {
+        let mut min = self.mem.get(self.at).copied();
+        for r in &mut self.runs {
+            if let Some(h) = r.head()? {
+                min = Some(min.map_or(h, |m| m.min(h)));
+            }
+        }
+        let Some(min) = min else {
+            return Ok(None);
+        };
+        if self.mem.get(self.at) == Some(&min) {
+            self.at += 1;
+        }
+        for r in &mut self.runs {
+            if r.head()? == Some(min) {
+                r.pos += 1;
+            }
+        }
+        Ok(Some(min))
     }
 }
 
@@ -237,6 +271,9 @@ mod tests {
                 assert!(c.contains(id).unwrap(), "asked twice");
             }
             assert!(!c.contains(&Id::from_bytes([0xff; 32])).unwrap());
+            // And read back in order, each id once.
+            let got: Vec<Id> = set.cursor().map(Result::unwrap).collect();
+            assert_eq!(got, want.iter().copied().collect::<Vec<_>>(), "cap {cap}");
         }
     }
 
