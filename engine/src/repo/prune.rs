@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use haul_formats::{
     bundle_member, decode_blob_unverified, encode_blob_with_id, merged_entries, BundleMember,
     EncodedBlob, EncodedBundle, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind,
-    MAX_TREE_BLOB_LEN,
+    INDEX_RECORD_LEN, MAX_TREE_BLOB_LEN,
 };
 use serde::Serialize;
 
@@ -129,6 +129,9 @@ impl Default for Limits {
 /// Index entries (56 B each) an index file prune writes holds at most.
 const INDEX_PART: usize = 1 << 18;
 
+/// Bytes of old index records merged between progress reports.
+const PROGRESS_STEP: u64 = 1 << 20;
+
 /// Of one pack: index entries, how many of them are kept, and the bytes of
 /// its stored blobs.
 #[derive(Clone, Copy, Default)]
@@ -221,7 +224,8 @@ impl Repository {
     ///
     /// Progress: while the snapshots' trees are walked, one entry per tree
     /// (no total yet); then one entry per pack to rewrite or delete, and
-    /// the bytes of the stored blobs read from the packs being rewritten.
+    /// the bytes of the stored blobs read from the packs being rewritten,
+    /// then those of the old index records merged into the new index.
     pub fn prune(&self, progress: &dyn Progress) -> Result<PruneSummary, Error> {
         self.prune_with(progress, Limits::default())
     }
@@ -268,7 +272,14 @@ impl Repository {
         if remove_packs.is_empty() && overlapping(&index) <= LOOSE_INDEX_FILES {
             return Ok(sum);
         }
-        progress.discovered(remove_packs.len() as u64, rewrite_bytes);
+        // The index rewrite at the end counts as the bytes of the old
+        // index's records: at 100M blobs it is minutes of merging.
+        let index_bytes: u64 = index
+            .files
+            .iter()
+            .map(|f| f.reader().len() * INDEX_RECORD_LEN as u64)
+            .sum();
+        progress.discovered(remove_packs.len() as u64, rewrite_bytes + index_bytes);
         progress.discovery_done();
         // The packs to rewrite, a batch at a time: their kept blobs move
         // into new packs, indexed every so many blobs as create does.
@@ -337,12 +348,20 @@ impl Repository {
         let readers: Vec<_> = inputs.iter().map(|(f, _)| f.reader()).collect();
         let mut parts = BTreeSet::new();
         let mut part: Vec<IndexEntry> = Vec::new();
+        let (mut merged, mut shown) = (0u64, 0u64);
         for m in merged_entries(&readers).map_err(corrupt)? {
             let m = m.map_err(corrupt)?;
             let e = m.entry;
             let keep = match inputs[m.input].1 {
                 None => true,
-                Some(file) => kept.get(file, m.record) && keep_packs.contains(&e.pack),
+                Some(file) => {
+                    merged += INDEX_RECORD_LEN as u64;
+                    if merged - shown >= PROGRESS_STEP {
+                        progress.bytes(merged - shown);
+                        shown = merged;
+                    }
+                    kept.get(file, m.record) && keep_packs.contains(&e.pack)
+                }
             };
             if !keep {
                 continue;
@@ -354,6 +373,8 @@ impl Repository {
             }
         }
         parts.extend(self.write_index(part)?.map(|(_, id)| id));
+        // (Records several old files hold are merged once.)
+        progress.bytes(index_bytes.saturating_sub(shown));
         drop(readers);
         drop(inputs);
         drop(index);
@@ -726,8 +747,12 @@ mod tests {
                 .collect()
         };
         let data = packs(&base);
-        let s = repo.prune(&NoProgress).unwrap();
+        let p = Counted::default();
+        let s = repo.prune(&p).unwrap();
         assert_eq!((s.packs_removed, s.blobs_removed), (0, 0), "{s:?}");
+        // Its progress: the old index's records, merged.
+        let total = entries * INDEX_RECORD_LEN as u64;
+        assert_eq!((p.total.into_inner(), p.done.into_inner()), (total, total));
         assert_eq!(s.index_files_after, 1, "{s:?}");
         let after = repo.load_index().unwrap();
         assert_eq!(after.files.len(), 1);
@@ -767,5 +792,34 @@ mod tests {
             .check(CheckOptions { read_data: true }, &NoProgress)
             .unwrap();
         assert!(report.ok, "{:?}", report.errors);
+    }
+
+    /// Counts what prune reports.
+    #[derive(Default)]
+    struct Counted {
+        total: std::sync::atomic::AtomicU64,
+        done: std::sync::atomic::AtomicU64,
+    }
+
+    impl Progress for Counted {
+        fn discovered(&self, _files: u64, bytes: u64) {
+            self.total
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn bytes(&self, n: u64) {
+            self.done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The bytes prune reports reach the total it announced, no further:
+    /// those of the packs it rewrites, then those of the index it merges.
+    #[test]
+    fn prune_progress_ends_at_its_total() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = Repository::open(&forgotten_first(t.path(), 50)).unwrap();
+        let p = Counted::default();
+        let s = repo.prune(&p).unwrap();
+        assert!(s.packs_rewritten > 0, "{s:?}");
+        assert_eq!(p.done.into_inner(), p.total.into_inner());
     }
 }
