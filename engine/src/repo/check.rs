@@ -661,4 +661,40 @@ mod tests {
         assert!(r.errors.iter().all(|e| e.contains("are not in the pack")));
         assert!(r.affected_files.len() >= changed.len() / 2, "{r:?}");
     }
+
+    /// An index file out of order (checksum and name correct, two records
+    /// swapped) is reported and left out, and every chunk only it held is
+    /// missing: joined or looked up, one report.
+    #[test]
+    fn an_index_out_of_order_is_reported_and_its_chunks_missing() {
+        use haul_formats::{INDEX_FOOTER_LEN, INDEX_RECORD_LEN};
+        let t = tempfile::tempdir().unwrap();
+        let repo = repo_missing_every(t.path(), 0);
+        let names = repo.backend().list(RepoFile::Index.dir()).unwrap();
+        assert_eq!(names.len(), 1);
+        let mut bytes = repo.backend().get(&names[0], u64::MAX).unwrap();
+        let n = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
+        let records = bytes.len() - INDEX_FOOTER_LEN - n * INDEX_RECORD_LEN;
+        // Swap the middle two records.
+        let a = records + (n / 2 - 1) * INDEX_RECORD_LEN;
+        let (first, second) = bytes[a..a + 2 * INDEX_RECORD_LEN].split_at_mut(INDEX_RECORD_LEN);
+        first.swap_with_slice(second);
+        let end = bytes.len() - INDEX_FOOTER_LEN;
+        let sum = *blake3::hash(&bytes[..end]).as_bytes();
+        bytes[end..].copy_from_slice(&sum);
+        repo.backend().remove(&names[0]).unwrap();
+        let name = RepoFile::Index.path(&Id::hash(&bytes));
+        repo.backend().put(&name, &bytes).unwrap();
+        let opts = CheckOptions::default();
+        let got = repo.check(opts, &NoProgress).unwrap();
+        assert!(!got.ok);
+        assert!(got.errors[0].contains("out of order"), "{:?}", got.errors);
+        assert!(got.errors.iter().any(|e| e.contains("is missing")));
+        let looked_up = Limits {
+            missing: 0,
+            ..Default::default()
+        };
+        let want = repo.check_with(opts, &NoProgress, looked_up).unwrap();
+        assert_eq!(outcome(&got), outcome(&want));
+    }
 }
