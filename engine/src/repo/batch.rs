@@ -76,6 +76,11 @@ fn damaged() -> io::Error {
     )
 }
 
+/// An error reading the positions back, naming where they were.
+fn reading(e: io::Error) -> Error {
+    Error::io("reading index positions", std::env::temp_dir(), e)
+}
+
 impl Spill {
     fn new() -> io::Result<Spill> {
         Ok(Spill {
@@ -106,14 +111,13 @@ impl Spill {
     /// Calls `each` with every record number, in the order pushed (after
     /// the last push; it may be read again).
     fn read(&mut self, mut each: impl FnMut(u64) -> Result<(), Error>) -> Result<(), Error> {
-        let tmp = |e| Error::io("reading index positions", std::env::temp_dir(), e);
-        self.out.flush().map_err(tmp)?;
+        self.out.flush().map_err(reading)?;
         let f = self.out.get_mut();
-        f.rewind().map_err(tmp)?;
+        f.rewind().map_err(reading)?;
         let mut r = BufReader::with_capacity(1 << 16, &*f);
         let (mut pos, mut d, mut shift) = (0u64, 0u64, 0u32);
         loop {
-            let buf = r.fill_buf().map_err(tmp)?;
+            let buf = r.fill_buf().map_err(reading)?;
             if buf.is_empty() {
                 break;
             }
@@ -122,11 +126,11 @@ impl Spill {
                 // Our own file, but read as if it might be damaged (the
                 // disk under $TMPDIR): an error, not a panic.
                 if shift > 63 {
-                    return Err(tmp(damaged()));
+                    return Err(reading(damaged()));
                 }
                 d |= u64::from(b & 0x7f) << shift;
                 if b & 0x80 == 0 {
-                    pos = pos.checked_add(d).ok_or_else(|| tmp(damaged()))?;
+                    pos = pos.checked_add(d).ok_or_else(|| reading(damaged()))?;
                     each(pos)?;
                     (d, shift) = (0, 0);
                 } else {
@@ -221,12 +225,7 @@ impl Repository {
             let total = *base.last().expect("pushed");
             spills[file_of(b)].read(|pos| {
                 if pos >= total {
-                    let e = damaged();
-                    return Err(Error::io(
-                        "reading index positions",
-                        std::env::temp_dir(),
-                        e,
-                    ));
+                    return Err(reading(damaged()));
                 }
                 while pos >= base[file + 1] {
                     file += 1;

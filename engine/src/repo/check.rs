@@ -163,16 +163,17 @@ impl Repository {
                 e,
             )
         })?;
-        let mut chunks = IdSorter::new(limits.run_ids);
-        let mut walk = self.walk(&index, &bad, &snap_ids, Chunks::Gather(&mut chunks));
-        let missing = walk
-            .gathered
-            .then(|| self.missing_chunks(&index, &chunks.finish(), limits.missing))
-            .flatten();
+        let mut ids = IdSorter::new(limits.run_ids);
+        let mut gather = Chunks::Gather(&mut ids);
+        let mut walk = self.walk(&index, &bad, &snap_ids, &mut gather);
+        let missing = match gather {
+            Chunks::Failed => None,
+            _ => self.missing_chunks(&index, &ids.finish(), limits.missing),
+        };
         match missing {
             Some(m) if m.is_empty() => {}
-            Some(m) => walk = self.walk(&index, &bad, &snap_ids, Chunks::Missing(&m)),
-            None => walk = self.walk(&index, &bad, &snap_ids, Chunks::Lookup),
+            Some(m) => walk = self.walk(&index, &bad, &snap_ids, &mut Chunks::Missing(&m)),
+            None => walk = self.walk(&index, &bad, &snap_ids, &mut Chunks::Lookup),
         }
         rep.snapshots = walk.snapshots;
         rep.errors.extend(walk.errors);
@@ -189,13 +190,10 @@ impl Repository {
         index: &MasterIndex,
         bad: &HashSet<Id>,
         names: &[String],
-        mut chunks: Chunks<'_>,
+        chunks: &mut Chunks<'_>,
     ) -> Walk {
         let mut clean = CappedIds::new(WALKED_TREES);
-        let mut out = Walk {
-            gathered: true,
-            ..Default::default()
-        };
+        let mut out = Walk::default();
         for name in names {
             let Some((RepoFile::Snapshot, id)) = RepoFile::parse_path(name) else {
                 continue;
@@ -214,7 +212,7 @@ impl Repository {
                 index,
                 bad,
                 clean: &mut clean,
-                chunks: &mut chunks,
+                chunks,
                 errors: Vec::new(),
                 files: Vec::new(),
             };
@@ -234,7 +232,6 @@ impl Repository {
                     path: p,
                 }));
         }
-        out.gathered = !matches!(chunks, Chunks::Failed);
         out
     }
 
@@ -295,10 +292,10 @@ impl Repository {
                         .map(|(i, e)| (e.offset, e.inner, i))
                         .collect();
                     order.sort_unstable();
+                    let key = |o: &haul_formats::PackEntry| (o.offset, o.inner);
                     let mut at = 0;
                     let mut missing = Vec::new();
                     for (offset, inner, i) in order {
-                        let key = |o: &haul_formats::PackEntry| (o.offset, o.inner);
                         while own.get(at).is_some_and(|o| key(o) < (offset, inner)) {
                             at += 1;
                         }
@@ -484,8 +481,6 @@ struct Walk {
     errors: Vec<String>,
     snaps: BTreeSet<String>,
     files: BTreeSet<AffectedFile>,
-    /// Every chunk's id was gathered (or none was asked for).
-    gathered: bool,
 }
 
 /// What check holds in memory at most.
