@@ -392,7 +392,8 @@ impl Walker<'_, '_> {
         if self.clean.contains(id) {
             return true;
         }
-        if self.bad.contains(id) || !self.index.contains(id) {
+        let found = self.index.lookup(id).filter(|_| !self.bad.contains(id));
+        let Some(entry) = found else {
             self.errors.push(format!(
                 "tree {} of {:?} is missing or damaged",
                 id.short(),
@@ -400,8 +401,8 @@ impl Walker<'_, '_> {
             ));
             self.files.push(display(prefix));
             return false;
-        }
-        let nodes: Vec<Node> = match self.repo.load_tree(self.index, id) {
+        };
+        let nodes: Vec<Node> = match self.repo.load_tree_at(&entry, id) {
             Ok(n) => n,
             Err(e) => {
                 self.errors
@@ -412,26 +413,33 @@ impl Walker<'_, '_> {
         };
         let mut ok = true;
         for n in &nodes {
-            let p = if prefix.is_empty() {
-                String::from_utf8_lossy(&n.name).into_owned()
-            } else {
-                format!("{prefix}/{}", String::from_utf8_lossy(&n.name))
+            // A path is spelled out only for a directory walked into or a
+            // file with something to report, not for every sound file.
+            let path = || {
+                if prefix.is_empty() {
+                    String::from_utf8_lossy(&n.name).into_owned()
+                } else {
+                    format!("{prefix}/{}", String::from_utf8_lossy(&n.name))
+                }
             };
             match &n.kind {
-                NodeKind::Dir { subtree } => ok &= self.tree(subtree, &p),
+                NodeKind::Dir { subtree } => ok &= self.tree(subtree, &path()),
                 NodeKind::File { chunks, .. } => {
                     let mut file_ok = true;
                     for c in chunks {
                         if self.chunks.missing(c, self.index) {
-                            self.errors
-                                .push(format!("{p}: data blob {} is missing", c.short()));
+                            self.errors.push(format!(
+                                "{}: data blob {} is missing",
+                                path(),
+                                c.short()
+                            ));
                             file_ok = false;
                         } else if !self.bad.is_empty() && self.bad.contains(c) {
                             file_ok = false;
                         }
                     }
                     if !file_ok {
-                        self.files.push(p);
+                        self.files.push(path());
                         ok = false;
                     }
                 }
@@ -655,6 +663,80 @@ mod tests {
         assert_eq!(counted, changed.len(), "{:?}", r.errors);
         assert!(r.errors.iter().all(|e| e.contains("are not in the pack")));
         assert!(r.affected_files.len() >= changed.len() / 2, "{r:?}");
+    }
+
+    /// A directory whose tree the index lacks is reported once, by its
+    /// path, in the one snapshot that has that tree; every other file of
+    /// both snapshots is checked as usual (so a chunk missing elsewhere is
+    /// still found), joined or looked up alike.
+    #[test]
+    fn a_missing_tree_names_its_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let (mut gone, mut latest) = (Id::default(), String::new());
+        let mut chunk = Id::default();
+        let repo = repo_with_index(t.path(), |entries| {
+            let repo = Repository::open(&t.path().join("repo")).unwrap();
+            let index = repo.load_index().unwrap();
+            let snap = repo.find_snapshot("latest").unwrap();
+            latest = snap.id.to_hex();
+            let node = |path: &str| {
+                let tree = &snap.snapshot.tree;
+                repo.resolve_path(&index, tree, true, Path::new(path))
+                    .unwrap()
+                    .unwrap()
+                    .kind
+            };
+            // d1 holds f6, which the second create changed: its tree is
+            // the latest snapshot's alone.
+            let NodeKind::Dir { subtree } = node("d1") else {
+                panic!("d1 is not a directory")
+            };
+            gone = subtree;
+            // f2 is the same in both snapshots.
+            let NodeKind::File { chunks, .. } = node("d2/f2") else {
+                panic!("d2/f2 is not a file")
+            };
+            chunk = chunks[0];
+            entries.retain(|e| e.id != gone && e.id != chunk);
+        });
+        let joined = repo.check(CheckOptions::default(), &NoProgress).unwrap();
+        let looked_up = Limits {
+            run_ids: 3,
+            missing: 0,
+        };
+        let r = repo.check_with(CheckOptions::default(), &NoProgress, looked_up);
+        assert_eq!(outcome(&r.unwrap()), outcome(&joined));
+        assert!(!joined.ok);
+        let tree_errors: Vec<&String> = joined
+            .errors
+            .iter()
+            .filter(|e| e.contains("is missing or damaged"))
+            .collect();
+        assert_eq!(tree_errors.len(), 1, "{:?}", joined.errors);
+        assert!(tree_errors[0].contains(&gone.short()), "{tree_errors:?}");
+        assert!(tree_errors[0].contains("\"src/d1\""), "{tree_errors:?}");
+        let missing = format!("src/d2/f2: data blob {} is missing", chunk.short());
+        assert_eq!(
+            joined
+                .errors
+                .iter()
+                .filter(|e| e.ends_with(&missing))
+                .count(),
+            2,
+            "{:?}",
+            joined.errors
+        );
+        assert_eq!(joined.affected_snapshots.len(), 2);
+        let mut named: Vec<(bool, &str)> = joined
+            .affected_files
+            .iter()
+            .map(|f| (f.snapshot == latest, f.path.as_str()))
+            .collect();
+        named.sort();
+        assert_eq!(
+            named,
+            [(false, "src/d2/f2"), (true, "src/d1"), (true, "src/d2/f2")]
+        );
     }
 
     /// An index file out of order (checksum and name correct, two records

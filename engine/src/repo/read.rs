@@ -138,6 +138,12 @@ impl Repository {
         decode_tree(&bytes).map_err(|e| Error::corrupt("reading tree", self.location(), e))
     }
 
+    /// [`Repository::load_tree`] for a tree already looked up.
+    pub(crate) fn load_tree_at(&self, e: &IndexEntry, id: &Id) -> Result<Vec<Node>, Error> {
+        let bytes = self.load_blob_at(e, id, MAX_TREE_BLOB_LEN)?;
+        decode_tree(&bytes).map_err(|e| Error::corrupt("reading tree", self.location(), e))
+    }
+
     /// The nodes at `path` (relative to the snapshot root; empty for the root),
     /// and the tree they came from. For a snapshot of one path, the root is
     /// that path's own contents.
