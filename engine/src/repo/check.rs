@@ -216,7 +216,10 @@ impl Repository {
                 errors: Vec::new(),
                 files: Vec::new(),
             };
-            walker.tree(&snap.snapshot.tree, "");
+            // Files are named as `snapshot ls` and `restore --path` name
+            // them: for a snapshot of one path, from inside that path.
+            let single = snap.snapshot.paths.len() == 1;
+            walker.tree(&snap.snapshot.tree, (!single).then_some(""));
             if !walker.errors.is_empty() || !walker.files.is_empty() {
                 out.snaps.insert(id.to_hex());
             }
@@ -388,7 +391,10 @@ struct Walker<'a, 'b> {
 
 impl Walker<'_, '_> {
     /// Walks a tree; returns whether everything below it is sound.
-    fn tree(&mut self, id: &Id, prefix: &str) -> bool {
+    /// `prefix`: the tree's path; `None` for the root of a snapshot of one
+    /// path, whose one node is that path and is named as the root.
+    fn tree(&mut self, id: &Id, prefix: Option<&str>) -> bool {
+        let shown = prefix.unwrap_or_default();
         if self.clean.contains(id) {
             return true;
         }
@@ -397,17 +403,17 @@ impl Walker<'_, '_> {
             self.errors.push(format!(
                 "tree {} of {:?} is missing or damaged",
                 id.short(),
-                display(prefix)
+                display(shown)
             ));
-            self.files.push(display(prefix));
+            self.files.push(display(shown));
             return false;
         };
         let nodes: Vec<Node> = match self.repo.load_tree_at(&entry, id) {
             Ok(n) => n,
             Err(e) => {
                 self.errors
-                    .push(format!("tree {} of {:?}: {e}", id.short(), display(prefix)));
-                self.files.push(display(prefix));
+                    .push(format!("tree {} of {:?}: {e}", id.short(), display(shown)));
+                self.files.push(display(shown));
                 return false;
             }
         };
@@ -415,22 +421,20 @@ impl Walker<'_, '_> {
         for n in &nodes {
             // A path is spelled out only for a directory walked into or a
             // file with something to report, not for every sound file.
-            let path = || {
-                if prefix.is_empty() {
-                    String::from_utf8_lossy(&n.name).into_owned()
-                } else {
-                    format!("{prefix}/{}", String::from_utf8_lossy(&n.name))
-                }
+            let path = || match prefix {
+                None => String::new(),
+                Some("") => String::from_utf8_lossy(&n.name).into_owned(),
+                Some(p) => format!("{p}/{}", String::from_utf8_lossy(&n.name)),
             };
             match &n.kind {
-                NodeKind::Dir { subtree } => ok &= self.tree(subtree, &path()),
+                NodeKind::Dir { subtree } => ok &= self.tree(subtree, Some(&path())),
                 NodeKind::File { chunks, .. } => {
                     let mut file_ok = true;
                     for c in chunks {
                         if self.chunks.missing(c, self.index) {
                             self.errors.push(format!(
                                 "{}: data blob {} is missing",
-                                path(),
+                                display(&path()),
                                 c.short()
                             ));
                             file_ok = false;
@@ -439,7 +443,7 @@ impl Walker<'_, '_> {
                         }
                     }
                     if !file_ok {
-                        self.files.push(path());
+                        self.files.push(display(&path()));
                         ok = false;
                     }
                 }
@@ -714,8 +718,8 @@ mod tests {
             .collect();
         assert_eq!(tree_errors.len(), 1, "{:?}", joined.errors);
         assert!(tree_errors[0].contains(&gone.short()), "{tree_errors:?}");
-        assert!(tree_errors[0].contains("\"src/d1\""), "{tree_errors:?}");
-        let missing = format!("src/d2/f2: data blob {} is missing", chunk.short());
+        assert!(tree_errors[0].contains("\"d1\""), "{tree_errors:?}");
+        let missing = format!("d2/f2: data blob {} is missing", chunk.short());
         assert_eq!(
             joined
                 .errors
@@ -733,10 +737,7 @@ mod tests {
             .map(|f| (f.snapshot == latest, f.path.as_str()))
             .collect();
         named.sort();
-        assert_eq!(
-            named,
-            [(false, "src/d2/f2"), (true, "src/d1"), (true, "src/d2/f2")]
-        );
+        assert_eq!(named, [(false, "d2/f2"), (true, "d1"), (true, "d2/f2")]);
     }
 
     /// An index file out of order (checksum and name correct, two records
