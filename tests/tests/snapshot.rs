@@ -1866,8 +1866,6 @@ fn flipped_byte_in_a_pack_is_found_by_read_data_and_never_restored() {
     assert_trees_equal(&walk(&other), &walk(&dst2), &all(), "unaffected snapshot");
 }
 
-/// The last `n` components of a path, to compare paths that check and restore name
-/// relative to different roots.
 #[test]
 fn flipped_byte_in_a_compressed_bundle_fails_exactly_the_files_it_damages() {
     require_root("flipped_byte_in_a_compressed_bundle_fails_exactly_the_files_it_damages");

@@ -84,14 +84,18 @@ impl Repository {
         id: &Id,
         max: usize,
     ) -> Result<Blob, Error> {
-        let e = index.lookup(id).ok_or_else(|| {
+        self.load_blob_at(&self.indexed(index, id)?, id, max)
+    }
+
+    /// The index entry of blob `id`; an error if no index holds it.
+    fn indexed(&self, index: &MasterIndex, id: &Id) -> Result<IndexEntry, Error> {
+        index.lookup(id).ok_or_else(|| {
             Error::corrupt(
                 "reading blob",
                 self.location(),
                 super::bad("blob", format!("{} is not in any index", id.to_hex())),
             )
-        })?;
-        self.load_blob_at(&e, id, max)
+        })
     }
 
     /// [`Repository::load_blob`] for a blob already looked up.
@@ -134,8 +138,7 @@ impl Repository {
 
     /// Reads and decodes a tree blob.
     pub(crate) fn load_tree(&self, index: &MasterIndex, id: &Id) -> Result<Vec<Node>, Error> {
-        let bytes = self.load_blob(index, id, MAX_TREE_BLOB_LEN)?;
-        decode_tree(&bytes).map_err(|e| Error::corrupt("reading tree", self.location(), e))
+        self.load_tree_at(&self.indexed(index, id)?, id)
     }
 
     /// [`Repository::load_tree`] for a tree already looked up.
