@@ -179,6 +179,12 @@ pub fn print_human(s: &CopySummary) -> std::io::Result<()> {
             s.partial_not_listed
         )?;
     }
+    for i in &s.notices {
+        writeln!(err, "haul: notice: {}: {}", i.path.display(), i.reason)?;
+    }
+    if s.notices_not_listed > 0 {
+        writeln!(err, "haul: ... and {} more notices", s.notices_not_listed)?;
+    }
     for i in &s.verify_mismatches {
         writeln!(err, "haul: verify: {}: {}", i.path.display(), i.reason)?;
     }

@@ -125,6 +125,10 @@ pub enum SnapshotCommand {
         /// Do not restore POSIX ACLs.
         #[arg(long)]
         no_acls: bool,
+        /// Remove entries in DST that the snapshot does not have, and let a
+        /// non-directory replace a directory that has contents.
+        #[arg(long)]
+        delete: bool,
         /// Do not show a progress bar.
         #[arg(long)]
         no_progress: bool,
@@ -439,6 +443,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             no_owner,
             no_xattrs,
             no_acls,
+            delete,
             no_progress,
         } => {
             let r = open(&repo)?;
@@ -446,6 +451,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 paths,
                 copy: CopyOptions {
                     jobs: jobs.unwrap_or(0),
+                    delete,
                     owner: !no_owner,
                     xattrs: !no_xattrs,
                     acls: !no_acls && !no_xattrs,

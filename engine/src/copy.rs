@@ -152,6 +152,12 @@ pub struct CopySummary {
     pub failed_not_listed: u64,
     /// Partial entries beyond the recorded list.
     pub partial_not_listed: u64,
+    /// Entries copied as asked that the user should still hear about: a
+    /// file that grew while it was read, a setuid file given to root by a
+    /// map. They do not change the exit code.
+    pub notices: Vec<EntryIssue>,
+    /// Notices beyond the recorded list.
+    pub notices_not_listed: u64,
 }
 
 impl CopySummary {
@@ -186,8 +192,10 @@ struct Counters {
 struct Issues {
     failed: Vec<EntryIssue>,
     partial: Vec<EntryIssue>,
+    notices: Vec<EntryIssue>,
     failed_more: u64,
     partial_more: u64,
+    notices_more: u64,
 }
 
 /// The state of a hardlinked inode's first destination name.
@@ -344,6 +352,14 @@ fn flink_refused(e: &io::Error) -> bool {
     )
 }
 
+/// The failure of an entry whose place in DST is a directory with contents.
+fn not_empty() -> StepError {
+    StepError {
+        op: "cannot replace non-empty directory (--delete would)",
+        err: io::Error::from_raw_os_error(libc::ENOTEMPTY),
+    }
+}
+
 fn is_tmp_name(name: &[u8]) -> bool {
     name.len() == TMP_PREFIX.len() + 16
         && name.starts_with(TMP_PREFIX)
@@ -366,15 +382,14 @@ pub fn copy(
     let mut run = Run::new(opts, progress);
 
     if src_st.kind() == FileKind::Dir {
+        // Refused before DST is created: a refused run changes nothing.
+        refuse_dst_in_src(src, dst)?;
         let src_dir = sys::open_dir_path(src).map_err(|e| Error::io("opening source", src, e))?;
         let (dst_dir, existed) = open_or_create_root(dst, opts.dry_run)?;
         if let Some(d) = &dst_dir {
             let dst_st = sys::stat_fd(d).map_err(|e| Error::io("reading destination", dst, e))?;
             if (dst_st.dev, dst_st.ino) == (src_st.dev, src_st.ino) {
                 return Err(Error::invalid(dst, "SRC and DST are the same directory"));
-            }
-            if is_inside(dst, src) {
-                return Err(Error::invalid(dst, "DST lies inside SRC"));
             }
             run.dst_root = Some(
                 d.try_clone()
@@ -414,9 +429,29 @@ pub fn copy(
             });
         });
     } else {
-        // A single non-directory: DST is its new name.
-        let (sdir, sname) = split_parent(src)?;
-        let (ddir_path, dname) = split_parent(dst)?;
+        // A single non-directory. Like a directory, a SRC typed as a
+        // symlink is followed: what it points to is copied, under the
+        // name typed. DST names the copy, or, if it is a directory (or ends
+        // in `/`, as for rsync), the directory it lands in, as with cp.
+        let typed = src
+            .file_name()
+            .ok_or_else(|| Error::invalid(src, "path has no final component"))?;
+        let real = std::fs::canonicalize(src).map_err(|e| Error::io("reading source", src, e))?;
+        let (sdir, sname) = split_parent(&real)?;
+        let into_dir = match sys::stat_path(dst, true) {
+            Ok(st) => st.kind() == FileKind::Dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                dst.as_os_str().as_bytes().ends_with(b"/")
+            }
+            Err(e) => return Err(Error::io("reading destination", dst, e)),
+        };
+        let (ddir_path, dname) = if into_dir {
+            let name = CString::new(typed.as_bytes())
+                .map_err(|_| Error::invalid(src, "path contains a NUL"))?;
+            (dst.to_path_buf(), name)
+        } else {
+            split_parent(dst)?
+        };
         let sdir = sys::open_dir_path(&sdir).map_err(|e| Error::io("opening source", &sdir, e))?;
         let ddir = match sys::open_dir_path(&ddir_path) {
             Ok(d) => Some(d),
@@ -498,11 +533,53 @@ pub(crate) fn worker_pool(jobs: usize, what: &'static str) -> io::Result<rayon::
         .map_err(io::Error::other)
 }
 
-fn is_inside(dst: &Path, src: &Path) -> bool {
-    match (std::fs::canonicalize(dst), std::fs::canonicalize(src)) {
-        (Ok(d), Ok(s)) => d.starts_with(s),
-        _ => false,
+/// Refuses a DST that is SRC or lies inside it, judged on the path DST
+/// has or would have once created: every part of it that exists is
+/// resolved (symlinks, `..`), the rest is taken as typed. This runs before
+/// anything is created, so a refused run leaves no trace.
+fn refuse_dst_in_src(src: &Path, dst: &Path) -> Result<(), Error> {
+    let s = std::fs::canonicalize(src).map_err(|e| Error::io("reading source", src, e))?;
+    let d = planned_path(dst).map_err(|e| Error::io("reading destination", dst, e))?;
+    if d == s {
+        return Err(Error::invalid(dst, "SRC and DST are the same directory"));
     }
+    if d.starts_with(&s) {
+        return Err(Error::invalid(dst, "DST lies inside SRC"));
+    }
+    Ok(())
+}
+
+/// The absolute path `p` names: resolved as far as it exists, then lexically
+/// (`..` removes the part before it, as `mkdir -p` would walk it).
+fn planned_path(p: &Path) -> io::Result<PathBuf> {
+    use std::path::Component;
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.push("..");
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => continue,
+        }
+        out = match std::fs::canonicalize(&out) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if out.ends_with("..") {
+                    out.pop();
+                    out.pop();
+                }
+                out
+            }
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(out)
 }
 
 fn split_parent(p: &Path) -> Result<(PathBuf, CString), Error> {
@@ -574,6 +651,7 @@ impl<'a> Run<'a> {
             std::mem::take(&mut *self.issues.lock().unwrap_or_else(|e| e.into_inner()));
         issues.failed.sort_by(|a, b| a.path.cmp(&b.path));
         issues.partial.sort_by(|a, b| a.path.cmp(&b.path));
+        issues.notices.sort_by(|a, b| a.path.cmp(&b.path));
         let mut mismatches =
             std::mem::take(&mut *self.mismatches.lock().unwrap_or_else(|e| e.into_inner()));
         mismatches.sort_by(|a, b| a.path.cmp(&b.path));
@@ -599,6 +677,8 @@ impl<'a> Run<'a> {
             verify_mismatches: mismatches,
             failed_not_listed: issues.failed_more,
             partial_not_listed: issues.partial_more,
+            notices: issues.notices,
+            notices_not_listed: issues.notices_more,
         }
     }
 
@@ -611,6 +691,19 @@ impl<'a> Run<'a> {
             });
         } else {
             i.failed_more += 1;
+        }
+    }
+
+    /// Records a notice (see [`CopySummary::notices`]).
+    pub(crate) fn notice(&self, rel: &Path, msg: impl std::fmt::Display) {
+        let mut i = self.issues.lock().unwrap_or_else(|e| e.into_inner());
+        if i.notices.len() < MAX_ISSUES {
+            i.notices.push(EntryIssue {
+                path: rel.to_path_buf(),
+                reason: msg.to_string(),
+            });
+        } else {
+            i.notices_more += 1;
         }
     }
 
@@ -665,24 +758,37 @@ impl<'a> Run<'a> {
         let Some(dst) = &dir.dst else { return };
         let r = sys::each_batch(dst, |batch| -> io::Result<()> {
             for e in batch {
-                let tmp = is_tmp_name(e.name.to_bytes());
-                if !tmp && !self.opts.delete {
+                let maybe_tmp = is_tmp_name(e.name.to_bytes());
+                if !maybe_tmp && !self.opts.delete {
                     continue;
                 }
+                let rel = dir.rel.join(name_of(&e.name));
                 match sys::stat_at_opt(&dir.src, &e.name) {
                     Ok(None) => {}
                     Ok(Some(_)) => continue,
                     Err(err) => {
-                        self.fail(&dir.rel.join(name_of(&e.name)), format!("stat: {err}"));
+                        self.fail(&rel, format!("stat: {err}"));
                         continue;
                     }
                 }
-                let rel = dir.rel.join(name_of(&e.name));
-                if !tmp {
-                    let is_dir = e.d_type == sys::DT_DIR;
-                    if self.opts.filter.excluded(&rel, is_dir) {
-                        continue;
-                    }
+                let is_dir = match e.d_type {
+                    sys::DT_DIR => true,
+                    sys::DT_UNKNOWN => match sys::stat_at_opt(dst, &e.name) {
+                        Ok(Some(st)) => st.kind() == FileKind::Dir,
+                        Ok(None) => continue,
+                        Err(err) => {
+                            self.fail(&rel, format!("stat destination: {err}"));
+                            continue;
+                        }
+                    },
+                    _ => false,
+                };
+                // Only what haul itself could have left is a leftover: a
+                // non-directory under a temporary name. A directory of that
+                // name is the user's.
+                let tmp = maybe_tmp && !is_dir;
+                if !tmp && (!self.opts.delete || self.opts.filter.excluded(&rel, is_dir)) {
+                    continue;
                 }
                 if self.opts.dry_run {
                     if !tmp {
@@ -693,9 +799,8 @@ impl<'a> Run<'a> {
                     }
                     continue;
                 }
-                match self.remove_tree(dst, &e.name, &rel, !tmp) {
-                    Ok(()) => {}
-                    Err(err) => self.fail(&rel, format!("deleting: {err}")),
+                if let Err(err) = self.remove_tree(dst, &e.name, &rel, !tmp) {
+                    self.fail(&rel, format!("deleting: {err}"));
                 }
             }
             Ok(())
@@ -705,7 +810,41 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// `--delete` for a source that is not a directory (a snapshot's tree):
+    /// removes every entry of `dst` for which `wanted` is false, and counts
+    /// it as deleted. Leftover temporary files go too, uncounted.
+    pub(crate) fn remove_extraneous(&self, dst: &File, rel: &Path, wanted: impl Fn(&[u8]) -> bool) {
+        let r = sys::each_batch(dst, |batch| -> io::Result<()> {
+            for e in batch {
+                let name = e.name.to_bytes();
+                if wanted(name) {
+                    continue;
+                }
+                let crel = rel.join(name_of(&e.name));
+                let tmp = is_tmp_name(name)
+                    && sys::stat_at(dst, &e.name).is_ok_and(|st| st.kind() != FileKind::Dir);
+                if self.opts.dry_run {
+                    if !tmp {
+                        self.c.deleted.fetch_add(1, Relaxed);
+                    }
+                    continue;
+                }
+                if let Err(err) = self.remove_tree(dst, &e.name, &crel, !tmp) {
+                    self.fail(&crel, format!("deleting: {err}"));
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            self.fail(rel, format!("reading destination directory: {e}"));
+        }
+    }
+
     /// Removes `name` in `dir`, recursively, never following a symlink.
+    /// `report`: count (and list) every removed entry as deleted. Inside a
+    /// removed directory, entries the filter excludes are kept, as they are
+    /// everywhere else (`--exclude` protects from `--delete`); the directory
+    /// then stays and this fails, naming why.
     pub(crate) fn remove_tree(
         &self,
         dir: &File,
@@ -719,12 +858,30 @@ impl<'a> Run<'a> {
             if !self.is_root && st.perm() & 0o700 != 0o700 {
                 sys::chmod_fd(&d, st.perm() | 0o700).step("chmod")?;
             }
+            let mut kept = false;
             sys::each_batch(&d, |batch| -> Result<(), StepError> {
                 for e in batch {
-                    self.remove_tree(&d, &e.name, &rel.join(name_of(&e.name)), report)?;
+                    let crel = rel.join(name_of(&e.name));
+                    let is_dir = match e.d_type {
+                        sys::DT_UNKNOWN => {
+                            sys::stat_at(&d, &e.name).step("stat")?.kind() == FileKind::Dir
+                        }
+                        t => t == sys::DT_DIR,
+                    };
+                    if self.opts.filter.excluded(&crel, is_dir) {
+                        kept = true;
+                        continue;
+                    }
+                    self.remove_tree(&d, &e.name, &crel, report)?;
                 }
                 Ok(())
             })?;
+            if kept {
+                return Err(StepError {
+                    op: "cannot remove directory holding excluded entries",
+                    err: io::Error::from_raw_os_error(libc::ENOTEMPTY),
+                });
+            }
             sys::unlink_at(dir, name, true).step("rmdir")?;
         } else {
             sys::unlink_at(dir, name, false).step("unlink")?;
@@ -736,6 +893,25 @@ impl<'a> Run<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Warns when a map or `--chown` hands a setuid file that root does
+    /// not own to root: it will run as root on the destination.
+    pub(crate) fn check_owner_map(&self, st: &Stat, rel: &Path) {
+        if self.opts.owner
+            && st.kind() == FileKind::File
+            && st.perm() & 0o4000 != 0
+            && st.uid != 0
+            && self.opts.ids.uid(st.uid) == 0
+        {
+            self.notice(
+                rel,
+                format!(
+                    "setuid file of uid {} is given to root by the owner map",
+                    st.uid
+                ),
+            );
+        }
     }
 
     pub(crate) fn count_source(&self, st: &Stat, follower: bool) {
@@ -765,6 +941,7 @@ impl<'a> Run<'a> {
         if self.opts.filter.excluded(&rel, kind == FileKind::Dir) {
             return;
         }
+        self.check_owner_map(&st, &rel);
         if kind == FileKind::Dir {
             self.count_source(&st, false);
             self.dir_entry(dir, sname, dname, rel, &st);
@@ -882,6 +1059,7 @@ impl<'a> Run<'a> {
                 return Ok(());
             }
         }
+        self.may_replace(dst, dname, cur.as_ref())?;
         let outcome = if cur.is_some() {
             Outcome::Updated
         } else {
@@ -897,12 +1075,13 @@ impl<'a> Run<'a> {
         match cur {
             None => sys::link_at(&ldir, &lname, dst, dname).step("link")?,
             Some(c) => {
-                if c.kind() == FileKind::Dir {
-                    self.remove_tree(dst, dname, rel, false)?;
-                }
                 let tmp = tmp_name(dname);
                 self.clear_tmp(dst, &tmp)?;
                 sys::link_at(&ldir, &lname, dst, &tmp).step("link")?;
+                if let Err(e) = self.clear_dir_for(dst, dname, Some(c), rel) {
+                    let _ = sys::unlink_at(dst, &tmp, false);
+                    return Err(e);
+                }
                 sys::rename_at(dst, &tmp, dst, dname).step("rename")?;
             }
         }
@@ -930,14 +1109,43 @@ impl<'a> Run<'a> {
         Ok((d, CString::new(name.as_bytes())?))
     }
 
-    /// Removes a leftover temporary entry from an interrupted run.
+    /// Removes a leftover temporary entry from an interrupted run: only a
+    /// non-directory, which is all haul ever puts under a temporary name.
+    /// A directory there is the user's and is left alone (the entry fails).
     pub(crate) fn clear_tmp(&self, dst: &File, tmp: &CStr) -> Result<(), StepError> {
         match sys::stat_at_opt(dst, tmp).step("stat temporary")? {
-            Some(st) if st.kind() == FileKind::Dir => {
-                self.remove_tree(dst, tmp, Path::new(""), false)
-            }
+            Some(st) if st.kind() == FileKind::Dir => Err(StepError {
+                op: "temporary name taken by a directory, left alone",
+                err: io::Error::from_raw_os_error(libc::EEXIST),
+            }),
             Some(_) => sys::unlink_at(dst, tmp, false).step("remove temporary"),
             None => Ok(()),
+        }
+    }
+
+    /// Whether a new non-directory may take the place of `cur`. A directory
+    /// is only replaced when it is empty or with `--delete` (then all it
+    /// holds is removed and counted as deleted), as rsync does: without
+    /// `--delete`, whatever is inside is not haul's to remove.
+    pub(crate) fn may_replace(
+        &self,
+        d: &File,
+        name: &CStr,
+        cur: Option<&Stat>,
+    ) -> Result<(), StepError> {
+        match cur {
+            Some(c) if c.kind() == FileKind::Dir && !self.opts.delete => {
+                let sub = sys::open_dir_at(d, name).step("open destination directory")?;
+                if sys::DirStream::new(&sub)
+                    .and_then(|mut s| s.read_batch(&mut Vec::new(), 1))
+                    .step("read destination directory")?
+                    > 0
+                {
+                    return Err(not_empty());
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 
@@ -979,6 +1187,9 @@ impl<'a> Run<'a> {
                 read_xattrs(&XTarget::At(&dir.src, sname), self.policy).step("read xattrs")?;
             return self.fix_in_place(Target::At(d, dname, kind), st, &src_x, &c, rel);
         }
+        if let (Some(d), Some(c)) = (&dir.dst, &cur) {
+            self.may_replace(d, dname, Some(c))?;
+        }
         let outcome = if cur.is_some() {
             Outcome::Updated
         } else {
@@ -998,7 +1209,7 @@ impl<'a> Run<'a> {
         let mut partial = Vec::new();
         if kind == FileKind::File {
             self.put_new_file(d, dname, st.perm() & 0o777, cur, rel, |out| {
-                self.write_file(dir, sname, out, st, &mut partial)
+                self.write_file(dir, sname, out, st, rel, &mut partial)
             })?;
         } else {
             self.put_new_special(d, dname, cur, rel, |tmp| {
@@ -1061,6 +1272,7 @@ impl<'a> Run<'a> {
         sname: &CStr,
         out: &File,
         st: &Stat,
+        rel: &Path,
         partial: &mut Vec<String>,
     ) -> Result<(), StepError> {
         let sdir = &dir.src;
@@ -1071,23 +1283,84 @@ impl<'a> Run<'a> {
         // An empty file has no data to read: its attributes are read by
         // name, which saves an open and a close per file (a tree of a
         // million empty files is a real case).
+        let mut want = *st;
         let src_x = if st.size == 0 {
             read_xattrs(&XTarget::At(sdir, sname), self.policy).step("read xattrs")?
         } else {
-            let src = sys::open_read_at(sdir, sname).step("open")?;
-            self.copy_data(&src, out, st).step("copy data")?;
+            let src = self.copy_stable(sdir, sname, out, &mut want, rel)?;
             read_xattrs(&XTarget::Fd(&src), self.policy).step("read xattrs")?
         };
         let have = sys::stat_fd(out).step("stat new file")?;
         self.sync_meta(
             Target::Fd(out),
-            st,
+            &want,
             &src_x,
             &have,
             Fresh::Yes(have_x),
             partial,
         )
         .map(drop)
+    }
+
+    /// Copies the data of `sname` (last seen as `want`) into `out`, and
+    /// makes sure it did not change while it was read: its inode, size,
+    /// mtime and ctime are checked again afterwards, from the open file. A
+    /// change means the copy may be torn (a file truncated mid-copy would
+    /// otherwise arrive with a size it never had): the file is read once
+    /// more, and if it changes again it fails by name. A file that only grew
+    /// (a log being appended to) keeps what was read, its size and mtime as
+    /// first seen, with a notice; the next run brings the rest. Returns the
+    /// source file read; `want` is left as the state that was copied.
+    fn copy_stable(
+        &self,
+        sdir: &File,
+        sname: &CStr,
+        out: &File,
+        want: &mut Stat,
+        rel: &Path,
+    ) -> Result<File, StepError> {
+        let mut retried = false;
+        loop {
+            let src = sys::open_read_at(sdir, sname).step("open")?;
+            if retried {
+                *want = sys::stat_fd(&src).step("stat")?;
+                if want.kind() != FileKind::File {
+                    return Err(StepError {
+                        op: "source changed while being read",
+                        err: io::Error::other("it is no longer a regular file"),
+                    });
+                }
+                sys::truncate_fd(out, 0).step("truncate")?;
+            }
+            self.copy_data(&src, out, want).step("copy data")?;
+            let now = sys::stat_fd(&src).step("stat after reading")?;
+            let same = |a: &Stat, b: &Stat| {
+                (a.dev, a.ino, a.size, a.mtime, a.ctime) == (b.dev, b.ino, b.size, b.mtime, b.ctime)
+            };
+            if same(want, &now) {
+                return Ok(src);
+            }
+            if (now.dev, now.ino) == (want.dev, want.ino) && now.size > want.size {
+                self.notice(
+                    rel,
+                    format!(
+                        "grew while being read ({} -> {} bytes): copied the first {}",
+                        want.size, now.size, want.size
+                    ),
+                );
+                return Ok(src);
+            }
+            if retried {
+                return Err(StepError {
+                    op: "source changed while being read, twice; not copied",
+                    err: io::Error::other(format!(
+                        "size {} -> {} bytes, mtime {}.{:09} -> {}.{:09}",
+                        want.size, now.size, want.mtime.0, want.mtime.1, now.mtime.0, now.mtime.1
+                    )),
+                });
+            }
+            retried = true;
+        }
     }
 
     /// Creates a symlink, fifo, socket or device under the temporary name
@@ -1183,7 +1456,8 @@ impl<'a> Run<'a> {
     }
 
     /// Makes room for a new entry named `name`: a directory there (`cur`)
-    /// is removed, since nothing can be renamed or linked over it.
+    /// is removed, since nothing can be renamed or linked over it. Without
+    /// `--delete` only an empty one is (see [`Run::may_replace`]).
     fn clear_dir_for(
         &self,
         d: &File,
@@ -1192,7 +1466,19 @@ impl<'a> Run<'a> {
         rel: &Path,
     ) -> Result<(), StepError> {
         match cur {
-            Some(c) if c.kind() == FileKind::Dir => self.remove_tree(d, name, rel, false),
+            Some(c) if c.kind() == FileKind::Dir && self.opts.delete => {
+                self.remove_tree(d, name, rel, true)
+            }
+            Some(c) if c.kind() == FileKind::Dir => sys::unlink_at(d, name, true).map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOTEMPTY) {
+                    not_empty()
+                } else {
+                    StepError {
+                        op: "remove empty directory",
+                        err: e,
+                    }
+                }
+            }),
             _ => Ok(()),
         }
     }
@@ -1376,17 +1662,51 @@ impl<'a> Run<'a> {
         let dry = self.opts.dry_run;
         let mut wrote = false;
         let mut force_mode = false;
-        if self.opts.owner {
-            let (uid, gid) = (self.opts.ids.uid(src.uid), self.opts.ids.gid(src.gid));
-            if (have.uid, have.gid) != (uid, gid) {
-                wrote = true;
-                if !dry {
-                    match t.chown(uid, gid) {
-                        // chown clears setuid and setgid, nothing else.
-                        Ok(()) => force_mode = src.perm() & 0o6000 != 0,
-                        Err(e) => partial.push(format!("owner {uid}:{gid} not set: {e}")),
+        // The owner the entry should have, and the one it has once this is
+        // done (they differ when the owner is not preserved or not settable).
+        let (want_owner, mut owner) = if self.opts.owner {
+            let want = (self.opts.ids.uid(src.uid), self.opts.ids.gid(src.gid));
+            (want, (have.uid, have.gid))
+        } else {
+            ((src.uid, src.gid), (have.uid, have.gid))
+        };
+        if self.opts.owner && owner != want_owner {
+            let (uid, gid) = want_owner;
+            wrote = true;
+            if !dry {
+                match t.chown(uid, gid) {
+                    // chown clears setuid and setgid, nothing else.
+                    Ok(()) => {
+                        force_mode = src.perm() & 0o6000 != 0;
+                        owner = want_owner;
                     }
+                    Err(e) => partial.push(format!("owner {uid}:{gid} not set: {e}")),
                 }
+            } else {
+                owner = want_owner;
+            }
+        }
+        // A setuid or setgid file whose owner or group did not come along
+        // would run as whoever owns it here: the bit is dropped, as cp does.
+        let mut mode = src.perm();
+        if src.kind() == FileKind::File && mode & 0o6000 != 0 {
+            let mut drop_bits = 0;
+            if mode & 0o4000 != 0 && owner.0 != want_owner.0 {
+                drop_bits |= 0o4000;
+            }
+            if mode & 0o2000 != 0 && owner.1 != want_owner.1 {
+                drop_bits |= 0o2000;
+            }
+            if drop_bits != 0 {
+                mode &= !drop_bits;
+                partial.push(format!(
+                    "{} cleared: owner not preserved",
+                    match drop_bits {
+                        0o4000 => "setuid",
+                        0o2000 => "setgid",
+                        _ => "setuid and setgid",
+                    }
+                ));
             }
         }
         if self.policy.any() {
@@ -1409,11 +1729,11 @@ impl<'a> Run<'a> {
         // `have` is read back even for a fresh entry, and new files are
         // created with their final permission bits (as rsync does), so the
         // common file needs no chmod at all.
-        if !t.is_symlink() && (force_mode || have.perm() != src.perm()) {
-            wrote |= have.perm() != src.perm();
+        if !t.is_symlink() && (force_mode || have.perm() != mode) {
+            wrote |= have.perm() != mode;
             if !dry {
-                if let Err(e) = t.chmod(src.perm()) {
-                    partial.push(format!("mode {:o} not set: {e}", src.perm()));
+                if let Err(e) = t.chmod(mode) {
+                    partial.push(format!("mode {mode:o} not set: {e}"));
                 }
             }
         }

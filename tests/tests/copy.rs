@@ -872,8 +872,15 @@ fn no_owner_keeps_everything_but_owners() {
     let src = t.path().join("src");
     let dst = t.path().join("dst");
     full_fixture(&src);
-    haul_copy(&["--no-owner"], &src, &dst).expect_clean();
-    let d = walk(&dst);
+    // The one setuid file with a foreign owner would be root's here: its
+    // setuid and setgid bits are cleared, and that is reported.
+    let r = haul_copy(&["--no-owner"], &src, &dst);
+    r.expect_code(4);
+    assert_eq!(json_paths(&r.json(), "partial"), ["owners/suid1234"]);
+    let mut d = walk(&dst);
+    let suid = Path::new("owners/suid1234");
+    assert_eq!(d[suid].mode, 0o755 & walk(&src)[suid].mode);
+    d.get_mut(suid).unwrap().mode = walk(&src)[suid].mode;
     let no_owner = CompareOpts {
         owner: false,
         ..all()

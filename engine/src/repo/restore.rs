@@ -29,8 +29,8 @@ use crate::sys::{self, Stat};
 pub struct RestoreOptions {
     /// Subtrees to restore (relative to the snapshot root); empty: everything.
     pub paths: Vec<PathBuf>,
-    /// Owner, xattr and ACL choices, id maps and parallelism, as for copy.
-    /// (`delete`, `checksum`, `filter` and `verify` are not used.)
+    /// Owner, xattr and ACL choices, id maps, `delete` and parallelism, as
+    /// for copy. (`checksum`, `filter` and `verify` are not used.)
     pub copy: CopyOptions,
 }
 
@@ -197,6 +197,13 @@ impl Run<'_> {
         fresh: bool,
         acl: bool,
     ) {
+        if !fresh && self.opts.delete {
+            self.remove_extraneous(dst, &rel, |name| {
+                nodes
+                    .binary_search_by(|n| n.name.as_slice().cmp(name))
+                    .is_ok()
+            });
+        }
         // Files first, in the order their data is stored, then directories
         // (the order create read them in): the small files of a bundle are
         // restored together, so each bundle is decoded once while it is in
@@ -237,6 +244,7 @@ impl Run<'_> {
         acl: bool,
     ) {
         let st = node_stat(n);
+        self.check_owner_map(&st, &rel);
         if let NodeKind::Dir { subtree } = &n.kind {
             self.count_source(&st, false);
             let (d, existed) = match self.ensure_dir(Some(dst), fresh, name, &rel) {
@@ -318,6 +326,7 @@ impl Run<'_> {
         if let (true, Some(c)) = (reusable, cur) {
             return self.fix_in_place(Target::At(dst, name, kind), st, &want_x, &c, rel);
         }
+        self.may_replace(dst, name, cur.as_ref())?;
         let none = Xattrs::new();
         let have_x = (!acl).then_some(&none);
         let mut partial = Vec::new();

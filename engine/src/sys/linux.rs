@@ -587,6 +587,8 @@ pub(crate) fn euid() -> u32 {
 
 /// `d_type` values.
 pub(crate) const DT_DIR: u8 = libc::DT_DIR;
+/// `d_type` of a filesystem that does not fill it in.
+pub(crate) const DT_UNKNOWN: u8 = libc::DT_UNKNOWN;
 
 /// Maps a file read-only. Used only for repository files haul wrote and never
 /// modifies in place (index files): a mapping of a file that another process
