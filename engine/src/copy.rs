@@ -25,10 +25,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Step, StepError};
@@ -37,6 +36,7 @@ use crate::idmap::IdMap;
 use crate::meta::{read_xattrs, sync_xattrs, FileKind, XTarget, XattrPolicy, Xattrs};
 use crate::progress::{Action, Progress};
 use crate::sys::{self, Stat};
+use crate::walk::{walk, Opened, TreeVisitor};
 
 /// At most this many failed (and, separately, partial) entries are kept with
 /// their reasons; the rest are only counted, so memory stays bounded.
@@ -208,19 +208,173 @@ enum Link {
     Failed,
 }
 
-/// A directory being processed: its source handle, its destination handle
-/// (absent in a dry run below a directory that does not exist yet), and its
-/// path relative to the root.
-struct DirPair {
-    src: File,
-    dst: Option<File>,
-    rel: PathBuf,
+/// What one entry's work needs to know of its directory: the source and
+/// destination handles (the latter absent in a dry run below a directory
+/// that does not exist yet) and its path relative to the root.
+#[derive(Clone, Copy)]
+struct DirPair<'a> {
+    src: &'a File,
+    dst: Option<&'a File>,
+    rel: &'a Path,
     /// DST was created by this run and holds only what this run put there:
     /// nothing in it needs to be looked up or cleaned.
     fresh: bool,
     /// New entries in DST may inherit a default ACL, so their attributes must
     /// be read back rather than assumed empty.
     acl_inherit: bool,
+}
+
+/// A directory of the copy, kept by the walk (`walk.rs`) until everything
+/// below it is done, when its metadata is applied. It keeps its destination
+/// handle for that, and of the source only its stat and attributes, read
+/// when it was opened: one handle per pending level, so a chain 10,000
+/// deep fits the usual open-file limits.
+struct CopyDir {
+    dst: Option<File>,
+    rel: PathBuf,
+    fresh: bool,
+    acl_inherit: bool,
+    existed: bool,
+    st: Stat,
+    src_x: Mutex<Option<Result<Xattrs, StepError>>>,
+}
+
+impl CopyDir {
+    fn pair<'a>(&'a self, src: &'a File) -> DirPair<'a> {
+        DirPair {
+            src,
+            dst: self.dst.as_ref(),
+            rel: &self.rel,
+            fresh: self.fresh,
+            acl_inherit: self.acl_inherit,
+        }
+    }
+}
+
+/// A subdirectory found in the source, opened when its turn comes.
+struct SubDir {
+    /// The source directory it is in (kept open only until then).
+    parent: Arc<File>,
+    name: CString,
+    rel: PathBuf,
+    st: Stat,
+}
+
+/// The copy's [`TreeVisitor`].
+struct CopyWalk<'r, 'a>(&'r Run<'a>);
+
+impl<'a> TreeVisitor for CopyWalk<'_, 'a> {
+    type Dir = CopyDir;
+    type Listing = sys::DirStream;
+    type Ctx = Arc<File>;
+    type Item = sys::RawEntry;
+    type Sub = SubDir;
+
+    fn next_batch(
+        &self,
+        dir: &CopyDir,
+        listing: &mut sys::DirStream,
+        out: &mut Vec<sys::RawEntry>,
+    ) -> bool {
+        match listing.read_batch(out, sys::BATCH) {
+            Ok(n) => n == sys::BATCH,
+            Err(e) => {
+                self.0.fail(&dir.rel, format!("reading directory: {e}"));
+                false
+            }
+        }
+    }
+
+    fn visit(&self, dir: &CopyDir, src: &Arc<File>, e: &sys::RawEntry) -> Option<SubDir> {
+        let rel = dir.rel.join(name_of(&e.name));
+        let (rel, st) = self.0.entry(&dir.pair(src), &e.name, &e.name, rel)?;
+        Some(SubDir {
+            parent: src.clone(),
+            name: e.name.clone(),
+            rel,
+            st,
+        })
+    }
+
+    fn open(&self, parent: &CopyDir, sub: SubDir) -> Option<Opened<Self>> {
+        self.0.open_subdir(parent, sub)
+    }
+
+    fn finish(&self, dir: &CopyDir) {
+        self.0.finish_dir(dir);
+        if !dir.rel.as_os_str().is_empty() {
+            self.0.progress.entry_done();
+        }
+    }
+}
+
+/// `--verify`'s [`TreeVisitor`]: a directory holds nothing once listed.
+struct VerifyWalk<'r, 'a>(&'r Run<'a>);
+
+/// A directory pair found by `--verify`, opened when its turn comes.
+struct VerifySub {
+    parents: Arc<(File, File)>,
+    name: CString,
+    rel: PathBuf,
+}
+
+impl TreeVisitor for VerifyWalk<'_, '_> {
+    type Dir = PathBuf;
+    type Listing = sys::DirStream;
+    type Ctx = Arc<(File, File)>;
+    type Item = sys::RawEntry;
+    type Sub = VerifySub;
+
+    fn next_batch(
+        &self,
+        rel: &PathBuf,
+        listing: &mut sys::DirStream,
+        out: &mut Vec<sys::RawEntry>,
+    ) -> bool {
+        match listing.read_batch(out, sys::BATCH) {
+            Ok(n) => n == sys::BATCH,
+            Err(e) => {
+                self.0.mismatch(rel, format!("reading directory: {e}"));
+                false
+            }
+        }
+    }
+
+    fn visit(
+        &self,
+        rel: &PathBuf,
+        dirs: &Arc<(File, File)>,
+        e: &sys::RawEntry,
+    ) -> Option<VerifySub> {
+        let crel = rel.join(name_of(&e.name));
+        let descend = self
+            .0
+            .verify_entry(&dirs.0, &dirs.1, &e.name, &e.name, crel.clone());
+        descend.then(|| VerifySub {
+            parents: dirs.clone(),
+            name: e.name.clone(),
+            rel: crel,
+        })
+    }
+
+    fn open(&self, _: &PathBuf, sub: VerifySub) -> Option<Opened<Self>> {
+        let r = (|| -> Result<_, StepError> {
+            let s = sys::open_dir_at(&sub.parents.0, &sub.name).step("open directory")?;
+            let d =
+                sys::open_dir_at(&sub.parents.1, &sub.name).step("open destination directory")?;
+            let l = sys::DirStream::new(&s).step("read directory")?;
+            Ok((l, Arc::new((s, d))))
+        })();
+        match r {
+            Ok(listing) => Some((sub.rel, Some(listing))),
+            Err(e) => {
+                self.0.mismatch(&sub.rel, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn finish(&self, _: &PathBuf) {}
 }
 
 pub(crate) fn has_default_acl(d: &File) -> bool {
@@ -401,7 +555,7 @@ pub fn copy(
             if progress.wants_totals() {
                 s.spawn(|| {
                     if let Ok(d) = sys::open_dir_path(src) {
-                        scan(&d, PathBuf::new(), &opts.filter, progress);
+                        scan(d, &opts.filter, progress);
                     }
                     progress.discovery_done();
                 });
@@ -412,18 +566,37 @@ pub fn copy(
                     run.record(Outcome::Created, Path::new(""));
                 }
                 let acl_inherit = dst_dir.as_ref().is_some_and(has_default_acl);
-                let root = DirPair {
-                    src: src_dir,
+                let verify_dst = match (&dst_dir, opts.verify && !opts.dry_run) {
+                    (Some(d), true) => d.try_clone().ok(),
+                    _ => None,
+                };
+                let root = CopyDir {
                     dst: dst_dir,
                     rel: PathBuf::new(),
                     fresh: !existed,
                     acl_inherit,
+                    existed,
+                    st: src_st,
+                    src_x: Mutex::new(Some(
+                        read_xattrs(&XTarget::Fd(&src_dir), run.policy).step("read xattrs"),
+                    )),
                 };
-                run.walk_dir(&root);
-                run.finish_dir(&root, &src_st, existed, Path::new(""));
-                if opts.verify && !opts.dry_run {
-                    if let Some(d) = &root.dst {
-                        run.verify_dir(&root.src, d, PathBuf::new());
+                let src_dir = Arc::new(src_dir);
+                let listing = run.start_listing(&root, &src_dir);
+                walk(
+                    &CopyWalk(run),
+                    (root, listing.map(|l| (l, src_dir.clone()))),
+                );
+                if let Some(d) = verify_dst {
+                    match sys::DirStream::new(&src_dir).and_then(|l| Ok((l, src_dir.try_clone()?)))
+                    {
+                        Ok((l, s)) => {
+                            walk(
+                                &VerifyWalk(run),
+                                (PathBuf::new(), Some((l, Arc::new((s, d))))),
+                            );
+                        }
+                        Err(e) => run.mismatch(Path::new(""), format!("reading directory: {e}")),
                     }
                 }
             });
@@ -467,9 +640,9 @@ pub fn copy(
             Err(e) => return Err(Error::io("opening destination", &ddir_path, e)),
         };
         let pair = DirPair {
-            src: sdir,
-            dst: ddir,
-            rel: PathBuf::new(),
+            src: &sdir,
+            dst: ddir.as_ref(),
+            rel: Path::new(""),
             fresh: false,
             acl_inherit: true,
         };
@@ -477,8 +650,8 @@ pub fn copy(
         pool.install(|| {
             run.entry(&pair, &sname, &dname, rel);
             if opts.verify && !opts.dry_run {
-                if let Some(d) = &pair.dst {
-                    run.verify_entry(&pair.src, d, &sname, &dname, PathBuf::from(name_of(&dname)));
+                if let Some(d) = pair.dst {
+                    run.verify_entry(pair.src, d, &sname, &dname, PathBuf::from(name_of(&dname)));
                 }
             }
         });
@@ -488,32 +661,51 @@ pub fn copy(
 
 /// Counting-only walk for progress totals (entries and bytes), run on its
 /// own thread beside the real work so a progress bar can show an ETA.
-pub(crate) fn scan(dir: &File, rel: PathBuf, filter: &Filter, progress: &dyn Progress) {
-    // A scan is only an estimate for the bar: unreadable parts are skipped.
-    let _ = sys::each_batch(dir, |batch| -> io::Result<()> {
-        let (mut files, mut bytes) = (0, 0);
-        for e in batch {
-            let Ok(st) = sys::stat_at(dir, &e.name) else {
-                continue;
-            };
-            let crel = rel.join(name_of(&e.name));
-            let is_dir = st.kind() == FileKind::Dir;
-            if filter.excluded(&crel, is_dir) {
-                continue;
-            }
-            files += 1;
-            if st.kind() == FileKind::File {
-                bytes += st.size;
-            }
-            if is_dir {
-                if let Ok(d) = sys::open_dir_at(dir, &e.name) {
-                    scan(&d, crel, filter, progress);
+/// Depth first from a list of directories still to read, each named by its
+/// parent's handle: no recursion, and a handle stays open only while
+/// entries below it wait.
+pub(crate) fn scan(root: File, filter: &Filter, progress: &dyn Progress) {
+    let mut todo: Vec<(Arc<File>, CString, PathBuf)> = Vec::new();
+    let mut next = Some((root, PathBuf::new()));
+    loop {
+        let (dir, rel) = match next.take() {
+            Some(d) => d,
+            None => {
+                let Some((parent, name, rel)) = todo.pop() else {
+                    break;
+                };
+                // A scan is only an estimate for the bar: unreadable parts
+                // are skipped.
+                match sys::open_dir_at(&parent, &name) {
+                    Ok(d) => (d, rel),
+                    Err(_) => continue,
                 }
             }
-        }
-        progress.discovered(files, bytes);
-        Ok(())
-    });
+        };
+        let dir = Arc::new(dir);
+        let _ = sys::each_batch(&dir, |batch| -> io::Result<()> {
+            let (mut files, mut bytes) = (0, 0);
+            for e in batch {
+                let Ok(st) = sys::stat_at(&dir, &e.name) else {
+                    continue;
+                };
+                let crel = rel.join(name_of(&e.name));
+                let is_dir = st.kind() == FileKind::Dir;
+                if filter.excluded(&crel, is_dir) {
+                    continue;
+                }
+                files += 1;
+                if st.kind() == FileKind::File {
+                    bytes += st.size;
+                }
+                if is_dir {
+                    todo.push((dir.clone(), e.name.clone(), crel));
+                }
+            }
+            progress.discovered(files, bytes);
+            Ok(())
+        });
+    }
 }
 
 /// A rayon pool with deep stacks (the walk recurses per directory level).
@@ -735,27 +927,26 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn walk_dir(&self, dir: &DirPair) {
+    /// Cleans an existing destination directory and starts reading the
+    /// source one (`None`: it cannot be read, which is reported).
+    fn start_listing(&self, dir: &CopyDir, src: &File) -> Option<sys::DirStream> {
         if !dir.fresh {
-            self.clean_dst(dir);
+            self.clean_dst(&dir.pair(src));
         }
-        let r = sys::each_batch(&dir.src, |batch| -> io::Result<()> {
-            batch.par_iter().for_each(|e| {
-                let rel = dir.rel.join(name_of(&e.name));
-                self.entry(dir, &e.name, &e.name, rel);
-            });
-            Ok(())
-        });
-        if let Err(e) = r {
-            self.fail(&dir.rel, format!("reading directory: {e}"));
+        match sys::DirStream::new(src) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                self.fail(&dir.rel, format!("reading directory: {e}"));
+                None
+            }
         }
     }
 
     /// Removes leftovers of an interrupted run and, with `--delete`, entries
     /// SRC no longer has. Runs before the directory's entries are copied, so
     /// space is freed first.
-    fn clean_dst(&self, dir: &DirPair) {
-        let Some(dst) = &dir.dst else { return };
+    fn clean_dst(&self, dir: &DirPair<'_>) {
+        let Some(dst) = dir.dst else { return };
         let r = sys::each_batch(dst, |batch| -> io::Result<()> {
             for e in batch {
                 let maybe_tmp = is_tmp_name(e.name.to_bytes());
@@ -763,7 +954,7 @@ impl<'a> Run<'a> {
                     continue;
                 }
                 let rel = dir.rel.join(name_of(&e.name));
-                match sys::stat_at_opt(&dir.src, &e.name) {
+                match sys::stat_at_opt(dir.src, &e.name) {
                     Ok(None) => {}
                     Ok(Some(_)) => continue,
                     Err(err) => {
@@ -806,7 +997,7 @@ impl<'a> Run<'a> {
             Ok(())
         });
         if let Err(e) = r {
-            self.fail(&dir.rel, format!("reading destination directory: {e}"));
+            self.fail(dir.rel, format!("reading destination directory: {e}"));
         }
     }
 
@@ -929,47 +1120,57 @@ impl<'a> Run<'a> {
     }
 
     /// One entry of a directory. `sname` and `dname` differ only when a single
-    /// file is copied to a new name.
-    fn entry(&self, dir: &DirPair, sname: &CStr, dname: &CStr, rel: PathBuf) {
-        let st = match sys::stat_at(&dir.src, sname) {
+    /// file is copied to a new name. A directory is handed back (its path and
+    /// stat), to be walked; everything else is done here.
+    fn entry(
+        &self,
+        dir: &DirPair<'_>,
+        sname: &CStr,
+        dname: &CStr,
+        rel: PathBuf,
+    ) -> Option<(PathBuf, Stat)> {
+        let st = match sys::stat_at(dir.src, sname) {
             Ok(st) => st,
             // Vanished since the directory was read: nothing to copy.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Err(e) => return self.fail(&rel, format!("stat: {e}")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                self.fail(&rel, format!("stat: {e}"));
+                return None;
+            }
         };
         let kind = st.kind();
         if self.opts.filter.excluded(&rel, kind == FileKind::Dir) {
-            return;
+            return None;
         }
         self.check_owner_map(&st, &rel);
         if kind == FileKind::Dir {
             self.count_source(&st, false);
-            self.dir_entry(dir, sname, dname, rel, &st);
+            return Some((rel, st));
+        }
+        let r = if st.nlink > 1 {
+            self.linked_leaf(dir, sname, dname, &rel, &st)
         } else {
-            let r = if st.nlink > 1 {
-                self.linked_leaf(dir, sname, dname, &rel, &st)
-            } else {
-                self.count_source(&st, false);
-                self.leaf(dir, sname, dname, &rel, &st).map(|_| ())
-            };
-            if let Err(e) = r {
-                self.fail(&rel, e);
-            }
+            self.count_source(&st, false);
+            self.leaf(dir, sname, dname, &rel, &st).map(|_| ())
+        };
+        if let Err(e) = r {
+            self.fail(&rel, e);
         }
         self.progress.entry_done();
+        None
     }
 
     /// A non-directory with several names: the first name seen is copied,
     /// later ones become hardlinks to it.
     fn linked_leaf(
         &self,
-        dir: &DirPair,
+        dir: &DirPair<'_>,
         sname: &CStr,
         dname: &CStr,
         rel: &Path,
         st: &Stat,
     ) -> Result<(), StepError> {
-        let first = self.linked((st.dev, st.ino), dir.dst.as_ref(), dname, rel, || {
+        let first = self.linked((st.dev, st.ino), dir.dst, dname, rel, || {
             self.leaf(dir, sname, dname, rel, st)
         });
         let (first, r) = first?;
@@ -1152,13 +1353,13 @@ impl<'a> Run<'a> {
     /// A file, symlink, fifo, socket or device.
     fn leaf(
         &self,
-        dir: &DirPair,
+        dir: &DirPair<'_>,
         sname: &CStr,
         dname: &CStr,
         rel: &Path,
         st: &Stat,
     ) -> Result<(), StepError> {
-        let cur = match &dir.dst {
+        let cur = match dir.dst {
             Some(d) if !dir.fresh => sys::stat_at_opt(d, dname).step("stat destination")?,
             _ => None,
         };
@@ -1173,21 +1374,21 @@ impl<'a> Run<'a> {
                     self.same_content(dir, sname, dname, st, cur.as_ref().unwrap())?
                 }
                 FileKind::Symlink => {
-                    let d = dir.dst.as_ref().expect("cur implies dst");
-                    sys::readlink_at(&dir.src, sname).step("readlink")?
+                    let d = dir.dst.expect("cur implies dst");
+                    sys::readlink_at(dir.src, sname).step("readlink")?
                         == sys::readlink_at(d, dname).step("readlink destination")?
                 }
                 FileKind::CharDev | FileKind::BlockDev => cur.unwrap().rdev == st.rdev,
                 _ => true,
             };
         if reusable {
-            let d = dir.dst.as_ref().expect("cur implies dst");
+            let d = dir.dst.expect("cur implies dst");
             let c = cur.expect("reusable implies cur");
             let src_x =
-                read_xattrs(&XTarget::At(&dir.src, sname), self.policy).step("read xattrs")?;
+                read_xattrs(&XTarget::At(dir.src, sname), self.policy).step("read xattrs")?;
             return self.fix_in_place(Target::At(d, dname, kind), st, &src_x, &c, rel);
         }
-        if let (Some(d), Some(c)) = (&dir.dst, &cur) {
+        if let (Some(d), Some(c)) = (dir.dst, &cur) {
             self.may_replace(d, dname, Some(c))?;
         }
         let outcome = if cur.is_some() {
@@ -1195,7 +1396,7 @@ impl<'a> Run<'a> {
         } else {
             Outcome::Created
         };
-        let Some(d) = dir.dst.as_ref().filter(|_| !self.opts.dry_run) else {
+        let Some(d) = dir.dst.filter(|_| !self.opts.dry_run) else {
             self.record(outcome, rel);
             return Ok(());
         };
@@ -1230,7 +1431,7 @@ impl<'a> Run<'a> {
     /// the temporary-name way).
     fn create_empty(
         &self,
-        dir: &DirPair,
+        dir: &DirPair<'_>,
         sname: &CStr,
         d: &File,
         dname: &CStr,
@@ -1250,7 +1451,7 @@ impl<'a> Run<'a> {
         let none = Xattrs::new();
         let have_x = (!dir.acl_inherit).then_some(&none);
         let mut partial = Vec::new();
-        let src_x = read_xattrs(&XTarget::At(&dir.src, sname), self.policy).step("read xattrs")?;
+        let src_x = read_xattrs(&XTarget::At(dir.src, sname), self.policy).step("read xattrs")?;
         let have = sys::stat_fd(&out).step("stat new file")?;
         self.sync_meta(
             Target::Fd(&out),
@@ -1268,14 +1469,14 @@ impl<'a> Run<'a> {
     /// Fills the new regular file `out` with SRC's data and metadata.
     fn write_file(
         &self,
-        dir: &DirPair,
+        dir: &DirPair<'_>,
         sname: &CStr,
         out: &File,
         st: &Stat,
         rel: &Path,
         partial: &mut Vec<String>,
     ) -> Result<(), StepError> {
-        let sdir = &dir.src;
+        let sdir = dir.src;
         // What a new entry carries before haul sets anything: no attributes,
         // unless the directory hands down a default ACL.
         let none = Xattrs::new();
@@ -1367,14 +1568,14 @@ impl<'a> Run<'a> {
     /// `tmp`, complete with metadata.
     fn write_special(
         &self,
-        dir: &DirPair,
+        dir: &DirPair<'_>,
         sname: &CStr,
         d: &File,
         tmp: &CStr,
         st: &Stat,
         partial: &mut Vec<String>,
     ) -> Result<(), StepError> {
-        let sdir = &dir.src;
+        let sdir = dir.src;
         let kind = st.kind();
         let none = Xattrs::new();
         let have_x = (!dir.acl_inherit).then_some(&none);
@@ -1590,7 +1791,7 @@ impl<'a> Run<'a> {
     /// Whether an existing destination file already holds SRC's content.
     fn same_content(
         &self,
-        dir: &DirPair,
+        dir: &DirPair<'_>,
         sname: &CStr,
         dname: &CStr,
         st: &Stat,
@@ -1602,8 +1803,8 @@ impl<'a> Run<'a> {
         if !self.opts.checksum && cur.mtime == st.mtime {
             return Ok(true);
         }
-        let d = dir.dst.as_ref().expect("cur implies dst");
-        let src = sys::open_read_at(&dir.src, sname).step("open")?;
+        let d = dir.dst.expect("cur implies dst");
+        let src = sys::open_read_at(dir.src, sname).step("open")?;
         let dst = sys::open_rw_at(d, dname).step("open destination")?;
         if self.opts.checksum {
             let a = hash_file(&src).step("read")?;
@@ -1827,30 +2028,53 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// A subdirectory: make sure DST has a real directory there (replacing a
-    /// symlink or file, never following it), copy its contents, then its metadata.
-    fn dir_entry(&self, parent: &DirPair, sname: &CStr, dname: &CStr, rel: PathBuf, st: &Stat) {
-        let src = match sys::open_dir_at(&parent.src, sname) {
+    /// Opens a subdirectory for the walk: its source, and in DST a real
+    /// directory (replacing a symlink or file, never following it), cleaned
+    /// of leftovers (and, with `--delete`, of what SRC lacks).
+    fn open_subdir<'r>(
+        &'r self,
+        parent: &CopyDir,
+        sub: SubDir,
+    ) -> Option<Opened<CopyWalk<'r, 'a>>> {
+        let SubDir {
+            parent: psrc,
+            name,
+            rel,
+            st,
+        } = sub;
+        let src = match sys::open_dir_at(&psrc, &name) {
             Ok(f) => f,
-            Err(e) => return self.fail(&rel, format!("open directory: {e}")),
+            Err(e) => {
+                self.fail(&rel, format!("open directory: {e}"));
+                return None;
+            }
         };
-        let (dst, existed) = match self.ensure_dir(parent.dst.as_ref(), parent.fresh, dname, &rel) {
+        drop(psrc);
+        let (dst, existed) = match self.ensure_dir(parent.dst.as_ref(), parent.fresh, &name, &rel) {
             Ok(x) => x,
-            Err(e) => return self.fail(&rel, e),
+            Err(e) => {
+                self.fail(&rel, e);
+                return None;
+            }
         };
         let acl_inherit = match &dst {
             Some(d) if existed => has_default_acl(d),
             _ => parent.acl_inherit,
         };
-        let child = DirPair {
-            src,
+        let dir = CopyDir {
             dst,
             rel,
             fresh: !existed,
             acl_inherit,
+            existed,
+            st,
+            src_x: Mutex::new(Some(
+                read_xattrs(&XTarget::Fd(&src), self.policy).step("read xattrs"),
+            )),
         };
-        self.walk_dir(&child);
-        self.finish_dir(&child, st, existed, &child.rel);
+        let src = Arc::new(src);
+        let listing = self.start_listing(&dir, &src);
+        Some((dir, listing.map(|l| (l, src))))
     }
 
     /// Makes sure `dname` in the destination directory `parent` (absent in a
@@ -1903,10 +2127,16 @@ impl<'a> Run<'a> {
     }
 
     /// Applies a directory's metadata once its contents are done.
-    fn finish_dir(&self, dir: &DirPair, st: &Stat, existed: bool, rel: &Path) {
+    fn finish_dir(&self, dir: &CopyDir) {
         let Some(d) = &dir.dst else { return };
-        let src_x = || read_xattrs(&XTarget::Fd(&dir.src), self.policy).step("read xattrs");
-        self.apply_dir_meta(d, st, src_x, existed, rel);
+        let src_x = || {
+            dir.src_x
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(|| Ok(Xattrs::new()))
+        };
+        self.apply_dir_meta(d, &dir.st, src_x, dir.existed, &dir.rel);
     }
 
     /// Brings a finished directory's metadata in line with `st` and `want_x`,
@@ -1936,51 +2166,43 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// `--verify`: re-reads DST and compares it with SRC entry by entry.
-    fn verify_dir(&self, src: &File, dst: &File, rel: PathBuf) {
-        let r = sys::each_batch(src, |batch| -> io::Result<()> {
-            batch.par_iter().for_each(|e| {
-                self.verify_entry(src, dst, &e.name, &e.name, rel.join(name_of(&e.name)));
-            });
-            Ok(())
-        });
-        if let Err(e) = r {
-            self.mismatch(&rel, format!("reading directory: {e}"));
-        }
-    }
-
-    fn verify_entry(&self, sdir: &File, ddir: &File, sname: &CStr, dname: &CStr, rel: PathBuf) {
-        let r = (|| -> Result<Option<String>, StepError> {
+    /// `--verify`: compares one entry of DST with SRC; returns true for a
+    /// directory on both sides, which the walk then goes into.
+    fn verify_entry(
+        &self,
+        sdir: &File,
+        ddir: &File,
+        sname: &CStr,
+        dname: &CStr,
+        rel: PathBuf,
+    ) -> bool {
+        let r = (|| -> Result<Result<bool, String>, StepError> {
             let st = sys::stat_at(sdir, sname).step("stat")?;
             if self.opts.filter.excluded(&rel, st.kind() == FileKind::Dir) {
-                return Ok(None);
+                return Ok(Ok(false));
             }
             let Some(dt) = sys::stat_at_opt(ddir, dname).step("stat destination")? else {
-                return Ok(Some("missing from destination".into()));
+                return Ok(Err("missing from destination".into()));
             };
             if dt.kind() != st.kind() {
-                return Ok(Some(format!(
+                return Ok(Err(format!(
                     "type differs: {:?} vs {:?}",
                     st.kind(),
                     dt.kind()
                 )));
             }
             match st.kind() {
-                FileKind::Dir => {
-                    let s = sys::open_dir_at(sdir, sname).step("open directory")?;
-                    let d = sys::open_dir_at(ddir, dname).step("open destination directory")?;
-                    self.verify_dir(&s, &d, rel.clone());
-                }
+                FileKind::Dir => return Ok(Ok(true)),
                 FileKind::File => {
                     if dt.size != st.size {
-                        return Ok(Some(format!("size differs: {} vs {}", st.size, dt.size)));
+                        return Ok(Err(format!("size differs: {} vs {}", st.size, dt.size)));
                     }
                     let a =
                         hash_file(&sys::open_read_at(sdir, sname).step("open")?).step("read")?;
                     let b = hash_file(&sys::open_read_at(ddir, dname).step("open destination")?)
                         .step("read destination")?;
                     if a != b {
-                        return Ok(Some(format!(
+                        return Ok(Err(format!(
                             "content differs: blake3 {} vs {}",
                             a.to_hex(),
                             b.to_hex()
@@ -1990,16 +2212,24 @@ impl<'a> Run<'a> {
                 FileKind::Symlink => {
                     let same = sys::readlink_at(sdir, sname).step("readlink")?
                         == sys::readlink_at(ddir, dname).step("readlink destination")?;
-                    return Ok((!same).then(|| "symlink target differs".into()));
+                    if !same {
+                        return Ok(Err("symlink target differs".into()));
+                    }
                 }
                 _ => {}
             }
-            Ok(None)
+            Ok(Ok(false))
         })();
         match r {
-            Ok(None) => {}
-            Ok(Some(m)) => self.mismatch(&rel, m),
-            Err(e) => self.mismatch(&rel, e.to_string()),
+            Ok(Ok(descend)) => descend,
+            Ok(Err(m)) => {
+                self.mismatch(&rel, m);
+                false
+            }
+            Err(e) => {
+                self.mismatch(&rel, e.to_string());
+                false
+            }
         }
     }
 

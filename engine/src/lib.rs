@@ -22,6 +22,7 @@ mod meta;
 mod progress;
 mod repo;
 mod sys;
+mod walk;
 
 pub use copy::{copy, CopyOptions, CopySummary, EntryIssue, SourceCounts};
 pub use error::{Error, ErrorKind};

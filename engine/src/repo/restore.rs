@@ -11,7 +11,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use haul_formats::{IndexEntry, Node, NodeKind, Xattr, MAX_DATA_BLOB_LEN};
-use rayon::prelude::*;
 
 use super::index::MasterIndex;
 use super::Repository;
@@ -23,6 +22,7 @@ use crate::error::{Error, Step, StepError};
 use crate::meta::{FileKind, Xattrs};
 use crate::progress::Progress;
 use crate::sys::{self, Stat};
+use crate::walk::{walk, Opened, TreeVisitor};
 
 /// What to restore and how.
 #[derive(Debug, Default)]
@@ -146,16 +146,38 @@ impl Repository {
                         return Err(Error::invalid(dst, "the snapshot root is not a directory"));
                     };
                     let children = self.load_tree(&index, subtree)?;
-                    let acl = has_default_acl(&root);
-                    run.restore_dir(&ctx, &children, &root, PathBuf::new(), !existed, acl);
-                    if single {
-                        run.restore_dir_meta(node, &root, existed, Path::new(""));
-                    }
+                    let dir = RestoreDir {
+                        acl: has_default_acl(&root),
+                        dst: root
+                            .try_clone()
+                            .map_err(|e| Error::io("opening destination", dst, e))?,
+                        rel: PathBuf::new(),
+                        fresh: !existed,
+                        existed,
+                        node: single.then(|| node.clone()),
+                    };
+                    run.count_source(&node_stat(node), false);
+                    let listing = run.restore_listing(&ctx, &dir, children);
+                    walk(&RestoreWalk(run, &ctx), (dir, Some((listing, ()))));
                 } else {
-                    let (parent, name) = open_parents(&root, &rel)
+                    let (parent, _) = open_parents(&root, &rel)
                         .map_err(|e| Error::io("creating parents", dst.join(&rel), e))?;
                     let acl = has_default_acl(&parent);
-                    run.restore_node(&ctx, node, None, &parent, &name, rel, false, acl);
+                    let at = RestoreDir {
+                        dst: parent,
+                        rel: rel.parent().map(Path::to_path_buf).unwrap_or_default(),
+                        fresh: false,
+                        existed: true,
+                        acl,
+                        node: None,
+                    };
+                    let item = (None, (*node).clone());
+                    if let Some(sub) = run.restore_node(&ctx, &at, &item) {
+                        let w = RestoreWalk(run, &ctx);
+                        if let Some(opened) = w.open(&at, sub) {
+                            walk(&w, opened);
+                        }
+                    }
                 }
             }
             Ok(())
@@ -187,18 +209,104 @@ fn open_parents(root: &File, rel: &Path) -> io::Result<(File, CString)> {
     Ok((d, CString::new(name.as_bytes())?))
 }
 
+/// A directory being restored, kept by the walk until everything below it
+/// is done, when its metadata (that of `node`) is applied.
+struct RestoreDir {
+    dst: File,
+    rel: PathBuf,
+    fresh: bool,
+    existed: bool,
+    acl: bool,
+    /// The directory's own node; `None` where DST's metadata is not the
+    /// snapshot's (the root of a snapshot of several paths).
+    node: Option<Node>,
+}
+
+/// A directory's entries in the order they are restored, each file with
+/// the index entry of its first chunk.
+type Listing = std::vec::IntoIter<(Option<IndexEntry>, Node)>;
+
+/// A subdirectory to restore, created when its turn comes.
+struct RestoreSub {
+    node: Node,
+    name: CString,
+    rel: PathBuf,
+}
+
+/// Restore's [`TreeVisitor`].
+struct RestoreWalk<'r, 'a, 'c>(&'r Run<'a>, &'r Ctx<'c>);
+
+impl TreeVisitor for RestoreWalk<'_, '_, '_> {
+    type Dir = RestoreDir;
+    type Listing = Listing;
+    type Ctx = ();
+    type Item = (Option<IndexEntry>, Node);
+    type Sub = RestoreSub;
+
+    fn next_batch(&self, _: &RestoreDir, l: &mut Listing, out: &mut Vec<Self::Item>) -> bool {
+        out.extend(l.by_ref().take(sys::BATCH));
+        l.len() > 0
+    }
+
+    fn visit(&self, dir: &RestoreDir, _: &(), item: &Self::Item) -> Option<RestoreSub> {
+        self.0.restore_node(self.1, dir, item)
+    }
+
+    fn open(&self, parent: &RestoreDir, sub: RestoreSub) -> Option<Opened<Self>> {
+        let run = self.0;
+        let RestoreSub { node, name, rel } = sub;
+        let NodeKind::Dir { subtree } = &node.kind else {
+            return None;
+        };
+        let (d, existed) = match run.ensure_dir(Some(&parent.dst), parent.fresh, &name, &rel) {
+            Ok((Some(d), e)) => (d, e),
+            Ok((None, _)) => return None,
+            Err(e) => {
+                run.fail(&rel, e);
+                return None;
+            }
+        };
+        let children = self.1.repo.load_tree(self.1.index, subtree);
+        let dir = RestoreDir {
+            acl: if existed {
+                has_default_acl(&d)
+            } else {
+                parent.acl
+            },
+            dst: d,
+            rel,
+            fresh: !existed,
+            existed,
+            node: Some(node),
+        };
+        match children {
+            Ok(children) => {
+                let listing = run.restore_listing(self.1, &dir, children);
+                Some((dir, Some((listing, ()))))
+            }
+            Err(e) => {
+                run.fail(&dir.rel, format!("reading tree: {e}"));
+                Some((dir, None))
+            }
+        }
+    }
+
+    fn finish(&self, dir: &RestoreDir) {
+        if let Some(n) = &dir.node {
+            self.0.restore_dir_meta(n, &dir.dst, dir.existed, &dir.rel);
+        }
+        if !dir.rel.as_os_str().is_empty() {
+            self.0.progress.entry_done();
+        }
+    }
+}
+
 impl Run<'_> {
-    fn restore_dir(
-        &self,
-        ctx: &Ctx<'_>,
-        nodes: &[Node],
-        dst: &File,
-        rel: PathBuf,
-        fresh: bool,
-        acl: bool,
-    ) {
-        if !fresh && self.opts.delete {
-            self.remove_extraneous(dst, &rel, |name| {
+    /// With `--delete`, clears what the snapshot lacks from an existing
+    /// directory, and orders its entries for restoring.
+    fn restore_listing(&self, ctx: &Ctx<'_>, dir: &RestoreDir, nodes: Vec<Node>) -> Listing {
+        if !dir.fresh && self.opts.delete {
+            self.remove_extraneous(&dir.dst, &dir.rel, |name| {
                 nodes
                     .binary_search_by(|n| n.name.as_slice().cmp(name))
                     .is_ok()
@@ -209,8 +317,8 @@ impl Run<'_> {
         // restored together, so each bundle is decoded once while it is in
         // the cache.
         // The index entry of each file's first chunk is kept for the read.
-        let mut order: Vec<(bool, Option<IndexEntry>, &Node)> = nodes
-            .iter()
+        let mut order: Vec<(bool, Option<IndexEntry>, Node)> = nodes
+            .into_iter()
             .map(|n| {
                 let first = match &n.kind {
                     NodeKind::File { chunks, .. } => {
@@ -222,50 +330,40 @@ impl Run<'_> {
             })
             .collect();
         order.sort_by_key(|(dir, e, _)| (*dir, e.map(|e| (e.pack, e.offset, e.inner))));
-        order.par_iter().for_each(|(_, first, n)| {
-            let Ok(name) = CString::new(n.name.clone()) else {
-                return;
-            };
-            let crel = rel.join(OsStr::from_bytes(&n.name));
-            self.restore_node(ctx, n, first.as_ref(), dst, &name, crel, fresh, acl);
-        });
+        order
+            .into_iter()
+            .map(|(_, e, n)| (e, n))
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One entry of a directory being restored: a directory is handed back
+    /// to be walked; anything else is restored here.
     fn restore_node(
         &self,
         ctx: &Ctx<'_>,
-        n: &Node,
-        first: Option<&IndexEntry>,
-        dst: &File,
-        name: &CStr,
-        rel: PathBuf,
-        fresh: bool,
-        acl: bool,
-    ) {
+        dir: &RestoreDir,
+        (first, n): &(Option<IndexEntry>, Node),
+    ) -> Option<RestoreSub> {
+        let Ok(name) = CString::new(n.name.clone()) else {
+            return None;
+        };
+        let rel = dir.rel.join(OsStr::from_bytes(&n.name));
         let st = node_stat(n);
         self.check_owner_map(&st, &rel);
-        if let NodeKind::Dir { subtree } = &n.kind {
+        if let NodeKind::Dir { .. } = &n.kind {
             self.count_source(&st, false);
-            let (d, existed) = match self.ensure_dir(Some(dst), fresh, name, &rel) {
-                Ok((Some(d), e)) => (d, e),
-                Ok((None, _)) => return,
-                Err(e) => return self.fail(&rel, e),
-            };
-            match ctx.repo.load_tree(ctx.index, subtree) {
-                Ok(children) => {
-                    let cacl = if existed { has_default_acl(&d) } else { acl };
-                    self.restore_dir(ctx, &children, &d, rel.clone(), !existed, cacl);
-                }
-                Err(e) => self.fail(&rel, format!("reading tree: {e}")),
-            }
-            self.restore_dir_meta(n, &d, existed, &rel);
-            self.progress.entry_done();
-            return;
+            return Some(RestoreSub {
+                node: n.clone(),
+                name,
+                rel,
+            });
         }
+        let (dst, fresh, acl) = (&dir.dst, dir.fresh, dir.acl);
+        let first = first.as_ref();
         let r = if let Some(g) = n.hardlink_group {
-            match self.linked((u64::MAX, g), Some(dst), name, &rel, || {
-                self.restore_leaf(ctx, n, first, &st, dst, name, &rel, fresh, acl)
+            match self.linked((u64::MAX, g), Some(dst), &name, &rel, || {
+                self.restore_leaf(ctx, n, first, &st, dst, &name, &rel, fresh, acl)
             }) {
                 Ok((leader, r)) => {
                     self.count_source(&st, !leader);
@@ -275,12 +373,13 @@ impl Run<'_> {
             }
         } else {
             self.count_source(&st, false);
-            self.restore_leaf(ctx, n, first, &st, dst, name, &rel, fresh, acl)
+            self.restore_leaf(ctx, n, first, &st, dst, &name, &rel, fresh, acl)
         };
         if let Err(e) = r {
             self.fail(&rel, e);
         }
         self.progress.entry_done();
+        None
     }
 
     fn restore_dir_meta(&self, n: &Node, d: &File, existed: bool, rel: &Path) {
