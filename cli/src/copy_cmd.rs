@@ -58,7 +58,8 @@ pub struct CopyArgs {
     #[arg(long)]
     pub delete: bool,
     /// Skip entries matching GLOB (rsync rules: no '/' matches a name at any
-    /// depth, a leading '/' anchors at SRC, a trailing '/' matches directories only).
+    /// depth, a leading '/' anchors at SRC, a trailing '/' matches directories only,
+    /// 'dir/***' matches dir and everything below it).
     #[arg(long, value_name = "GLOB", value_parser = parse_exclude)]
     pub exclude: Vec<String>,
     /// Decide what changed by blake3 content digest, not size and mtime.
