@@ -1,14 +1,48 @@
 //! `haul copy`.
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use clap::builder::RangedU64ValueParser;
 use clap::Args;
 use haul_engine::{copy, CopyOptions, CopySummary, EntryIssue, Filter, IdMap};
 use serde_json::json;
 
 use crate::exit;
-use crate::render::{action_word, ChangeSink, Reporter};
+use crate::render::{action_word, escape_path, escape_str, json_path, ChangeSink, Reporter};
+
+/// The most worker threads `-j` accepts: more only costs memory (each
+/// thread has a deep stack and, in a create, its own open bundles).
+pub const MAX_JOBS: u64 = 1024;
+
+/// `-j N`: 1 to [`MAX_JOBS`]; anything else is a usage error.
+pub fn jobs_parser() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..=MAX_JOBS)
+}
+
+// Value parsers: a bad value is a usage error (exit 2) with clap's message.
+// The value is checked here and kept as typed; `run` builds from it again.
+
+/// `--exclude GLOB`.
+pub fn parse_exclude(s: &str) -> Result<String, String> {
+    Filter::new(&[s]).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn parse_usermap(s: &str) -> Result<String, String> {
+    IdMap::new().usermap(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn parse_groupmap(s: &str) -> Result<String, String> {
+    IdMap::new().groupmap(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn parse_chown(s: &str) -> Result<String, String> {
+    IdMap::new().chown(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
 
 /// Flags follow rsync's names where rsync has the same feature.
 #[derive(Args, Debug)]
@@ -17,15 +51,16 @@ pub struct CopyArgs {
     pub src: PathBuf,
     /// Destination; created if missing. It becomes a mirror of SRC's contents.
     pub dst: PathBuf,
-    /// Worker threads [default: one per CPU].
-    #[arg(short = 'j', long, value_name = "N")]
+    /// Worker threads, 1-1024 [default: one per CPU].
+    #[arg(short = 'j', long, value_name = "N", value_parser = jobs_parser())]
     pub jobs: Option<usize>,
     /// Delete entries in DST that are not in SRC (excluded entries are kept).
     #[arg(long)]
     pub delete: bool,
     /// Skip entries matching GLOB (rsync rules: no '/' matches a name at any
-    /// depth, a leading '/' anchors at SRC, a trailing '/' matches directories only).
-    #[arg(long, value_name = "GLOB")]
+    /// depth, a leading '/' anchors at SRC, a trailing '/' matches directories only,
+    /// 'dir/***' matches dir and everything below it).
+    #[arg(long, value_name = "GLOB", value_parser = parse_exclude)]
     pub exclude: Vec<String>,
     /// Decide what changed by blake3 content digest, not size and mtime.
     #[arg(short = 'c', long)]
@@ -46,13 +81,13 @@ pub struct CopyArgs {
     #[arg(long)]
     pub no_acls: bool,
     /// Map owners: FROM:TO[,...]; FROM is a uid, a range LOW-HIGH, a name or '*'.
-    #[arg(long, value_name = "FROM:TO,...")]
+    #[arg(long, value_name = "FROM:TO,...", value_parser = parse_usermap)]
     pub usermap: Vec<String>,
     /// Map groups: FROM:TO[,...], as --usermap.
-    #[arg(long, value_name = "FROM:TO,...")]
+    #[arg(long, value_name = "FROM:TO,...", value_parser = parse_groupmap)]
     pub groupmap: Vec<String>,
     /// Give every entry this owner and/or group: USER:GROUP, USER or :GROUP.
-    #[arg(long, value_name = "USER:GROUP")]
+    #[arg(long, value_name = "USER:GROUP", value_parser = parse_chown)]
     pub chown: Option<String>,
     /// Map owners by user/group name; ids with no name keep their number.
     #[arg(long)]
@@ -63,7 +98,7 @@ pub struct CopyArgs {
     /// Do not show a progress bar.
     #[arg(long)]
     pub no_progress: bool,
-    /// List every change as it is made.
+    /// List every change as it is made, and every entry not fully preserved.
     #[arg(short = 'v', long)]
     pub verbose: bool,
 }
@@ -102,22 +137,11 @@ pub fn run(a: CopyArgs) -> Result<u8> {
     let reporter = Reporter::new(!a.no_progress && !a.json, sink);
     let result = copy(&a.src, &a.dst, &opts, &reporter);
     let changes = reporter.finish();
-    let summary = match result {
-        Ok(s) => s,
-        Err(e) => {
-            if a.json {
-                let v = json!({"ok": false, "exit_code": exit::FATAL, "error": e.to_string()});
-                println!("{v}");
-            }
-            return Err(e.into());
-        }
-    };
+    // A fatal error: `main` prints it (and its JSON object with --json).
+    let summary = result?;
     let code = exit_code(&summary);
     if a.json {
-        let mut v = serde_json::to_value(&summary)?;
-        v["ok"] = json!(code == exit::OK);
-        v["exit_code"] = json!(code);
-        v["failed"] = failed_json(&summary.failed);
+        let mut v = summary_json(&summary, code)?;
         v["changes"] = changes
             .iter()
             .map(|(act, p)| json!({"action": action_word(*act), "path": p}))
@@ -126,18 +150,42 @@ pub fn run(a: CopyArgs) -> Result<u8> {
         serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
     } else {
-        print_human(&summary)?;
+        print_human(&summary, a.verbose, "-v")?;
     }
     Ok(code)
 }
 
-/// The JSON list of failed entries: each carries an "error" (partial ones,
-/// serialised by the engine, carry a "reason").
+/// A copy's or a restore's summary as JSON, with `ok` and `exit_code`.
+pub fn summary_json(s: &CopySummary, code: u8) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(s)?;
+    v["ok"] = json!(code == exit::OK);
+    v["exit_code"] = json!(code);
+    v["failed"] = failed_json(&s.failed);
+    v["partial"] = issues_json(&s.partial, "reason");
+    v["verify_mismatches"] = issues_json(&s.verify_mismatches, "reason");
+    Ok(v)
+}
+
+/// The JSON list of failed entries: each carries an "error" (partial ones
+/// carry a "reason").
 pub fn failed_json(items: &[EntryIssue]) -> serde_json::Value {
+    issues_json(items, "error")
+}
+
+fn issues_json(items: &[EntryIssue], key: &str) -> serde_json::Value {
     items
         .iter()
-        .map(|i| json!({"path": i.path.to_string_lossy(), "error": i.reason}))
+        .map(|i| json!({"path": json_path(&i.path), key: i.reason}))
         .collect()
+}
+
+/// `haul: failed: PATH: REASON`, escaped for the terminal.
+pub fn failed_line(path: &Path, reason: &str) -> String {
+    format!(
+        "haul: failed: {}: {}",
+        escape_path(path),
+        escape_str(reason)
+    )
 }
 
 pub fn exit_code(s: &CopySummary) -> u8 {
@@ -152,25 +200,80 @@ pub fn exit_code(s: &CopySummary) -> u8 {
     }
 }
 
-pub fn print_human(s: &CopySummary) -> std::io::Result<()> {
+/// The kind of one reason an entry was not fully preserved: the reason
+/// without the words that carry ids or modes (`owner 1000:1000 not set: ...`
+/// and `owner 0:0 not set: ...` are one kind), so that entries group.
+fn reason_kind(part: &str) -> String {
+    let (head, cause) = part.split_once(": ").unwrap_or((part, ""));
+    let head: Vec<&str> = head
+        .split(' ')
+        .filter(|w| !w.chars().any(|c| c.is_ascii_digit()))
+        .collect();
+    if cause.is_empty() {
+        head.join(" ")
+    } else {
+        format!("{}: {cause}", head.join(" "))
+    }
+}
+
+/// How many example paths a grouped "not fully preserved" line names.
+const EXAMPLES: usize = 3;
+
+/// Prints what went wrong and the counts, on stderr. Entries not fully
+/// preserved are grouped by kind of reason, with a count and the first few
+/// paths (an unprivileged run has one per entry, and the one real failure
+/// must not drown in them), unless `list_all`; `all_flag` is the flag that
+/// lists them all. Failures come last, next to the counts.
+pub fn print_human(s: &CopySummary, list_all: bool, all_flag: &str) -> std::io::Result<()> {
     let mut err = std::io::stderr().lock();
-    for i in &s.failed {
-        writeln!(err, "haul: failed: {}: {}", i.path.display(), i.reason)?;
-    }
-    if s.failed_not_listed > 0 {
-        writeln!(
-            err,
-            "haul: ... and {} more failed entries",
-            s.failed_not_listed
-        )?;
-    }
-    for i in &s.partial {
-        writeln!(
-            err,
-            "haul: not fully preserved: {}: {}",
-            i.path.display(),
-            i.reason
-        )?;
+    if list_all {
+        for i in &s.partial {
+            writeln!(
+                err,
+                "haul: not fully preserved: {}: {}",
+                escape_path(&i.path),
+                escape_str(&i.reason)
+            )?;
+        }
+    } else {
+        // Kinds in order of first appearance; an entry counts once per kind.
+        let mut kinds: Vec<(String, u64, Vec<&Path>)> = Vec::new();
+        for i in &s.partial {
+            let mut seen: Vec<String> = Vec::new();
+            for k in i.reason.split("; ").map(reason_kind) {
+                if seen.contains(&k) {
+                    continue;
+                }
+                let at = match kinds.iter().position(|(kk, ..)| *kk == k) {
+                    Some(at) => at,
+                    None => {
+                        kinds.push((k.clone(), 0, Vec::new()));
+                        kinds.len() - 1
+                    }
+                };
+                let (_, n, ex) = &mut kinds[at];
+                *n += 1;
+                if ex.len() < EXAMPLES {
+                    ex.push(&i.path);
+                }
+                seen.push(k);
+            }
+        }
+        for (kind, n, ex) in &kinds {
+            let names: Vec<String> = ex.iter().map(|p| escape_path(p)).collect();
+            writeln!(
+                err,
+                "haul: not fully preserved: {}: {n} {}: {}{}",
+                escape_str(kind),
+                if *n == 1 { "entry" } else { "entries" },
+                names.join(", "),
+                if *n > ex.len() as u64 {
+                    format!(", ... ({all_flag} lists them all)")
+                } else {
+                    String::new()
+                }
+            )?;
+        }
     }
     if s.partial_not_listed > 0 {
         writeln!(
@@ -186,7 +289,22 @@ pub fn print_human(s: &CopySummary) -> std::io::Result<()> {
         writeln!(err, "haul: ... and {} more notices", s.notices_not_listed)?;
     }
     for i in &s.verify_mismatches {
-        writeln!(err, "haul: verify: {}: {}", i.path.display(), i.reason)?;
+        writeln!(
+            err,
+            "haul: verify: {}: {}",
+            escape_path(&i.path),
+            escape_str(&i.reason)
+        )?;
+    }
+    for i in &s.failed {
+        writeln!(err, "{}", failed_line(&i.path, &i.reason))?;
+    }
+    if s.failed_not_listed > 0 {
+        writeln!(
+            err,
+            "haul: ... and {} more failed entries",
+            s.failed_not_listed
+        )?;
     }
     let src = &s.source;
     let rate = if s.seconds > 0.0 {

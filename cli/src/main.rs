@@ -52,6 +52,11 @@ fn main() -> ExitCode {
             });
         }
     };
+    let json = match &cli.command {
+        Command::Copy(a) => a.json,
+        Command::Repo(c) => c.json(),
+        Command::Snapshot(c) => c.json(),
+    };
     let r = match cli.command {
         Command::Copy(args) => copy_cmd::run(args),
         Command::Repo(c) => snapshot_cmd::run_repo(c),
@@ -60,15 +65,35 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            // A closed pipe (`haul ... | head`) is not a failure.
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
+            // A closed pipe (`haul ... | head`) is not a failure, with or
+            // without --json.
+            if is_broken_pipe(&e) {
                 return ExitCode::from(exit::OK);
             }
-            let _ = writeln!(std::io::stderr(), "haul: error: {e:#}");
+            let msg = format!("{e:#}");
+            if json {
+                // One object a script can parse, as a run that got going prints.
+                let v = serde_json::json!({"ok": false, "exit_code": exit::FATAL, "error": msg});
+                let _ = writeln!(std::io::stdout(), "{v}");
+            }
+            // The message may carry a planted name: escape it.
+            let _ = writeln!(
+                std::io::stderr(),
+                "haul: error: {}",
+                render::escape_str(&msg)
+            );
             ExitCode::from(exit::FATAL)
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|c| {
+        // serde_json wraps the write error and does not give it as a source.
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(BrokenPipe))
+    })
 }

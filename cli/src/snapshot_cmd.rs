@@ -11,9 +11,11 @@ use haul_engine::{
 };
 use serde_json::{json, Value};
 
-use crate::copy_cmd::{exit_code, failed_json, print_human};
+use crate::copy_cmd::{
+    exit_code, failed_json, failed_line, jobs_parser, parse_exclude, print_human, summary_json,
+};
 use crate::exit;
-use crate::render::{ChangeSink, Reporter};
+use crate::render::{escape_str, ChangeSink, Reporter};
 
 /// Where the repository is, and lock handling; shared by every repo command.
 #[derive(Args, Debug, Clone)]
@@ -36,7 +38,7 @@ pub enum RepoCommand {
         #[command(flatten)]
         repo: RepoArgs,
         /// zstd level for new data (1-22, default 3).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=22))]
         compression_level: Option<i32>,
         /// Size pack files aim for, in MiB (1-1024, default 32).
         #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -57,13 +59,13 @@ pub enum SnapshotCommand {
         #[arg(long = "tag", value_name = "T")]
         tags: Vec<String>,
         /// Skip entries matching GLOB (same rules as `haul copy --exclude`).
-        #[arg(long, value_name = "GLOB")]
+        #[arg(long, value_name = "GLOB", value_parser = parse_exclude)]
         exclude: Vec<String>,
         /// Record this time instead of now (RFC 3339).
         #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
         time: Option<Timestamp>,
-        /// Worker threads [default: one per CPU].
-        #[arg(short = 'j', long, value_name = "N")]
+        /// Worker threads, 1-1024 [default: one per CPU].
+        #[arg(short = 'j', long, value_name = "N", value_parser = jobs_parser())]
         jobs: Option<usize>,
         /// Do not show a progress bar.
         #[arg(long)]
@@ -113,8 +115,8 @@ pub enum SnapshotCommand {
         /// Restore only this subtree (relative to the snapshot root; repeatable).
         #[arg(long = "path", value_name = "P")]
         paths: Vec<PathBuf>,
-        /// Worker threads [default: one per CPU].
-        #[arg(short = 'j', long, value_name = "N")]
+        /// Worker threads, 1-1024 [default: one per CPU].
+        #[arg(short = 'j', long, value_name = "N", value_parser = jobs_parser())]
         jobs: Option<usize>,
         /// Do not restore owners.
         #[arg(long)]
@@ -191,6 +193,32 @@ pub enum SnapshotCommand {
     },
 }
 
+impl RepoCommand {
+    /// Whether --json was given (a fatal error is then printed as JSON too).
+    pub fn json(&self) -> bool {
+        match self {
+            RepoCommand::Init { repo, .. } => repo.json,
+        }
+    }
+}
+
+impl SnapshotCommand {
+    /// Whether --json was given (a fatal error is then printed as JSON too).
+    pub fn json(&self) -> bool {
+        match self {
+            SnapshotCommand::Create { repo, .. }
+            | SnapshotCommand::List { repo }
+            | SnapshotCommand::Show { repo, .. }
+            | SnapshotCommand::Ls { repo, .. }
+            | SnapshotCommand::Diff { repo, .. }
+            | SnapshotCommand::Restore { repo, .. }
+            | SnapshotCommand::Check { repo, .. }
+            | SnapshotCommand::Forget { repo, .. }
+            | SnapshotCommand::Prune { repo, .. } => repo.json,
+        }
+    }
+}
+
 // Value parsers: a bad value is a usage error (exit 2) with clap's message.
 fn parse_time(s: &str) -> Result<Timestamp, String> {
     Timestamp::parse_rfc3339(s).map_err(|e| e.to_string())
@@ -220,7 +248,7 @@ fn open(r: &RepoArgs) -> Result<Repository> {
 
 fn notices(n: &[String]) {
     for m in n {
-        eprintln!("haul: {m}");
+        eprintln!("haul: {}", escape_str(m));
     }
 }
 
@@ -245,7 +273,7 @@ fn snapshot_json(s: &SnapshotInfo) -> Value {
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, v)?;
+    serde_json::to_writer(&mut out, v).map_err(std::io::Error::from)?;
     writeln!(out)?;
     Ok(())
 }
@@ -258,19 +286,30 @@ fn stream<T: serde::Serialize>(
     line: impl Fn(&mut dyn Write, &T) -> std::io::Result<()>,
 ) -> Result<()> {
     // Nothing is printed before the first item, so an error before it
-    // (no such snapshot or path) leaves stdout empty.
+    // (no such snapshot or path) leaves stdout empty (but for the JSON
+    // error object `main` prints).
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut first = true;
-    list(&mut |item| {
+    let r = list(&mut |item| {
         if json {
             out.write_all(if first { b"[" } else { b"," })?;
-            serde_json::to_writer(&mut out, &item)?;
+            // As an io::Error, so that a closed pipe is seen as one.
+            serde_json::to_writer(&mut out, &item).map_err(std::io::Error::from)?;
         } else {
             line(&mut out, &item)?;
         }
         first = false;
         Ok(())
-    })?;
+    });
+    if let Err(e) = r {
+        if json && !first {
+            // The array stays unclosed, so no one mistakes it for the whole
+            // list; the error object goes on a line of its own.
+            let _ = out.write_all(b"\n");
+            let _ = out.flush();
+        }
+        return Err(e);
+    }
     if json {
         out.write_all(if first { b"[]\n" } else { b"]\n" })?;
     }
@@ -293,11 +332,12 @@ pub fn run_repo(c: RepoCommand) -> Result<u8> {
             if repo.json {
                 print_json(&json!({"location": r.location(), "id": r.config().id.to_hex()}))?;
             } else {
-                println!(
+                writeln!(
+                    std::io::stdout(),
                     "created repository {} at {}",
                     r.config().id.short(),
-                    r.location().display()
-                );
+                    escape_str(&r.location().to_string_lossy())
+                )?;
             }
             Ok(exit::OK)
         }
@@ -318,7 +358,10 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
         } => {
             let (r, created) = Repository::open_or_init(&repo.repo)?;
             if created {
-                eprintln!("haul: created repository at {}", repo.repo.display());
+                eprintln!(
+                    "haul: created repository at {}",
+                    escape_str(&repo.repo.to_string_lossy())
+                );
             }
             if repo.force_unlock {
                 r.force_unlock()?;
@@ -343,17 +386,19 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             };
             if repo.json {
                 let mut v = serde_json::to_value(&s)?;
+                v["ok"] = json!(code == exit::OK);
+                v["exit_code"] = json!(code);
                 v["failed"] = failed_json(&s.failed);
                 print_json(&v)?;
             } else {
                 for i in &s.failed {
-                    eprintln!("haul: failed: {}: {}", i.path.display(), i.reason);
+                    eprintln!("{}", failed_line(&i.path, &i.reason));
                 }
                 eprintln!(
                     "{} files, {} dirs, {} bytes; read {} bytes, added {} new ({} stored in {} packs) in {:.2}s",
                     s.files, s.dirs, s.bytes, s.bytes_read, s.bytes_new, s.bytes_stored, s.packs, s.seconds
                 );
-                println!("snapshot {} saved", s.id.to_hex());
+                writeln!(std::io::stdout(), "snapshot {} saved", s.id.to_hex())?;
             }
             Ok(code)
         }
@@ -398,7 +443,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             if repo.json {
                 print_json(&v)?;
             } else {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&v)?)?;
             }
             Ok(exit::OK)
         }
@@ -411,7 +456,13 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     writeln!(
                         out,
                         "{:<8} {:04o} {:>6}:{:<6} {:>12} {} {}",
-                        e.kind, e.mode, e.uid, e.gid, e.size, e.mtime, e.path
+                        e.kind,
+                        e.mode,
+                        e.uid,
+                        e.gid,
+                        e.size,
+                        e.mtime,
+                        escape_str(&e.path)
                     )
                 },
             )?;
@@ -429,7 +480,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                         "content" => "M",
                         _ => "m",
                     };
-                    writeln!(out, "{sym} {}", c.path)
+                    writeln!(out, "{sym} {}", escape_str(&c.path))
                 },
             )?;
             Ok(exit::OK)
@@ -465,13 +516,9 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             let s = res?;
             let code = exit_code(&s);
             if repo.json {
-                let mut v = serde_json::to_value(&s)?;
-                v["ok"] = json!(code == exit::OK);
-                v["exit_code"] = json!(code);
-                v["failed"] = failed_json(&s.failed);
-                print_json(&v)?;
+                print_json(&summary_json(&s, code)?)?;
             } else {
-                print_human(&s)?;
+                print_human(&s, false, "--json")?;
             }
             Ok(code)
         }
@@ -490,7 +537,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 print_json(&rep)?;
             } else {
                 for e in &rep.errors {
-                    eprintln!("haul: check: {e}");
+                    eprintln!("haul: check: {}", escape_str(&e.to_string()));
                 }
                 for s in &rep.affected_snapshots {
                     eprintln!("haul: damaged snapshot: {s}");
@@ -498,7 +545,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 for f in &rep.affected_files {
                     eprintln!(
                         "haul: damaged file: {} in snapshot {}",
-                        f.path,
+                        escape_str(&f.path),
                         &f.snapshot[..8]
                     );
                 }
@@ -584,11 +631,12 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 }))?;
             } else {
                 for id in &remove {
-                    println!(
+                    writeln!(
+                        std::io::stdout(),
                         "{} {}",
                         if dry_run { "would remove" } else { "removed" },
                         id.to_hex()
-                    );
+                    )?;
                 }
                 eprintln!(
                     "{} kept, {} {}",

@@ -5,6 +5,8 @@
 //!   with a `/` elsewhere may match at any directory boundary.
 //! - A trailing `/` restricts the pattern to directories.
 //! - `*` stops at `/`; `**` crosses it.
+//! - A trailing `/***` matches the directory itself and everything below it
+//!   (`dir/***` is `dir` and `dir/**`).
 use std::ffi::OsStr;
 use std::path::Path;
 
@@ -46,27 +48,41 @@ impl Filter {
         ];
         for p in patterns {
             let orig = p.as_ref();
-            let (pat, dir_only) = match orig.strip_suffix('/') {
-                Some(s) if !s.is_empty() => (s, true),
+            // rsync's `dir/***`: the entry itself and everything below it.
+            // The '/' before `***` counts as a slash in the pattern, so
+            // `dir/***` matches at any depth, as `a/b` does.
+            let (orig_pat, tree) = match orig.strip_suffix("/***") {
+                Some(s) if !s.is_empty() && s != "/" => (s, true),
                 _ => (orig, false),
+            };
+            let (pat, dir_only) = match orig_pat.strip_suffix('/') {
+                Some(s) if !s.is_empty() && !tree => (s, true),
+                _ => (orig_pat, false),
             };
             let (glob, by_path) = if let Some(rest) = pat.strip_prefix('/') {
                 (rest.to_string(), true)
-            } else if pat.contains('/') || pat.contains("**") {
+            } else if tree || pat.contains('/') || pat.contains("**") {
                 (format!("**/{pat}"), true)
             } else {
                 (pat.to_string(), false)
             };
-            let g = GlobBuilder::new(&glob)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|source| FilterError {
-                    pattern: orig.to_string(),
-                    source,
-                })?;
+            let globs = if tree {
+                vec![format!("{glob}/**"), glob]
+            } else {
+                vec![glob]
+            };
             let i = usize::from(by_path) * 2 + usize::from(dir_only);
-            sets[i].add(g);
+            for glob in globs {
+                let g = GlobBuilder::new(&glob)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+                    .map_err(|source| FilterError {
+                        pattern: orig.to_string(),
+                        source,
+                    })?;
+                sets[i].add(g);
+            }
         }
         let [a, b, c, d] = sets;
         let build = |s: GlobSetBuilder| s.build().expect("globs already validated");
@@ -108,5 +124,30 @@ mod tests {
         assert!(!f.excluded(Path::new("qa/b"), false));
         assert!(f.excluded(Path::new("deep/1/2/x"), false));
         assert!(!f.excluded(Path::new("keep.txt"), false));
+    }
+
+    #[test]
+    fn triple_star_is_the_dir_and_everything_below() {
+        let f = Filter::new(&["cache/***", "/top/sub/***"]).unwrap();
+        assert!(f.excluded(Path::new("cache"), true));
+        assert!(f.excluded(Path::new("cache"), false));
+        assert!(f.excluded(Path::new("cache/x"), false));
+        assert!(f.excluded(Path::new("cache/x/y/z"), true));
+        assert!(f.excluded(Path::new("deep/er/cache"), true));
+        assert!(f.excluded(Path::new("deep/er/cache/f"), false));
+        assert!(!f.excluded(Path::new("cachex"), true));
+        assert!(!f.excluded(Path::new("cachex/f"), false));
+        assert!(!f.excluded(Path::new("x/cache.d/f"), false));
+        assert!(f.excluded(Path::new("top/sub"), true));
+        assert!(f.excluded(Path::new("top/sub/a/b"), false));
+        assert!(!f.excluded(Path::new("top"), true));
+        assert!(!f.excluded(Path::new("x/top/sub"), true));
+        assert!(!f.excluded(Path::new("top/subway"), true));
+    }
+
+    #[test]
+    fn bad_pattern_is_an_error() {
+        assert!(Filter::new(&["["]).is_err());
+        assert!(Filter::new(&["a/[/***"]).is_err());
     }
 }

@@ -1001,11 +1001,11 @@ fn list_show_ls_and_diff() {
     assert_eq!(below, expected, "ls ID dir");
     assert_ls_matches(&ls_dir, &s, "ls ID dir");
     // ls of a path the snapshot does not hold: an error that names it, and
-    // nothing on stdout (not even the start of a JSON array).
+    // on stdout only the JSON error object (not the start of an array).
     let r = repo.snap("ls", &[os(&id1), os("no/such/dir"), os("--json")]);
     r.expect_code(1);
     assert!(
-        r.stdout.is_empty() && r.stderr.contains("no/such/dir"),
+        jstr(&r.json(), "error").contains("no/such/dir") && r.stderr.contains("no/such/dir"),
         "ls of a missing path:\n{}",
         r.describe()
     );
