@@ -163,6 +163,7 @@ pub fn summary_json(s: &CopySummary, code: u8) -> Result<serde_json::Value> {
     v["failed"] = failed_json(&s.failed);
     v["partial"] = issues_json(&s.partial, "reason");
     v["verify_mismatches"] = issues_json(&s.verify_mismatches, "reason");
+    v["notices"] = issues_json(&s.notices, "reason");
     Ok(v)
 }
 
@@ -283,7 +284,12 @@ pub fn print_human(s: &CopySummary, list_all: bool, all_flag: &str) -> std::io::
         )?;
     }
     for i in &s.notices {
-        writeln!(err, "haul: notice: {}: {}", i.path.display(), i.reason)?;
+        writeln!(
+            err,
+            "haul: notice: {}: {}",
+            escape_path(&i.path),
+            escape_str(&i.reason)
+        )?;
     }
     if s.notices_not_listed > 0 {
         writeln!(err, "haul: ... and {} more notices", s.notices_not_listed)?;
