@@ -416,6 +416,17 @@ impl Target<'_> {
             Target::At(d, n, _) => sys::set_times_at(d, n, st.atime, st.mtime),
         }
     }
+    /// Sets the kept `chattr` flags; only files and directories have them.
+    fn set_attrs(&self, attrs: u32) -> io::Result<()> {
+        match *self {
+            Target::Fd(f) => sys::set_attrs_fd(f, attrs),
+            Target::At(d, n, FileKind::File | FileKind::Dir) => {
+                sys::set_attrs_fd(&sys::open_for_attrs_at(d, n)?, attrs)
+            }
+            Target::At(..) if attrs == 0 => Ok(()),
+            Target::At(..) => Err(io::Error::from_raw_os_error(libc::ENOTTY)),
+        }
+    }
     fn is_symlink(&self) -> bool {
         matches!(self, Target::At(_, _, FileKind::Symlink))
     }
@@ -504,6 +515,37 @@ fn flink_refused(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::ENOENT | libc::EPERM | libc::EACCES | libc::EINVAL)
     )
+}
+
+/// `linkat`, also to an immutable or append-only inode (which refuses new
+/// names): its flags come off for the link and go back on.
+fn link_past_attrs(odir: &File, old: &CStr, ndir: &File, new: &CStr) -> io::Result<()> {
+    match sys::link_at(odir, old, ndir, new) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let st = sys::stat_at(odir, old)?;
+            if st.attrs == 0 {
+                return Err(e);
+            }
+            let f = sys::open_for_attrs_at(odir, old)?;
+            sys::set_attrs_fd(&f, 0)?;
+            let r = sys::link_at(odir, old, ndir, new);
+            sys::set_attrs_fd(&f, st.attrs)?;
+            r
+        }
+        r => r,
+    }
+}
+
+/// `+i`, `+a` or `+ia`, as chattr spells them.
+fn attrs_word(attrs: u32) -> String {
+    let mut w = String::from("+");
+    if attrs & sys::ATTR_IMMUTABLE != 0 {
+        w.push('i');
+    }
+    if attrs & sys::ATTR_APPEND != 0 {
+        w.push('a');
+    }
+    w
 }
 
 /// The failure of an entry whose place in DST is a directory with contents.
@@ -1044,6 +1086,7 @@ impl<'a> Run<'a> {
         report: bool,
     ) -> Result<(), StepError> {
         let st = sys::stat_at(dir, name).step("stat")?;
+        self.unlock(dir, name, &st)?;
         if st.kind() == FileKind::Dir {
             let d = sys::open_dir_at(dir, name).step("open directory")?;
             if !self.is_root && st.perm() & 0o700 != 0o700 {
@@ -1261,6 +1304,9 @@ impl<'a> Run<'a> {
             }
         }
         self.may_replace(dst, dname, cur.as_ref())?;
+        if let (Some(c), false) = (&cur, self.opts.dry_run) {
+            self.unlock(dst, dname, c)?;
+        }
         let outcome = if cur.is_some() {
             Outcome::Updated
         } else {
@@ -1274,11 +1320,11 @@ impl<'a> Run<'a> {
             .open_dst_parent(leader_rel)
             .step("open hardlink target")?;
         match cur {
-            None => sys::link_at(&ldir, &lname, dst, dname).step("link")?,
+            None => link_past_attrs(&ldir, &lname, dst, dname).step("link")?,
             Some(c) => {
                 let tmp = tmp_name(dname);
                 self.clear_tmp(dst, &tmp)?;
-                sys::link_at(&ldir, &lname, dst, &tmp).step("link")?;
+                link_past_attrs(&ldir, &lname, dst, &tmp).step("link")?;
                 if let Err(e) = self.clear_dir_for(dst, dname, Some(c), rel) {
                     let _ = sys::unlink_at(dst, &tmp, false);
                     return Err(e);
@@ -1322,6 +1368,31 @@ impl<'a> Run<'a> {
             Some(_) => sys::unlink_at(dst, tmp, false).step("remove temporary"),
             None => Ok(()),
         }
+    }
+
+    /// Gives a new file, now under its final name, the source's `chattr`
+    /// flags (a failure to is reported as partial).
+    fn set_new_attrs(&self, f: &File, st: &Stat, partial: &mut Vec<String>) {
+        if st.attrs != 0 && !self.opts.dry_run {
+            if let Err(e) = sys::set_attrs_fd(f, st.attrs) {
+                partial.push(format!(
+                    "chattr flags {} not set: {e}",
+                    attrs_word(st.attrs)
+                ));
+            }
+        }
+    }
+
+    /// Clears the `chattr` flags of an entry in DST that is about to be
+    /// replaced or written into (a rename over, or an unlink of, an
+    /// immutable or append-only entry fails).
+    pub(crate) fn unlock(&self, d: &File, name: &CStr, cur: &Stat) -> Result<(), StepError> {
+        if cur.attrs == 0 {
+            return Ok(());
+        }
+        Target::At(d, name, cur.kind())
+            .set_attrs(0)
+            .step("clear chattr flags")
     }
 
     /// Whether a new non-directory may take the place of `cur`. A directory
@@ -1390,6 +1461,9 @@ impl<'a> Run<'a> {
         }
         if let (Some(d), Some(c)) = (dir.dst, &cur) {
             self.may_replace(d, dname, Some(c))?;
+            if !self.opts.dry_run {
+                self.unlock(d, dname, c)?;
+            }
         }
         let outcome = if cur.is_some() {
             Outcome::Updated
@@ -1409,9 +1483,10 @@ impl<'a> Run<'a> {
         }
         let mut partial = Vec::new();
         if kind == FileKind::File {
-            self.put_new_file(d, dname, st.perm() & 0o777, cur, rel, |out| {
+            let f = self.put_new_file(d, dname, st.perm() & 0o777, cur, rel, |out| {
                 self.write_file(dir, sname, out, st, rel, &mut partial)
             })?;
+            self.set_new_attrs(&f, st, &mut partial);
         } else {
             self.put_new_special(d, dname, cur, rel, |tmp| {
                 self.write_special(dir, sname, d, tmp, st, &mut partial)
@@ -1461,6 +1536,7 @@ impl<'a> Run<'a> {
             Fresh::Yes(have_x),
             &mut partial,
         )?;
+        self.set_new_attrs(&out, st, &mut partial);
         self.record(Outcome::Created, rel);
         self.partial(rel, partial);
         Ok(true)
@@ -1618,7 +1694,9 @@ impl<'a> Run<'a> {
     /// Puts a new regular file at `name` in `d`, in place of `cur`: creates
     /// it with permission bits `perm`, has `write` fill it (data and
     /// metadata), and only then gives it its name. On an error nothing is
-    /// left behind and `cur` is untouched.
+    /// left behind and `cur` is untouched. Returns the file, for what can
+    /// only come after its name (`chattr` flags: an immutable inode can be
+    /// neither linked nor renamed).
     pub(crate) fn put_new_file(
         &self,
         d: &File,
@@ -1627,7 +1705,7 @@ impl<'a> Run<'a> {
         cur: Option<Stat>,
         rel: &Path,
         write: impl FnOnce(&File) -> Result<(), StepError>,
-    ) -> Result<(), StepError> {
+    ) -> Result<File, StepError> {
         let f = self.new_file(d, name, perm, cur.is_some())?;
         let written = write(&f.file).and_then(|()| self.clear_dir_for(d, name, cur, rel));
         if let Err(e) = written {
@@ -1746,11 +1824,11 @@ impl<'a> Run<'a> {
 
     /// Gives a complete new file its final name, replacing what is there.
     /// On an error nothing is left under a temporary name.
-    fn publish(&self, d: &File, f: NewFile, name: &CStr) -> Result<(), StepError> {
+    fn publish(&self, d: &File, f: NewFile, name: &CStr) -> Result<File, StepError> {
         let tmp = match f.tmp {
             Some(tmp) => tmp,
             None => match sys::link_fd_at(&f.file, d, name) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(f.file),
                 // The name was taken meanwhile: replace it by a rename.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let tmp = tmp_name(name);
@@ -1761,7 +1839,8 @@ impl<'a> Run<'a> {
                 Err(e) => return Err(e).step("link new file"),
             },
         };
-        self.rename_into_place(d, &tmp, name)
+        self.rename_into_place(d, &tmp, name)?;
+        Ok(f.file)
     }
 
     /// Removes what an unpublished new file left: its temporary name, if any.
@@ -1863,6 +1942,23 @@ impl<'a> Run<'a> {
         let dry = self.opts.dry_run;
         let mut wrote = false;
         let mut force_mode = false;
+        // An immutable or append-only entry refuses every change, so its
+        // flags come off first when anything is to change, and go back on
+        // (the source's) last, after data and metadata.
+        let mut attrs = have.attrs;
+        let kept = sys::ATTR_IMMUTABLE | sys::ATTR_APPEND;
+        if attrs & kept != 0
+            && !dry
+            && (src.attrs != have.attrs
+                || src.perm() != have.perm()
+                || src.mtime != have.mtime
+                || (self.opts.owner
+                    && (self.opts.ids.uid(src.uid), self.opts.ids.gid(src.gid))
+                        != (have.uid, have.gid)))
+        {
+            t.set_attrs(0).step("clear chattr flags")?;
+            attrs = 0;
+        }
         // The owner the entry should have, and the one it has once this is
         // done (they differ when the owner is not preserved or not settable).
         let (want_owner, mut owner) = if self.opts.owner {
@@ -1943,6 +2039,19 @@ impl<'a> Run<'a> {
             if !dry {
                 if let Err(e) = t.times(src) {
                     partial.push(format!("times not set: {e}"));
+                }
+            }
+        }
+        // A new file gets its flags once it has its name (see put_new_file).
+        let deferred = fresh && src.kind() == FileKind::File;
+        if src.attrs != attrs && !deferred {
+            wrote |= src.attrs != have.attrs;
+            if !dry {
+                if let Err(e) = t.set_attrs(src.attrs) {
+                    partial.push(format!(
+                        "chattr flags {} not set: {e}",
+                        attrs_word(src.attrs)
+                    ));
                 }
             }
         }
@@ -2099,6 +2208,11 @@ impl<'a> Run<'a> {
         match cur {
             Some(c) if c.kind() == FileKind::Dir => {
                 let d = sys::open_dir_at(pd, dname).step("open destination directory")?;
+                // Entries inside cannot change while it is immutable; its
+                // metadata pass puts the source's flags back.
+                if c.attrs != 0 && !self.opts.dry_run {
+                    sys::set_attrs_fd(&d, 0).step("clear chattr flags")?;
+                }
                 if !self.is_root && !self.opts.dry_run && c.perm() & 0o700 != 0o700 {
                     // Let this run write inside; the final metadata pass restores the mode.
                     sys::chmod_fd(&d, c.perm() | 0o700).step("chmod")?;
@@ -2115,7 +2229,8 @@ impl<'a> Run<'a> {
                     self.record(outcome, rel);
                     return Ok((None, false));
                 }
-                if other.is_some() {
+                if let Some(c) = &other {
+                    self.unlock(pd, dname, c)?;
                     sys::unlink_at(pd, dname, false).step("remove non-directory")?;
                 }
                 sys::mkdir_at(pd, dname, 0o700).step("mkdir")?;

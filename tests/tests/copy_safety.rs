@@ -404,3 +404,106 @@ fn setuid_is_cleared_when_the_owner_is_not_preserved() {
     assert_eq!(md.permissions().mode() & 0o7777, 0o6755);
     assert_eq!(md.uid(), 0);
 }
+
+// ---- chattr flags: kept, set after the data --------------------------------
+
+/// The `i` and `a` letters `lsattr -d` shows for `p` (e2fsprogs' own view).
+fn chattr_flags(p: &Path) -> String {
+    let out = std::process::Command::new("lsattr")
+        .arg("-d")
+        .arg(p)
+        .output()
+        .expect("lsattr (Debian package e2fsprogs)");
+    assert!(out.status.success(), "lsattr {}: {:?}", p.display(), out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let letters = text
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut f = String::new();
+    for want in ['i', 'a'] {
+        if letters.contains(want) {
+            f.push(want);
+        }
+    }
+    f
+}
+
+fn chattr(args: &str, p: &Path) {
+    let ok = std::process::Command::new("chattr")
+        .arg(args)
+        .arg(p)
+        .status()
+        .expect("chattr (Debian package e2fsprogs)")
+        .success();
+    assert!(
+        ok,
+        "chattr {args} {} (does this filesystem keep flags?)",
+        p.display()
+    );
+}
+
+#[test]
+fn immutable_and_append_only_flags_are_kept() {
+    haul_tests::require_root("immutable_and_append_only_flags_are_kept");
+    let t = tmp();
+    let s = t.path().join("s");
+    let d = t.path().join("d");
+    write_file(&s.join("frozen"), b"cannot change\n");
+    write_file(&s.join("log"), b"line 1\n");
+    write_file(&s.join("lockdir/inside"), b"in a frozen dir\n");
+    write_file(&s.join("linked"), b"two names\n");
+    fixture::hardlink(&s.join("linked"), &s.join("linked2"));
+    chattr("+i", &s.join("frozen"));
+    chattr("+a", &s.join("log"));
+    chattr("+i", &s.join("lockdir"));
+    chattr("+i", &s.join("linked"));
+    let cleanup = || {
+        let _ = std::process::Command::new("chattr")
+            .args(["-R", "-ia"])
+            .arg(t.path())
+            .status();
+    };
+
+    let r = haul_copy(&[], &s, &d);
+    let flags: Vec<(&str, String)> = ["frozen", "log", "lockdir", "linked", "linked2"]
+        .iter()
+        .map(|n| (*n, chattr_flags(&d.join(n))))
+        .collect();
+    let inside = read(&d.join("lockdir/inside"));
+    let same_inode = fs::metadata(d.join("linked")).unwrap().ino()
+        == fs::metadata(d.join("linked2")).unwrap().ino();
+
+    // A change to the append-only log, and a re-run over the flagged copy.
+    {
+        use std::io::Write;
+        fs::OpenOptions::new()
+            .append(true)
+            .open(s.join("log"))
+            .unwrap()
+            .write_all(b"line 2\n")
+            .unwrap();
+    }
+    let r2 = haul_copy(&[], &s, &d);
+    let log2 = read(&d.join("log"));
+    let log2_flags = chattr_flags(&d.join("log"));
+    cleanup();
+
+    r.expect_clean();
+    assert_eq!(
+        flags,
+        [
+            ("frozen", "i".to_string()),
+            ("log", "a".to_string()),
+            ("lockdir", "i".to_string()),
+            ("linked", "i".to_string()),
+            ("linked2", "i".to_string()),
+        ]
+    );
+    assert_eq!(inside, b"in a frozen dir\n");
+    assert!(same_inode, "the hardlink was not kept");
+    r2.expect_clean();
+    assert_eq!(log2, b"line 1\nline 2\n");
+    assert_eq!(log2_flags, "a");
+}

@@ -69,6 +69,8 @@ fn node_stat(n: &Node) -> Stat {
         atime: t(n.atime),
         mtime: t(n.mtime),
         ctime: t(n.ctime),
+        // Snapshots do not record chattr flags (create reports them).
+        attrs: 0,
     }
 }
 
@@ -430,7 +432,8 @@ impl Run<'_> {
         let have_x = (!acl).then_some(&none);
         let mut partial = Vec::new();
         if let NodeKind::File { data_map, chunks } = &n.kind {
-            self.put_new_file(dst, name, st.perm() & 0o777, cur, rel, |out| {
+            // Snapshots keep no chattr flags, so there are none to set after.
+            let _ = self.put_new_file(dst, name, st.perm() & 0o777, cur, rel, |out| {
                 self.write_chunks(ctx, out, n, data_map.as_deref(), chunks, first)?;
                 let have = sys::stat_fd(out).step("stat new file")?;
                 let t = Target::Fd(out);

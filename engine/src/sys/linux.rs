@@ -21,25 +21,54 @@ pub(crate) struct Stat {
     pub atime: (i64, i64),
     pub mtime: (i64, i64),
     pub ctime: (i64, i64),
+    /// The `chattr` flags haul keeps: [`ATTR_IMMUTABLE`], [`ATTR_APPEND`].
+    pub attrs: u32,
 }
 
+/// `chattr +i`: no change at all, not even by root without clearing it.
+pub(crate) const ATTR_IMMUTABLE: u32 = 1;
+/// `chattr +a`: data may only be appended.
+pub(crate) const ATTR_APPEND: u32 = 2;
+
 impl Stat {
-    fn from_raw(st: &libc::stat) -> Stat {
+    fn from_statx(st: &libc::statx) -> Stat {
+        let t = |t: &libc::statx_timestamp| (t.tv_sec, i64::from(t.tv_nsec));
+        let has = |bit: libc::c_int| st.stx_attributes & st.stx_attributes_mask & bit as u64 != 0;
+        let mut attrs = 0;
+        if has(libc::STATX_ATTR_IMMUTABLE) {
+            attrs |= ATTR_IMMUTABLE;
+        }
+        if has(libc::STATX_ATTR_APPEND) {
+            attrs |= ATTR_APPEND;
+        }
         Stat {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            mode: st.st_mode,
-            nlink: st.st_nlink,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            rdev: st.st_rdev,
-            size: st.st_size.max(0) as u64,
-            blocks: st.st_blocks.max(0) as u64,
-            atime: (st.st_atime, st.st_atime_nsec),
-            mtime: (st.st_mtime, st.st_mtime_nsec),
-            ctime: (st.st_ctime, st.st_ctime_nsec),
+            dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            mode: u32::from(st.stx_mode),
+            nlink: u64::from(st.stx_nlink),
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            rdev: libc::makedev(st.stx_rdev_major, st.stx_rdev_minor),
+            size: st.stx_size,
+            blocks: st.stx_blocks,
+            atime: t(&st.stx_atime),
+            mtime: t(&st.stx_mtime),
+            ctime: t(&st.stx_ctime),
+            attrs,
         }
     }
+}
+
+/// `statx(dir, name, flags)` for the fields [`Stat`] keeps. statx rather
+/// than fstatat because it also reports the `chattr` flags, at no extra cost.
+fn statx(dir: libc::c_int, name: &CStr, flags: libc::c_int) -> io::Result<Stat> {
+    let mut st = MaybeUninit::<libc::statx>::uninit();
+    let mask = libc::STATX_BASIC_STATS;
+    // SAFETY: valid fd (or AT_FDCWD), NUL-terminated name; `st` is written
+    // by the kernel on success.
+    cvt(unsafe { libc::statx(dir, name.as_ptr(), flags, mask, st.as_mut_ptr()) })?;
+    // SAFETY: statx succeeded, so the struct is initialised.
+    Ok(Stat::from_statx(unsafe { &st.assume_init() }))
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -61,20 +90,9 @@ pub(crate) fn cpath(p: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
-/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`, through statx.
 pub(crate) fn stat_at(dir: &File, name: &CStr) -> io::Result<Stat> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: valid fd, NUL-terminated name, and `st` is written by the kernel on success.
-    cvt(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: fstatat succeeded, so the struct is initialised.
-    Ok(Stat::from_raw(unsafe { &st.assume_init() }))
+    statx(dir.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW)
 }
 
 /// `fstatat` that also reports "missing" as `Ok(None)`.
@@ -86,24 +104,16 @@ pub(crate) fn stat_at_opt(dir: &File, name: &CStr) -> io::Result<Option<Stat>> {
     }
 }
 
-/// `fstat`.
+/// `fstat`, through statx.
 pub(crate) fn stat_fd(f: &File) -> io::Result<Stat> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: valid fd; `st` written on success.
-    cvt(unsafe { libc::fstat(f.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded.
-    Ok(Stat::from_raw(unsafe { &st.assume_init() }))
+    statx(f.as_raw_fd(), c"", libc::AT_EMPTY_PATH)
 }
 
 /// `stat`/`lstat` of a whole path; used only for the paths the user typed.
 pub(crate) fn stat_path(p: &Path, follow: bool) -> io::Result<Stat> {
     let c = cpath(p)?;
-    let mut st = MaybeUninit::<libc::stat>::uninit();
     let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
-    // SAFETY: NUL-terminated path; `st` written on success.
-    cvt(unsafe { libc::fstatat(libc::AT_FDCWD, c.as_ptr(), st.as_mut_ptr(), flags) })?;
-    // SAFETY: fstatat succeeded.
-    Ok(Stat::from_raw(unsafe { &st.assume_init() }))
+    statx(libc::AT_FDCWD, &c, flags)
 }
 
 /// Opens a directory the user named (following symlinks in the typed path).
@@ -444,6 +454,42 @@ pub(crate) fn copy_range(
     } else {
         Ok(r as usize)
     }
+}
+
+/// Sets or clears the `chattr` flags haul keeps ([`ATTR_IMMUTABLE`],
+/// [`ATTR_APPEND`]) on an open file or directory to `attrs`, leaving the
+/// others as they are. Needs CAP_LINUX_IMMUTABLE to set them.
+pub(crate) fn set_attrs_fd(f: &File, attrs: u32) -> io::Result<()> {
+    const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+    const FS_APPEND_FL: libc::c_long = 0x20;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one long through the pointer.
+    cvt(unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) })?;
+    let mut want = flags & !(FS_IMMUTABLE_FL | FS_APPEND_FL);
+    if attrs & ATTR_IMMUTABLE != 0 {
+        want |= FS_IMMUTABLE_FL;
+    }
+    if attrs & ATTR_APPEND != 0 {
+        want |= FS_APPEND_FL;
+    }
+    if want == flags {
+        return Ok(());
+    }
+    // SAFETY: FS_IOC_SETFLAGS reads one long through the pointer.
+    cvt(unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &want) }).map(drop)
+}
+
+/// Opens a file or directory only to set its `chattr` flags, without
+/// following a symlink or blocking on a fifo.
+pub(crate) fn open_for_attrs_at(dir: &File, name: &CStr) -> io::Result<File> {
+    // SAFETY: valid fd and NUL-terminated name.
+    cvt_fd(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    })
 }
 
 /// `ioctl(FICLONE)`: share all of `src`'s extents with `dst` (reflink).
