@@ -161,10 +161,10 @@ pub enum SnapshotCommand {
         /// ... of each of the last N weeks.
         #[arg(long, value_name = "N")]
         keep_weekly: Option<u64>,
-        /// ... of each of the last N 30-day months.
+        /// ... of each of the last N calendar months (UTC).
         #[arg(long, value_name = "N")]
         keep_monthly: Option<u64>,
-        /// ... of each of the last N 365-day years.
+        /// ... of each of the last N calendar years (UTC).
         #[arg(long, value_name = "N")]
         keep_yearly: Option<u64>,
         /// Keep the newest snapshot of each of the last N buckets of length
@@ -520,7 +520,6 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             keep_interval,
             dry_run,
         } => {
-            let r = open(&repo)?;
             let mut policy = KeepPolicy {
                 last: keep_last,
                 within_secs: keep_within,
@@ -545,11 +544,23 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     .iter()
                     .map(|&(len, n)| (Bucket::Every(len), n)),
             );
+            // Usage errors come before the repository is opened or locked.
+            if !ids.is_empty() && !policy.is_empty() {
+                return usage("give snapshot ids or a --keep-* policy, not both");
+            }
+            if ids.is_empty() && policy.is_empty() {
+                return usage("nothing to do: give snapshot ids or a --keep-* policy");
+            }
+            if ids.is_empty() && policy.keeps_nothing() {
+                return usage(
+                    "every --keep-* count is 0: such a policy keeps no snapshot and would \
+                     forget them all (restic treats it as no policy); give a count above 0, \
+                     or the ids of the snapshots to forget",
+                );
+            }
+            let r = open(&repo)?;
             let all = r.snapshots()?;
             let (keep, remove) = if !ids.is_empty() {
-                if !policy.is_empty() {
-                    return usage("give snapshot ids or a --keep-* policy, not both");
-                }
                 let mut remove = Vec::new();
                 for id in &ids {
                     remove.push(r.find_snapshot(id)?.id);
@@ -561,9 +572,6 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     .collect();
                 (keep, remove)
             } else {
-                if policy.is_empty() {
-                    return usage("nothing to do: give snapshot ids or a --keep-* policy");
-                }
                 let pairs: Vec<_> = all.iter().map(|s| (s.id, s.snapshot.time)).collect();
                 policy.apply(&pairs)
             };
