@@ -29,6 +29,16 @@ pub struct RepoArgs {
     pub json: bool,
 }
 
+/// Lock handling of the commands that only read.
+#[derive(Args, Debug, Clone)]
+pub struct ReadArgs {
+    /// Take no lock, to read a repository this user cannot write to (a
+    /// read-only mount, another user's files). Nothing then stops a prune
+    /// from removing data while it is read.
+    #[arg(long, conflicts_with = "force_unlock")]
+    pub no_lock: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RepoCommand {
     /// Create a repository.
@@ -76,11 +86,15 @@ pub enum SnapshotCommand {
     List {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// Show one snapshot.
     Show {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         /// Snapshot id (unique hex prefix) or `latest`.
         id: String,
     },
@@ -88,6 +102,8 @@ pub enum SnapshotCommand {
     Ls {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         /// Snapshot id or `latest`.
         id: String,
         /// Only entries below this path (relative to the snapshot root).
@@ -97,6 +113,8 @@ pub enum SnapshotCommand {
     Diff {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         /// The older snapshot.
         a: String,
         /// The newer snapshot.
@@ -106,6 +124,8 @@ pub enum SnapshotCommand {
     Restore {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         /// Snapshot id or `latest`.
         id: String,
         /// Destination directory (created if missing).
@@ -133,6 +153,8 @@ pub enum SnapshotCommand {
     Check {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         /// Read every pack and verify every blob's hash.
         #[arg(long)]
         read_data: bool,
@@ -212,6 +234,16 @@ fn open(r: &RepoArgs) -> Result<Repository> {
         eprintln!("haul: removed {n} lock(s)");
     }
     Ok(repo)
+}
+
+/// [`open`] for a command that only reads, without locks if asked.
+fn open_read(r: &RepoArgs, read: &ReadArgs) -> Result<Repository> {
+    let repo = open(r)?;
+    Ok(if read.no_lock {
+        repo.without_locks()
+    } else {
+        repo
+    })
 }
 
 fn notices(n: &[String]) {
@@ -353,8 +385,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             }
             Ok(code)
         }
-        SnapshotCommand::List { repo } => {
-            let r = open(&repo)?;
+        SnapshotCommand::List { repo, read } => {
+            let r = open_read(&repo, &read)?;
             let snaps = r.snapshots()?;
             if repo.json {
                 print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>())?;
@@ -387,8 +419,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             }
             Ok(exit::OK)
         }
-        SnapshotCommand::Show { repo, id } => {
-            let r = open(&repo)?;
+        SnapshotCommand::Show { repo, read, id } => {
+            let r = open_read(&repo, &read)?;
             let s = r.find_snapshot(&id)?;
             let v = snapshot_json(&s);
             if repo.json {
@@ -398,8 +430,13 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             }
             Ok(exit::OK)
         }
-        SnapshotCommand::Ls { repo, id, path } => {
-            let r = open(&repo)?;
+        SnapshotCommand::Ls {
+            repo,
+            read,
+            id,
+            path,
+        } => {
+            let r = open_read(&repo, &read)?;
             stream(
                 repo.json,
                 |each| r.ls(&id, path.as_deref(), each),
@@ -413,8 +450,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             )?;
             Ok(exit::OK)
         }
-        SnapshotCommand::Diff { repo, a, b } => {
-            let r = open(&repo)?;
+        SnapshotCommand::Diff { repo, read, a, b } => {
+            let r = open_read(&repo, &read)?;
             stream(
                 repo.json,
                 |each| r.diff(&a, &b, each),
@@ -432,6 +469,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
         }
         SnapshotCommand::Restore {
             repo,
+            read,
             id,
             dst,
             paths,
@@ -441,7 +479,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             no_acls,
             no_progress,
         } => {
-            let r = open(&repo)?;
+            let r = open_read(&repo, &read)?;
             let opts = RestoreOptions {
                 paths,
                 copy: CopyOptions {
@@ -457,6 +495,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             let res = r.restore(&id, &dst, &opts, &reporter);
             reporter.finish();
             let s = res?;
+            notices(&s.notices);
             let code = exit_code(&s);
             if repo.json {
                 let mut v = serde_json::to_value(&s)?;
@@ -471,10 +510,11 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
         }
         SnapshotCommand::Check {
             repo,
+            read,
             read_data,
             no_progress,
         } => {
-            let r = open(&repo)?;
+            let r = open_read(&repo, &read)?;
             let reporter = Reporter::new(!no_progress && !repo.json, ChangeSink::None);
             let res = r.check(CheckOptions { read_data }, &reporter);
             reporter.finish();

@@ -152,6 +152,10 @@ pub struct CopySummary {
     pub failed_not_listed: u64,
     /// Partial entries beyond the recorded list.
     pub partial_not_listed: u64,
+    /// Things worth knowing that are not about an entry (a restore breaking
+    /// a stale repository lock).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 impl CopySummary {
@@ -599,6 +603,7 @@ impl<'a> Run<'a> {
             verify_mismatches: mismatches,
             failed_not_listed: issues.failed_more,
             partial_not_listed: issues.partial_more,
+            notices: Vec::new(),
         }
     }
 

@@ -4,8 +4,12 @@
 //!
 //! Run as root (CI does): some tests run haul as nobody.
 
+use std::fs;
+use std::path::{Path, PathBuf};
+
 use haul_tests::fixture;
-use haul_tests::repo::{os, rfc3339, Repo};
+use haul_tests::repo::{os, rfc3339, write_named_by_hash, Repo};
+use haul_tests::{exists, read, require_root};
 
 fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -84,4 +88,187 @@ fn help_names_calendar_months_and_years() {
         "{}",
         r.describe()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Read-only repositories: --no-lock
+// ---------------------------------------------------------------------------------------
+
+/// The unprivileged user the tests run haul as (nobody:nogroup).
+const NOBODY: (u32, u32) = (65534, 65534);
+
+/// `chmod -R a+rX,a-w`: everyone may read, nobody but root may write.
+fn make_read_only(root: &Path) {
+    for e in walkdir(root) {
+        let m = fs::symlink_metadata(&e).unwrap();
+        let mode = if m.is_dir() { 0o555 } else { 0o444 };
+        fixture::chmod(&e, mode);
+    }
+}
+
+fn walkdir(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    if fs::symlink_metadata(root).unwrap().is_dir() {
+        for e in fs::read_dir(root).unwrap() {
+            out.extend(walkdir(&e.unwrap().path()));
+        }
+    }
+    out
+}
+
+#[test]
+fn read_only_repository_is_read_with_no_lock() {
+    require_root("read_only_repository_is_read_with_no_lock");
+    let t = tmp();
+    let src = t.path().join("src");
+    fixture::write_file(&src.join("a"), b"alpha");
+    fixture::write_file(&src.join("d/b"), &fixture::random_bytes("ro", 300_000));
+    let repo = Repo::new(t.path().join("repo"));
+    let id = repo.create_id(&[&src], &[]);
+    make_read_only(&repo.root);
+    let out = t.path().join("out");
+    fixture::mkdir(&out);
+    fixture::lchown(&out, NOBODY.0, NOBODY.1);
+    let ro = Repo::new_as(&repo.root, NOBODY.0, NOBODY.1);
+
+    // Without --no-lock: refused, with the advice, and DST is not created.
+    let dst = out.join("dst");
+    let r = ro.restore(&id, &dst, &[]);
+    r.expect_code(1);
+    assert!(
+        r.stderr.contains("Permission denied") && r.stderr.contains("use --no-lock"),
+        "the refusal must advise --no-lock:\n{}",
+        r.describe()
+    );
+    assert!(!exists(&dst), "a refused restore left DST behind");
+    let r = ro.check(false, &[]);
+    r.expect_code(1);
+    assert!(r.stderr.contains("--no-lock"), "{}", r.describe());
+
+    // With it: every read-only command works.
+    ro.restore(&id, &dst, &["--no-lock", "--no-owner"])
+        .expect_clean();
+    assert_eq!(read(&dst.join("a")), b"alpha");
+    assert_eq!(read(&dst.join("d/b")), read(&src.join("d/b")));
+    ro.check(true, &["--no-lock"]).expect_code(0);
+    for args in [
+        vec![os("list"), os("--no-lock")],
+        vec![os("show"), os(&id), os("--no-lock")],
+        vec![os("ls"), os(&id), os("--no-lock")],
+        vec![os("diff"), os(&id), os(&id), os("--no-lock")],
+    ] {
+        ro.snap(&args[0].to_string_lossy(), &args[1..])
+            .expect_code(0);
+    }
+    // Commands that write have no such flag; nothing was written.
+    let r = ro.snap("prune", &[os("--no-lock")]);
+    r.expect_code(2);
+    assert!(fs::read_dir(repo.root.join("locks"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Locks from other hosts
+// ---------------------------------------------------------------------------------------
+
+/// A lock record of another host, with an optional refresh time (records of older haul
+/// versions have none).
+fn foreign_lock(repo: &Path, time: &str, refreshed: Option<&str>, exclusive: bool) -> PathBuf {
+    let mut v = serde_json::json!({
+        "hostname": "some-other-host.invalid",
+        "username": "alice",
+        "pid": 4321,
+        "time": time,
+        "exclusive": exclusive,
+    });
+    if let Some(r) = refreshed {
+        v["refreshed"] = serde_json::json!(r);
+    }
+    let mut bytes = serde_json::to_vec(&v).unwrap();
+    bytes.push(b'\n');
+    write_named_by_hash(&repo.join("locks"), &bytes)
+}
+
+#[test]
+fn a_foreign_lock_not_refreshed_for_30_minutes_is_broken() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fixture::write_file(&src.join("f"), b"data");
+    let repo = Repo::new(t.path().join("repo"));
+    let id = repo.create_id(&[&src], &[]);
+
+    // A 2020 lock in the old format (no refresh time) and one refreshed long ago.
+    let old = "2020-03-01T10:00:00Z";
+    let locks = [
+        foreign_lock(&repo.root, old, None, true),
+        foreign_lock(&repo.root, old, Some(&rfc3339(now() - 31 * 60)), true),
+    ];
+    let r = repo.create_raw(&[&src], &[]);
+    r.expect_code(0);
+    assert!(
+        ci_contains(&r.stderr, "stale lock")
+            && r.stderr.contains("some-other-host.invalid")
+            && r.stderr.contains("2020-03-01"),
+        "breaking the stale locks must be reported:\n{}",
+        r.describe()
+    );
+    for l in &locks {
+        assert!(!exists(l), "stale lock {} still there", l.display());
+    }
+    assert!(repo.id_files("locks").is_empty(), "locks left behind");
+
+    // Restore and check break one too.
+    for run in 0..2 {
+        let l = foreign_lock(&repo.root, old, None, true);
+        let r = if run == 0 {
+            repo.restore(&id, &t.path().join("dst"), &[])
+        } else {
+            repo.check(false, &[])
+        };
+        r.expect_code(0);
+        assert!(ci_contains(&r.stderr, "stale lock"), "{}", r.describe());
+        assert!(!exists(&l));
+    }
+}
+
+#[test]
+fn a_refreshed_foreign_lock_still_blocks() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fixture::write_file(&src.join("f"), b"data");
+    let repo = Repo::new(t.path().join("repo"));
+    let id = repo.create_id(&[&src], &[]);
+
+    // Taken in 2020 but refreshed a minute ago: its holder is alive.
+    let lock = foreign_lock(
+        &repo.root,
+        "2020-03-01T10:00:00Z",
+        Some(&rfc3339(now() - 60)),
+        true,
+    );
+    for r in [
+        repo.create_raw(&[&src], &[]),
+        repo.restore(&id, &t.path().join("dst"), &[]),
+    ] {
+        r.expect_code(1);
+        assert!(
+            r.stderr.contains("some-other-host.invalid")
+                && r.stderr.contains("--force-unlock")
+                && ci_contains(&r.stderr, "refreshed"),
+            "the refusal must name the holder and --force-unlock:\n{}",
+            r.describe()
+        );
+        assert!(exists(&lock), "a live foreign lock was removed");
+        assert_eq!(repo.id_files("locks").len(), 1, "own lock left behind");
+    }
+    assert!(!exists(&t.path().join("dst")));
+    assert_eq!(repo.list_ids().len(), 1);
+    // A fresh record without a refresh time blocks as well.
+    fs::remove_file(&lock).unwrap();
+    foreign_lock(&repo.root, &rfc3339(now()), None, true);
+    repo.create_raw(&[&src], &[]).expect_code(1);
+    repo.create_raw(&[&src], &["--force-unlock"]).expect_code(0);
+    assert!(repo.id_files("locks").is_empty());
 }

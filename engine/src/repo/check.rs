@@ -73,7 +73,7 @@ impl Repository {
         progress: &dyn Progress,
         limits: Limits,
     ) -> Result<CheckReport, Error> {
-        let lock = self.lock(false)?;
+        let lock = self.read_lock()?;
         let mut rep = CheckReport {
             notices: lock.notices().to_vec(),
             ..Default::default()

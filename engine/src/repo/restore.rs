@@ -95,7 +95,7 @@ impl Repository {
         let start = std::time::Instant::now();
         sys::raise_nofile_limit();
         let snap = self.find_snapshot(spec)?;
-        let _lock = self.lock(false)?;
+        let lock = self.read_lock()?;
         if opts.paths.is_empty() {
             // The record carries the totals, so the bar needs no scan.
             let sum = &snap.snapshot.summary;
@@ -162,6 +162,7 @@ impl Repository {
         })?;
         let mut s = run.summary(start);
         s.seconds = start.elapsed().as_secs_f64();
+        s.notices = lock.notices().to_vec();
         Ok(s)
     }
 }
