@@ -5,10 +5,11 @@
 //! Run as root (CI does): some tests run haul as nobody.
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use haul_tests::fixture;
-use haul_tests::repo::{os, rfc3339, write_named_by_hash, Repo};
+use haul_tests::repo::{jstr, ju64, os, rfc3339, write_named_by_hash, Repo};
 use haul_tests::{exists, read, require_root};
 
 fn tmp() -> tempfile::TempDir {
@@ -271,4 +272,96 @@ fn a_refreshed_foreign_lock_still_blocks() {
     repo.create_raw(&[&src], &[]).expect_code(1);
     repo.create_raw(&[&src], &["--force-unlock"]).expect_code(0);
     assert!(repo.id_files("locks").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Snapshots of a single file
+// ---------------------------------------------------------------------------------------
+
+fn ls_paths(repo: &Repo, id: &str, path: Option<&str>) -> Vec<(String, String)> {
+    repo.ls(id, path)
+        .iter()
+        .map(|e| (jstr(e, "path").to_string(), jstr(e, "kind").to_string()))
+        .collect()
+}
+
+#[test]
+fn a_snapshot_of_one_file_lists_and_restores() {
+    let t = tmp();
+    let conf = t.path().join("etc/app.conf");
+    fixture::write_file(&conf, b"key = value\n");
+    fixture::chmod(&conf, 0o640);
+    fixture::set_mtime(&conf, 1_600_000_000, 5);
+    let repo = Repo::new(t.path().join("repo"));
+    let id = repo.create_id(&[&conf], &[]);
+    repo.check(true, &[]).expect_code(0);
+
+    let want = vec![("app.conf".to_string(), "file".to_string())];
+    assert_eq!(ls_paths(&repo, &id, None), want);
+    assert_eq!(ls_paths(&repo, &id, Some("app.conf")), want);
+    let ls = repo.ls(&id, None);
+    assert_eq!(ju64(&ls[0], "size"), 12);
+    assert_eq!(ju64(&ls[0], "mode"), 0o640);
+
+    let same = |p: &Path| {
+        assert_eq!(read(p), b"key = value\n", "{}", p.display());
+        let m = fs::metadata(p).unwrap();
+        assert!(m.is_file());
+        assert_eq!(m.permissions().mode() & 0o7777, 0o640, "{}", p.display());
+        assert_eq!((m.mtime(), m.mtime_nsec()), (1_600_000_000, 5));
+    };
+    // DST missing (and its parent too): DST is the file's new name.
+    let dst = t.path().join("out/new/app.conf.restored");
+    repo.restore(&id, &dst, &[]).expect_clean();
+    same(&dst);
+    // Again over it: nothing to do.
+    let v = repo.restore(&id, &dst, &[]).expect_clean();
+    assert_eq!(ju64(&v, "unchanged"), 1, "{v}");
+    // DST an existing directory: the file lands inside it.
+    let dir = t.path().join("outdir");
+    fixture::mkdir(&dir);
+    repo.restore(&id, &dir, &[]).expect_clean();
+    same(&dir.join("app.conf"));
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+    // --path takes the name ls shows; it lands at that place under DST.
+    let sub = t.path().join("sub");
+    repo.restore(&id, &sub, &["--path", "app.conf"])
+        .expect_clean();
+    same(&sub.join("app.conf"));
+    // A refused restore leaves no DST behind.
+    let none = t.path().join("none");
+    let r = repo.restore(&id, &none, &["--path", "nosuch"]);
+    r.expect_code(1);
+    assert!(!exists(&none), "{}", r.describe());
+
+    // diff sees the file change.
+    fixture::write_file(&conf, b"key = other\n");
+    let id2 = repo.create_id(&[&conf], &[]);
+    let d = repo.diff(&id, &id2);
+    assert!(
+        d.contains(&("app.conf".to_string(), "content".to_string())),
+        "{d:?}"
+    );
+    assert!(repo.diff(&id2, &id2).is_empty());
+    repo.check(true, &[]).expect_code(0);
+}
+
+#[test]
+fn a_snapshot_of_a_directory_and_a_file_restores_both() {
+    let t = tmp();
+    let dir = t.path().join("srcdir");
+    fixture::write_file(&dir.join("x"), b"x");
+    let file = t.path().join("other/app.conf");
+    fixture::write_file(&file, b"conf");
+    let repo = Repo::new(t.path().join("repo"));
+    let id = repo.create_id(&[&dir, &file], &[]);
+    let listed = ls_paths(&repo, &id, None);
+    for p in ["app.conf", "srcdir", "srcdir/x"] {
+        assert!(listed.iter().any(|(l, _)| l == p), "{p} not in {listed:?}");
+    }
+    let dst = t.path().join("dst");
+    repo.restore(&id, &dst, &[]).expect_clean();
+    assert_eq!(read(&dst.join("app.conf")), b"conf");
+    assert_eq!(read(&dst.join("srcdir/x")), b"x");
+    repo.check(false, &[]).expect_code(0);
 }
