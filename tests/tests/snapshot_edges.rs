@@ -9,7 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use haul_tests::fixture;
-use haul_tests::repo::{jstr, ju64, os, rfc3339, write_named_by_hash, Repo};
+use haul_tests::repo::{jstr, ju64, os, rfc3339, stdout_json, write_named_by_hash, Repo};
 use haul_tests::{exists, read, require_root};
 
 fn tmp() -> tempfile::TempDir {
@@ -364,4 +364,53 @@ fn a_snapshot_of_a_directory_and_a_file_restores_both() {
     assert_eq!(read(&dst.join("app.conf")), b"conf");
     assert_eq!(read(&dst.join("srcdir/x")), b"x");
     repo.check(false, &[]).expect_code(0);
+}
+
+// ---------------------------------------------------------------------------------------
+// A repository inside the source
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_repository_inside_the_source_is_left_out() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fixture::write_file(&src.join("a"), &fixture::random_bytes("in-src", 200_000));
+    fixture::write_file(&src.join("backups/keep"), b"kept");
+    // Named through a symlink and `..` the first time: found by inode, not by path.
+    fixture::symlink(&src, &t.path().join("link"));
+    let via_link = Repo::new(t.path().join("link/backups/../backups/repo"));
+    let repo = Repo::new(src.join("backups/repo"));
+
+    let mut sizes = Vec::new();
+    for (i, r) in [&via_link, &repo].into_iter().enumerate() {
+        let out = r.create_raw(&[&src], &[]);
+        out.expect_code(0);
+        assert!(
+            out.stderr.contains("backups/repo") && ci_contains(&out.stderr, "repository"),
+            "run {i}: leaving the repository out must be reported:\n{}",
+            out.describe()
+        );
+        let v = stdout_json(&out);
+        sizes.push((ju64(&v, "bytes"), ju64(&v, "files"), ju64(&v, "dirs")));
+        let id = jstr(&v, "id").to_string();
+        let listed: Vec<String> = repo
+            .ls(&id, None)
+            .iter()
+            .map(|e| jstr(e, "path").to_string())
+            .collect();
+        assert_eq!(listed, ["a", "backups", "backups/keep"], "run {i}");
+    }
+    assert_eq!(sizes[0], sizes[1], "the second snapshot grew");
+    // The files a and backups/keep; the directories src and backups.
+    assert_eq!(sizes[0], (200_004, 2, 2));
+
+    // The repository itself as a source is refused.
+    let r = repo.create_raw(&[&repo.root], &[]);
+    assert_ne!(r.code, 0, "{}", r.describe());
+    assert!(
+        ci_contains(&r.stderr, "repository itself"),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(repo.list_ids().len(), 2);
 }
