@@ -9,7 +9,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use haul_tests::fixture;
-use haul_tests::repo::{jstr, ju64, os, rfc3339, stdout_json, write_named_by_hash, Repo};
+use haul_tests::repo::{
+    jstr, ju64, os, pack_blobs, rfc3339, stdout_json, write_named_by_hash, Repo,
+};
 use haul_tests::{exists, read, require_root};
 
 fn tmp() -> tempfile::TempDir {
@@ -413,4 +415,33 @@ fn a_repository_inside_the_source_is_left_out() {
         r.describe()
     );
     assert_eq!(repo.list_ids().len(), 2);
+}
+
+#[test]
+fn check_names_the_damaged_file_of_a_one_file_snapshot() {
+    let t = tmp();
+    let file = t.path().join("disk.img");
+    fixture::write_file(&file, &fixture::random_bytes("one-file", 600_000));
+    let repo = Repo::new(t.path().join("repo"));
+    let id = repo.create_id(&[&file], &[]);
+    // Flip a byte in the middle of the file's largest data blob.
+    let pack = repo.packs().pop().expect("a pack");
+    let mut bytes = read(&pack);
+    let blob = pack_blobs(&bytes)
+        .into_iter()
+        .filter(|b| b.kind == 0)
+        .max_by_key(|b| b.stored_len)
+        .expect("a data blob");
+    let at = (blob.offset + blob.stored_len / 2) as usize;
+    bytes[at] ^= 0xff;
+    fixture::chmod(&pack, 0o644);
+    fs::write(&pack, &bytes).unwrap();
+    let r = repo.check(true, &[]);
+    r.expect_code(5);
+    assert!(
+        r.stderr
+            .contains(&format!("damaged file: disk.img in snapshot {}", &id[..8])),
+        "check must name the file as ls does:\n{}",
+        r.describe()
+    );
 }
