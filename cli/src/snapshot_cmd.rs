@@ -31,6 +31,16 @@ pub struct RepoArgs {
     pub json: bool,
 }
 
+/// Lock handling of the commands that only read.
+#[derive(Args, Debug, Clone)]
+pub struct ReadArgs {
+    /// Take no lock, to read a repository this user cannot write to (a
+    /// read-only mount, another user's files). Nothing then stops a prune
+    /// from removing data while it is read.
+    #[arg(long, conflicts_with = "force_unlock")]
+    pub no_lock: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum RepoCommand {
     /// Create a repository.
@@ -78,11 +88,15 @@ pub enum SnapshotCommand {
     List {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// Show one snapshot.
     Show {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         /// Snapshot id (unique hex prefix) or `latest`.
         id: String,
     },
@@ -90,6 +104,8 @@ pub enum SnapshotCommand {
     Ls {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         /// Snapshot id or `latest`.
         id: String,
         /// Only entries below this path (relative to the snapshot root).
@@ -99,6 +115,8 @@ pub enum SnapshotCommand {
     Diff {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         /// The older snapshot.
         a: String,
         /// The newer snapshot.
@@ -108,6 +126,8 @@ pub enum SnapshotCommand {
     Restore {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         /// Snapshot id or `latest`.
         id: String,
         /// Destination directory (created if missing).
@@ -139,6 +159,8 @@ pub enum SnapshotCommand {
     Check {
         #[command(flatten)]
         repo: RepoArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         /// Read every pack and verify every blob's hash.
         #[arg(long)]
         read_data: bool,
@@ -167,10 +189,10 @@ pub enum SnapshotCommand {
         /// ... of each of the last N weeks.
         #[arg(long, value_name = "N")]
         keep_weekly: Option<u64>,
-        /// ... of each of the last N 30-day months.
+        /// ... of each of the last N calendar months (UTC).
         #[arg(long, value_name = "N")]
         keep_monthly: Option<u64>,
-        /// ... of each of the last N 365-day years.
+        /// ... of each of the last N calendar years (UTC).
         #[arg(long, value_name = "N")]
         keep_yearly: Option<u64>,
         /// Keep the newest snapshot of each of the last N buckets of length
@@ -207,7 +229,7 @@ impl SnapshotCommand {
     pub fn json(&self) -> bool {
         match self {
             SnapshotCommand::Create { repo, .. }
-            | SnapshotCommand::List { repo }
+            | SnapshotCommand::List { repo, .. }
             | SnapshotCommand::Show { repo, .. }
             | SnapshotCommand::Ls { repo, .. }
             | SnapshotCommand::Diff { repo, .. }
@@ -244,6 +266,16 @@ fn open(r: &RepoArgs) -> Result<Repository> {
         eprintln!("haul: removed {n} lock(s)");
     }
     Ok(repo)
+}
+
+/// [`open`] for a command that only reads, without locks if asked.
+fn open_read(r: &RepoArgs, read: &ReadArgs) -> Result<Repository> {
+    let repo = open(r)?;
+    Ok(if read.no_lock {
+        repo.without_locks()
+    } else {
+        repo
+    })
 }
 
 fn notices(n: &[String]) {
@@ -402,8 +434,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             }
             Ok(code)
         }
-        SnapshotCommand::List { repo } => {
-            let r = open(&repo)?;
+        SnapshotCommand::List { repo, read } => {
+            let r = open_read(&repo, &read)?;
             let snaps = r.snapshots()?;
             if repo.json {
                 print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>())?;
@@ -436,8 +468,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             }
             Ok(exit::OK)
         }
-        SnapshotCommand::Show { repo, id } => {
-            let r = open(&repo)?;
+        SnapshotCommand::Show { repo, read, id } => {
+            let r = open_read(&repo, &read)?;
             let s = r.find_snapshot(&id)?;
             let v = snapshot_json(&s);
             if repo.json {
@@ -447,8 +479,13 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             }
             Ok(exit::OK)
         }
-        SnapshotCommand::Ls { repo, id, path } => {
-            let r = open(&repo)?;
+        SnapshotCommand::Ls {
+            repo,
+            read,
+            id,
+            path,
+        } => {
+            let r = open_read(&repo, &read)?;
             stream(
                 repo.json,
                 |each| r.ls(&id, path.as_deref(), each),
@@ -468,8 +505,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             )?;
             Ok(exit::OK)
         }
-        SnapshotCommand::Diff { repo, a, b } => {
-            let r = open(&repo)?;
+        SnapshotCommand::Diff { repo, read, a, b } => {
+            let r = open_read(&repo, &read)?;
             stream(
                 repo.json,
                 |each| r.diff(&a, &b, each),
@@ -487,6 +524,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
         }
         SnapshotCommand::Restore {
             repo,
+            read,
             id,
             dst,
             paths,
@@ -497,7 +535,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             delete,
             no_progress,
         } => {
-            let r = open(&repo)?;
+            let r = open_read(&repo, &read)?;
             let opts = RestoreOptions {
                 paths,
                 copy: CopyOptions {
@@ -514,6 +552,17 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             let res = r.restore(&id, &dst, &opts, &reporter);
             reporter.finish();
             let s = res?;
+            if repo.json {
+                // A stale lock it broke is said on stderr, as every command
+                // does; the entries' notices are in the JSON.
+                let locks: Vec<String> = s
+                    .notices
+                    .iter()
+                    .filter(|n| n.path == r.location())
+                    .map(|n| n.reason.clone())
+                    .collect();
+                notices(&locks);
+            }
             let code = exit_code(&s);
             if repo.json {
                 print_json(&summary_json(&s, code)?)?;
@@ -524,10 +573,11 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
         }
         SnapshotCommand::Check {
             repo,
+            read,
             read_data,
             no_progress,
         } => {
-            let r = open(&repo)?;
+            let r = open_read(&repo, &read)?;
             let reporter = Reporter::new(!no_progress && !repo.json, ChangeSink::None);
             let res = r.check(CheckOptions { read_data }, &reporter);
             reporter.finish();
@@ -573,7 +623,6 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             keep_interval,
             dry_run,
         } => {
-            let r = open(&repo)?;
             let mut policy = KeepPolicy {
                 last: keep_last,
                 within_secs: keep_within,
@@ -598,11 +647,23 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     .iter()
                     .map(|&(len, n)| (Bucket::Every(len), n)),
             );
+            // Usage errors come before the repository is opened or locked.
+            if !ids.is_empty() && !policy.is_empty() {
+                return usage("give snapshot ids or a --keep-* policy, not both");
+            }
+            if ids.is_empty() && policy.is_empty() {
+                return usage("nothing to do: give snapshot ids or a --keep-* policy");
+            }
+            if ids.is_empty() && policy.keeps_nothing() {
+                return usage(
+                    "every --keep-* count is 0: such a policy keeps no snapshot and would \
+                     forget them all (restic treats it as no policy); give a count above 0, \
+                     or the ids of the snapshots to forget",
+                );
+            }
+            let r = open(&repo)?;
             let all = r.snapshots()?;
             let (keep, remove) = if !ids.is_empty() {
-                if !policy.is_empty() {
-                    return usage("give snapshot ids or a --keep-* policy, not both");
-                }
                 let mut remove = Vec::new();
                 for id in &ids {
                     remove.push(r.find_snapshot(id)?.id);
@@ -614,9 +675,6 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     .collect();
                 (keep, remove)
             } else {
-                if policy.is_empty() {
-                    return usage("nothing to do: give snapshot ids or a --keep-* policy");
-                }
                 let pairs: Vec<_> = all.iter().map(|s| (s.id, s.snapshot.time)).collect();
                 policy.apply(&pairs)
             };

@@ -152,9 +152,10 @@ pub struct CopySummary {
     pub failed_not_listed: u64,
     /// Partial entries beyond the recorded list.
     pub partial_not_listed: u64,
-    /// Entries copied as asked that the user should still hear about: a
-    /// file that grew while it was read, a setuid file given to root by a
-    /// map. They do not change the exit code.
+    /// Things the user should still hear about that do not change the exit
+    /// code: a file that grew while it was read, a setuid file given to root
+    /// by a map, a stale repository lock a restore broke (named by the
+    /// repository's path).
     pub notices: Vec<EntryIssue>,
     /// Notices beyond the recorded list.
     pub notices_not_listed: u64,

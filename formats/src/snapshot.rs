@@ -60,10 +60,15 @@ pub struct Lock {
     pub username: String,
     /// Its process id on that host.
     pub pid: u32,
-    /// When the lock was taken (or last refreshed, by writing a new record).
+    /// When the lock was taken.
     pub time: Timestamp,
     /// Exclusive (prune, repack) or shared (backup, restore).
     pub exclusive: bool,
+    /// When the holder last renewed the lock (by writing a new record and
+    /// removing the old one). Absent in records of older writers, whose
+    /// refresh time is `time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed: Option<Timestamp>,
 }
 
 fn to_record<T: Serialize>(what: &'static str, v: &T) -> Result<(Id, Vec<u8>), FormatError> {
@@ -121,6 +126,12 @@ impl Snapshot {
 }
 
 impl Lock {
+    /// When the holder last showed it was alive: the refresh time, or the
+    /// time the lock was taken for a record without one.
+    pub fn last_refresh(&self) -> Timestamp {
+        self.refreshed.unwrap_or(self.time)
+    }
+
     /// Encodes the record; returns its id (its file name) and bytes.
     pub fn to_json(&self) -> Result<(Id, Vec<u8>), FormatError> {
         to_record("lock", self)
@@ -184,9 +195,19 @@ mod tests {
             pid: 42,
             time: Timestamp::new(5, 0).unwrap(),
             exclusive: true,
+            refreshed: None,
         };
         let (id, bytes) = l.to_json().unwrap();
         assert_eq!(Lock::from_json(&bytes, &id).unwrap(), l);
+        assert_eq!(l.last_refresh(), l.time);
+        let r = Lock {
+            refreshed: Some(Timestamp::new(65, 0).unwrap()),
+            ..l.clone()
+        };
+        let (id, bytes) = r.to_json().unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"refreshed\":"));
+        assert_eq!(Lock::from_json(&bytes, &id).unwrap(), r);
+        assert_eq!(r.last_refresh(), Timestamp::new(65, 0).unwrap());
         let big = vec![b' '; MAX_LOCK_LEN + 1];
         assert!(matches!(
             Lock::from_json(&big, &Id::hash(&big)),

@@ -309,6 +309,7 @@ fn lock_and_config_records() {
         pid: 4321,
         time: ts(1_700_000_000, 0),
         exclusive: false,
+        refreshed: None,
     };
     let (id, bytes) = l.to_json().unwrap();
     assert_eq!(String::from_utf8(bytes).unwrap(), LOCK_JSON);

@@ -73,7 +73,7 @@ impl Repository {
         progress: &dyn Progress,
         limits: Limits,
     ) -> Result<CheckReport, Error> {
-        let lock = self.lock(false)?;
+        let lock = self.read_lock()?;
         let mut rep = CheckReport {
             notices: lock.notices().to_vec(),
             ..Default::default()
@@ -422,8 +422,10 @@ impl Walker<'_, '_> {
             // A path is spelled out only for a directory walked into or a
             // file with something to report, not for every sound file.
             let path = || match prefix {
-                None => String::new(),
-                Some("") => String::from_utf8_lossy(&n.name).into_owned(),
+                // The root of a one-path snapshot: a directory's contents
+                // are named from inside it, a single file by its name.
+                None if matches!(n.kind, NodeKind::Dir { .. }) => String::new(),
+                None | Some("") => String::from_utf8_lossy(&n.name).into_owned(),
                 Some(p) => format!("{p}/{}", String::from_utf8_lossy(&n.name)),
             };
             match &n.kind {

@@ -75,7 +75,8 @@ pub struct CreateSummary {
     pub seconds: f64,
     /// Entries that could not be recorded, with the reason.
     pub failed: Vec<EntryIssue>,
-    /// Messages about stale locks that were broken.
+    /// Messages about stale locks that were broken, and about the
+    /// repository left out of the snapshot when it lies inside a source.
     pub notices: Vec<String>,
 }
 
@@ -134,6 +135,11 @@ struct Backup<'a> {
     bytes_new: AtomicU64,
     failed: Mutex<Vec<EntryIssue>>,
     names: RwLock<NameCache>,
+    /// (dev, ino) of the repository's directory, which is never recorded
+    /// (a repository inside the source would otherwise hold itself, and
+    /// double with each run).
+    repo_dir: Option<(u64, u64)>,
+    notices: Mutex<Vec<String>>,
 }
 
 /// A file region read through `pread`, as a `Read` for the chunker.
@@ -376,6 +382,19 @@ impl Backup<'_> {
         };
         let kind = st.kind();
         if self.filter.excluded(rel, kind == FileKind::Dir) {
+            return Ok(None);
+        }
+        // By inode, not by path: a source named through a symlink or `..`
+        // still finds it.
+        if kind == FileKind::Dir && self.repo_dir == Some((st.dev, st.ino)) {
+            self.notices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!(
+                    "not recording {}: it is the repository {} itself",
+                    rel.display(),
+                    self.repo.location().display()
+                ));
             return Ok(None);
         }
         let node = self.node_for(dir, name, rel, &st, old)?;
@@ -686,6 +705,10 @@ impl Repository {
             bytes_new: AtomicU64::new(0),
             failed: Mutex::default(),
             names: RwLock::default(),
+            repo_dir: sys::stat_path(self.location(), true)
+                .ok()
+                .map(|st| (st.dev, st.ino)),
+            notices: Mutex::default(),
         };
         let jobs = if opts.jobs == 0 {
             std::thread::available_parallelism()
@@ -740,6 +763,12 @@ impl Repository {
                     };
                     let st =
                         sys::stat_at(&pd, &name).map_err(|e| Error::io("reading source", p, e))?;
+                    if backup.repo_dir == Some((st.dev, st.ino)) {
+                        return Err(Error::invalid(
+                            p,
+                            "this is the repository itself; it cannot be recorded into itself",
+                        ));
+                    }
                     match backup.node_for(&pd, &name, &rel, &st, old) {
                         Ok(mut n) => {
                             n.name = root_name.as_os_str().as_bytes().to_vec();
@@ -764,6 +793,7 @@ impl Repository {
             bytes_read,
             bytes_new,
             failed,
+            notices: walk_notices,
             ..
         } = backup;
         let (entries, packs, stored) = packer.finish()?;
@@ -807,7 +837,12 @@ impl Repository {
             packs,
             seconds: start.elapsed().as_secs_f64(),
             failed,
-            notices: lock.notices().to_vec(),
+            notices: lock
+                .notices()
+                .iter()
+                .cloned()
+                .chain(walk_notices.into_inner().unwrap_or_else(|e| e.into_inner()))
+                .collect(),
         })
     }
 }

@@ -66,6 +66,8 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     config: RepoConfig,
     blocks: blocks::BlockCache,
+    /// False when opened for read-only access without locks (`--no-lock`).
+    locking: bool,
 }
 
 impl std::fmt::Debug for Repository {
@@ -190,7 +192,18 @@ impl Repository {
             backend,
             config,
             blocks: blocks::BlockCache::new(),
+            locking: true,
         })
+    }
+
+    /// This repository without locks, for reading one this user cannot
+    /// write to (another user's files, a read-only mount): restore and check
+    /// then take no lock, and what writes (create, forget, prune) refuses to
+    /// run. Nothing then stops a prune elsewhere from removing data while
+    /// it is read.
+    pub fn without_locks(mut self) -> Repository {
+        self.locking = false;
+        self
     }
 
     /// Opens the repository at `path`, creating it first if nothing is there.

@@ -165,6 +165,12 @@ impl Repository {
                 _ => None,
             })
             .collect();
+        // A one-path snapshot's root is that path's contents when it is a
+        // directory; a single file sits under its name, as each path of a
+        // snapshot of several paths does (so `ls` shows it, and `restore
+        // --path` takes that name).
+        let single =
+            single && matches!(roots.first(), Some(n) if matches!(n.kind, NodeKind::Dir { .. }));
         let mut cur: Node = if single {
             match roots.into_iter().next() {
                 Some(n) => n,

@@ -97,7 +97,7 @@ impl Repository {
         let start = std::time::Instant::now();
         sys::raise_nofile_limit();
         let snap = self.find_snapshot(spec)?;
-        let _lock = self.lock(false)?;
+        let lock = self.read_lock()?;
         if opts.paths.is_empty() {
             // The record carries the totals, so the bar needs no scan.
             let sum = &snap.snapshot.summary;
@@ -112,6 +112,15 @@ impl Repository {
         let pool = worker_pool(opts.copy.jobs, "restore")
             .map_err(|e| Error::io("starting workers", dst, e))?;
         let single = snap.snapshot.paths.len() == 1;
+        if single && opts.paths.is_empty() {
+            // A snapshot of one file (or other non-directory) restores as
+            // `haul copy FILE DST` copies.
+            if let [node] = &self.load_tree(&index, &snap.snapshot.tree)?[..] {
+                if !matches!(node.kind, NodeKind::Dir { .. }) {
+                    return self.restore_lone(&ctx, node, dst, &pool, opts, progress, start, &lock);
+                }
+            }
+        }
         let wanted: Vec<PathBuf> = if opts.paths.is_empty() {
             vec![PathBuf::new()]
         } else {
@@ -138,7 +147,7 @@ impl Repository {
                 .map_err(|e| Error::io("opening destination", dst, e))?,
         );
         let run = &run;
-        pool.install(|| -> Result<(), Error> {
+        let restored = pool.install(|| -> Result<(), Error> {
             for (rel, node) in &nodes {
                 let rel = rel.clone();
                 if rel.as_os_str().is_empty() {
@@ -183,10 +192,88 @@ impl Repository {
                 }
             }
             Ok(())
-        })?;
+        });
+        if let Err(e) = restored {
+            if !existed {
+                // Only if still empty: a refused restore leaves no DST behind.
+                let _ = std::fs::remove_dir(dst);
+            }
+            return Err(e);
+        }
         let mut s = run.summary(start);
         s.seconds = start.elapsed().as_secs_f64();
+        s.notices.extend(self.lock_notices(&lock));
         Ok(s)
+    }
+}
+
+impl Repository {
+    /// Restores the one non-directory node of a snapshot of a single file:
+    /// into DST as DST/<name> when DST is a directory, else as DST (its
+    /// parents created as needed), as `haul copy FILE DST` does.
+    #[allow(clippy::too_many_arguments)]
+    fn restore_lone(
+        &self,
+        ctx: &Ctx<'_>,
+        node: &Node,
+        dst: &Path,
+        pool: &rayon::ThreadPool,
+        opts: &RestoreOptions,
+        progress: &dyn Progress,
+        start: std::time::Instant,
+        lock: &super::LockGuard<'_>,
+    ) -> Result<CopySummary, Error> {
+        let (dir, name) = match sys::stat_path(dst, true) {
+            Ok(st) if st.kind() == FileKind::Dir => (dst.to_path_buf(), node.name.clone()),
+            _ => {
+                let name = dst
+                    .file_name()
+                    .ok_or_else(|| Error::invalid(dst, "path has no final component"))?;
+                let dir = match dst.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Error::io("creating destination", &dir, e))?;
+                (dir, name.as_bytes().to_vec())
+            }
+        };
+        let d = sys::open_dir_path(&dir).map_err(|e| Error::io("opening destination", &dir, e))?;
+        let cname = CString::new(name.clone()).map_err(|_| Error::invalid(dst, "NUL in name"))?;
+        let mut run = Run::new(&opts.copy, progress);
+        run.dst_root = Some(
+            d.try_clone()
+                .map_err(|e| Error::io("opening destination", &dir, e))?,
+        );
+        let acl = has_default_acl(&d);
+        let at = RestoreDir {
+            dst: d,
+            rel: PathBuf::new(),
+            fresh: false,
+            existed: true,
+            acl,
+            node: None,
+        };
+        let mut lone = node.clone();
+        lone.name = cname.into_bytes();
+        // Not a directory, so nothing comes back to walk.
+        pool.install(|| run.restore_node(ctx, &at, &(None, lone)));
+        let mut s = run.summary(start);
+        s.notices.extend(self.lock_notices(lock));
+        Ok(s)
+    }
+}
+
+impl Repository {
+    /// The stale locks a command broke, as notices naming the repository.
+    fn lock_notices(&self, lock: &super::LockGuard<'_>) -> Vec<crate::EntryIssue> {
+        lock.notices()
+            .iter()
+            .map(|m| crate::EntryIssue {
+                path: self.location().to_path_buf(),
+                reason: m.clone(),
+            })
+            .collect()
     }
 }
 

@@ -87,6 +87,16 @@ impl KeepPolicy {
         self.last.is_none() && self.within_secs.is_none() && self.buckets.is_empty()
     }
 
+    /// Whether the policy has rules but every one of them keeps 0 snapshots
+    /// (`--keep-daily 0`), so that applying it would remove every snapshot.
+    /// restic treats such a policy as none; haul refuses it.
+    pub fn keeps_nothing(&self) -> bool {
+        !self.is_empty()
+            && self.last.unwrap_or(0) == 0
+            && self.within_secs.is_none()
+            && self.buckets.iter().all(|&(_, n)| n == 0)
+    }
+
     /// `--keep-hourly N` and friends as bucket rules.
     pub fn hourly(mut self, n: u64) -> Self {
         self.buckets.push((Bucket::Every(HOUR), n));
@@ -241,6 +251,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(p.apply(&s).0, vec![s[3].0, s[2].0]);
+    }
+
+    #[test]
+    fn all_zero_policies_keep_nothing() {
+        assert!(!KeepPolicy::default().keeps_nothing());
+        assert!(KeepPolicy::default().daily(0).keeps_nothing());
+        let zero_last = KeepPolicy {
+            last: Some(0),
+            ..Default::default()
+        };
+        assert!(zero_last.clone().monthly(0).keeps_nothing());
+        assert!(!zero_last.clone().daily(1).keeps_nothing());
+        assert!(!KeepPolicy {
+            within_secs: Some(60),
+            ..zero_last
+        }
+        .keeps_nothing());
     }
 
     #[test]

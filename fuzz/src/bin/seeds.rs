@@ -125,6 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pid: 1,
         time: Timestamp::EPOCH,
         exclusive: true,
+        refreshed: None,
     };
     write("snapshot", "lock", &lock.to_json()?.1)?;
     let config = RepoConfig::new(Id::hash(b"r"), Timestamp::EPOCH);
