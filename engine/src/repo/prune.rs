@@ -144,6 +144,8 @@ struct Counts {
 impl Repository {
     /// Feeds `used` every blob the tree `tree` uses, itself included;
     /// `trees` holds trees already walked (not necessarily all of them).
+    /// The order does not matter, so the walk is a stack of tree ids: no
+    /// recursion, so any depth.
     fn mark(
         &self,
         index: &MasterIndex,
@@ -152,23 +154,26 @@ impl Repository {
         used: &mut IdSorter,
         progress: &dyn Progress,
     ) -> Result<(), Error> {
-        if !trees.insert(*tree) {
-            return Ok(());
-        }
         let sorting = |e| Error::io("sorting used blob ids", std::env::temp_dir(), e);
-        used.push(*tree).map_err(sorting)?;
-        let nodes: Vec<Node> = self.load_tree(index, tree)?;
-        progress.discovered(1, 0);
-        progress.entry_done();
-        for n in nodes {
-            match n.kind {
-                NodeKind::Dir { subtree } => self.mark(index, &subtree, trees, used, progress)?,
-                NodeKind::File { chunks, .. } => {
-                    for c in chunks {
-                        used.push(c).map_err(sorting)?;
+        let mut todo = vec![*tree];
+        while let Some(tree) = todo.pop() {
+            if !trees.insert(tree) {
+                continue;
+            }
+            used.push(tree).map_err(sorting)?;
+            let nodes: Vec<Node> = self.load_tree(index, &tree)?;
+            progress.discovered(1, 0);
+            progress.entry_done();
+            for n in nodes {
+                match n.kind {
+                    NodeKind::Dir { subtree } => todo.push(subtree),
+                    NodeKind::File { chunks, .. } => {
+                        for c in chunks {
+                            used.push(c).map_err(sorting)?;
+                        }
                     }
+                    _ => {}
                 }
-                _ => {}
             }
         }
         Ok(())

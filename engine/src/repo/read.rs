@@ -226,6 +226,8 @@ impl Repository {
         Ok(())
     }
 
+    /// Lists tree `id` below `prefix` depth first, in name order, from a
+    /// stack of the directories being listed: no recursion, so any depth.
     fn ls_tree<E: From<Error>>(
         &self,
         index: &MasterIndex,
@@ -233,11 +235,16 @@ impl Repository {
         prefix: &str,
         out: &mut impl FnMut(LsEntry) -> Result<(), E>,
     ) -> Result<(), E> {
-        for n in self.load_tree(index, id)? {
-            let p = join(prefix, &n.name);
+        let mut stack = vec![(self.load_tree(index, id)?.into_iter(), prefix.to_string())];
+        while let Some((rest, dir)) = stack.last_mut() {
+            let Some(n) = rest.next() else {
+                stack.pop();
+                continue;
+            };
+            let p = join(dir, &n.name);
             out(ls_entry(&p, &n))?;
             if let NodeKind::Dir { subtree } = &n.kind {
-                self.ls_tree(index, subtree, &p, out)?;
+                stack.push((self.load_tree(index, subtree)?.into_iter(), p));
             }
         }
         Ok(())
@@ -268,6 +275,9 @@ impl Repository {
         self.diff_trees(&index, root(&sa)?, root(&sb)?, "", &mut each)
     }
 
+    /// Compares two trees depth first, in name order, from a stack of the
+    /// directory pairs being compared: no recursion, so any depth. A pair
+    /// of subtrees with the same id is identical and not walked.
     fn diff_trees<E: From<Error>>(
         &self,
         index: &MasterIndex,
@@ -276,34 +286,52 @@ impl Repository {
         prefix: &str,
         out: &mut impl FnMut(DiffChange) -> Result<(), E>,
     ) -> Result<(), E> {
-        if a == b {
-            return Ok(()); // identical subtrees: same id, nothing to walk
+        struct Pair {
+            a: Vec<Node>,
+            b: Vec<Node>,
+            i: usize,
+            j: usize,
+            prefix: String,
         }
         let load = |id: Option<Id>| -> Result<Vec<Node>, Error> {
             id.map(|i| self.load_tree(index, &i))
                 .transpose()
                 .map(Option::unwrap_or_default)
         };
-        let (na, nb) = (load(a)?, load(b)?);
-        let (mut i, mut j) = (0, 0);
-        while i < na.len() || j < nb.len() {
-            let ord = match (na.get(i), nb.get(j)) {
+        let mut stack = Vec::new();
+        if a != b {
+            stack.push(Pair {
+                a: load(a)?,
+                b: load(b)?,
+                i: 0,
+                j: 0,
+                prefix: prefix.to_string(),
+            });
+        }
+        while let Some(top) = stack.last_mut() {
+            let (na, nb) = (&top.a, &top.b);
+            let ord = match (na.get(top.i), nb.get(top.j)) {
                 (Some(x), Some(y)) => x.name.cmp(&y.name),
                 (Some(_), None) => std::cmp::Ordering::Less,
-                _ => std::cmp::Ordering::Greater,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => {
+                    stack.pop();
+                    continue;
+                }
             };
+            let mut descend = None;
             match ord {
                 std::cmp::Ordering::Less => {
-                    self.report_all(index, &na[i], prefix, "removed", out)?;
-                    i += 1;
+                    self.report_all(index, &na[top.i], &top.prefix, "removed", out)?;
+                    top.i += 1;
                 }
                 std::cmp::Ordering::Greater => {
-                    self.report_all(index, &nb[j], prefix, "added", out)?;
-                    j += 1;
+                    self.report_all(index, &nb[top.j], &top.prefix, "added", out)?;
+                    top.j += 1;
                 }
                 std::cmp::Ordering::Equal => {
-                    let (x, y) = (&na[i], &nb[j]);
-                    let p = join(prefix, &x.name);
+                    let (x, y) = (&na[top.i], &nb[top.j]);
+                    let p = join(&top.prefix, &x.name);
                     match (&x.kind, &y.kind) {
                         (NodeKind::Dir { subtree: sa }, NodeKind::Dir { subtree: sb }) => {
                             if meta_differs(x, y) {
@@ -312,7 +340,9 @@ impl Repository {
                                     change: "metadata",
                                 })?;
                             }
-                            self.diff_trees(index, Some(*sa), Some(*sb), &p, out)?;
+                            if sa != sb {
+                                descend = Some((*sa, *sb, p));
+                            }
                         }
                         (ka, kb) if x.kind_name() != y.kind_name() || content_differs(ka, kb) => {
                             out(DiffChange {
@@ -330,14 +360,24 @@ impl Repository {
                         })?,
                         _ => {}
                     }
-                    i += 1;
-                    j += 1;
+                    top.i += 1;
+                    top.j += 1;
                 }
+            }
+            if let Some((sa, sb, p)) = descend {
+                stack.push(Pair {
+                    a: load(Some(sa))?,
+                    b: load(Some(sb))?,
+                    i: 0,
+                    j: 0,
+                    prefix: p,
+                });
             }
         }
         Ok(())
     }
 
+    /// Reports `n` and, for a directory, everything below it, as `change`.
     fn report_all<E: From<Error>>(
         &self,
         index: &MasterIndex,
@@ -351,9 +391,22 @@ impl Repository {
             path: p.clone(),
             change,
         })?;
-        if let NodeKind::Dir { subtree } = &n.kind {
-            for c in self.load_tree(index, subtree)? {
-                self.report_all(index, &c, &p, change, out)?;
+        let NodeKind::Dir { subtree } = &n.kind else {
+            return Ok(());
+        };
+        let mut stack = vec![(self.load_tree(index, subtree)?.into_iter(), p)];
+        while let Some((rest, dir)) = stack.last_mut() {
+            let Some(c) = rest.next() else {
+                stack.pop();
+                continue;
+            };
+            let p = join(dir, &c.name);
+            out(DiffChange {
+                path: p.clone(),
+                change,
+            })?;
+            if let NodeKind::Dir { subtree } = &c.kind {
+                stack.push((self.load_tree(index, subtree)?.into_iter(), p));
             }
         }
         Ok(())
