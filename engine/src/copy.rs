@@ -301,7 +301,7 @@ impl<'a> TreeVisitor for CopyWalk<'_, 'a> {
         self.0.open_subdir(parent, sub)
     }
 
-    fn finish(&self, dir: &CopyDir) {
+    fn finish(&self, dir: &CopyDir, _: Option<&CopyDir>) {
         self.0.finish_dir(dir);
         if !dir.rel.as_os_str().is_empty() {
             self.0.progress.entry_done();
@@ -375,7 +375,7 @@ impl TreeVisitor for VerifyWalk<'_, '_> {
         }
     }
 
-    fn finish(&self, _: &PathBuf) {}
+    fn finish(&self, _: &PathBuf, _: Option<&PathBuf>) {}
 }
 
 pub(crate) fn has_default_acl(d: &File) -> bool {

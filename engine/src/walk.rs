@@ -53,8 +53,9 @@ pub(crate) trait TreeVisitor: Sync {
     /// listed, its listing.
     fn open(&self, parent: &Self::Dir, sub: Self::Sub) -> Option<Opened<Self>>;
 
-    /// Everything in `dir` and below it is done.
-    fn finish(&self, dir: &Self::Dir);
+    /// Everything in `dir` and below it is done; `parent` is the directory
+    /// it was found in (`None` for the root), not yet finished itself.
+    fn finish(&self, dir: &Self::Dir, parent: Option<&Self::Dir>);
 }
 
 /// An opened directory and, if it can be listed, its listing and context.
@@ -151,7 +152,7 @@ fn release<V: TreeVisitor>(v: &V, node: Arc<Node<V::Dir>>) {
         if cur.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        v.finish(&cur.dir);
+        v.finish(&cur.dir, cur.parent.as_ref().map(|p| &p.dir));
         let Some(parent) = cur.parent.clone() else {
             return;
         };
@@ -200,7 +201,12 @@ mod tests {
         fn open(&self, _: &usize, sub: usize) -> Option<Opened<Self>> {
             Some((sub, Some((self.listing(sub), ()))))
         }
-        fn finish(&self, d: &usize) {
+        fn finish(&self, d: &usize, parent: Option<&usize>) {
+            if let Some(&p) = parent {
+                if !self.children[p].contains(d) {
+                    self.order_ok.store(false, Ordering::SeqCst);
+                }
+            }
             // Every child must be finished before its parent.
             for &c in &self.children[*d] {
                 if self.done[c].load(Ordering::SeqCst) == 0 {

@@ -380,7 +380,7 @@ impl TreeVisitor for RestoreWalk<'_, '_, '_> {
         }
     }
 
-    fn finish(&self, dir: &RestoreDir) {
+    fn finish(&self, dir: &RestoreDir, _: Option<&RestoreDir>) {
         if let Some(n) = &dir.node {
             self.0.restore_dir_meta(n, &dir.dst, dir.existed, &dir.rel);
         }
