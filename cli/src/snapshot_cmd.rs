@@ -295,6 +295,9 @@ fn snapshot_json(s: &SnapshotInfo) -> Value {
         "paths": sn.paths,
         "tags": sn.tags,
         "files": sn.summary.files,
+        "symlinks": sn.summary.symlinks,
+        "hardlinks": sn.summary.hardlinks,
+        "specials": sn.summary.specials,
         "dirs": sn.summary.dirs,
         "bytes": sn.summary.bytes,
         "bytes_new": sn.summary.bytes_new,
@@ -411,7 +414,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             reporter.finish();
             let s = res?;
             notices(&s.notices);
-            let code = if s.failed.is_empty() {
+            let code = if s.failed.is_empty() && s.failed_not_listed == 0 {
                 exit::OK
             } else {
                 exit::SOME_FAILED
@@ -426,9 +429,23 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 for i in &s.failed {
                     eprintln!("{}", failed_line(&i.path, &i.reason));
                 }
+                if s.failed_not_listed > 0 {
+                    eprintln!("haul: ... and {} more failed entries", s.failed_not_listed);
+                }
                 eprintln!(
-                    "{} files, {} dirs, {} bytes; read {} bytes, added {} new ({} stored in {} packs) in {:.2}s",
-                    s.files, s.dirs, s.bytes, s.bytes_read, s.bytes_new, s.bytes_stored, s.packs, s.seconds
+                    "{} files, {} dirs, {} symlinks, {} hardlinks, {} special ({} bytes); \
+                     read {} bytes, added {} new ({} stored in {} packs) in {:.2}s",
+                    s.files,
+                    s.dirs,
+                    s.symlinks,
+                    s.hardlinks,
+                    s.specials,
+                    s.bytes,
+                    s.bytes_read,
+                    s.bytes_new,
+                    s.bytes_stored,
+                    s.packs,
+                    s.seconds
                 );
                 writeln!(std::io::stdout(), "snapshot {} saved", s.id.to_hex())?;
             }

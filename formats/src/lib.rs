@@ -87,7 +87,7 @@
 //!     tags: vec![],
 //!     tree: tree.id,
 //!     parent: None,
-//!     summary: SnapshotSummary { files: 1, dirs: 0, bytes: 12, bytes_new: 12 },
+//!     summary: SnapshotSummary { files: 1, bytes: 12, bytes_new: 12, ..Default::default() },
 //! };
 //! let (id, json) = snapshot.to_json()?;
 //! assert_eq!(Snapshot::from_json(&json, &id)?, snapshot);

@@ -38,17 +38,40 @@ pub struct Snapshot {
     pub summary: SnapshotSummary,
 }
 
-/// Totals of a snapshot.
+/// Totals of a snapshot, counted as copy and restore count: a hardlinked
+/// inode's data once, at its first name, and each kind on its own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SnapshotSummary {
-    /// Non-directory entries.
+    /// Regular files (a hardlinked inode once). Records written before
+    /// `symlinks`, `hardlinks` and `specials` existed count every
+    /// non-directory entry here.
     pub files: u64,
     /// Directories.
     pub dirs: u64,
-    /// Bytes of file data in the snapshot.
+    /// Bytes of file data in the snapshot (a hardlinked inode's once).
     pub bytes: u64,
     /// Bytes of data blobs this snapshot added to the repository (plaintext).
     pub bytes_new: u64,
+    /// Symbolic links.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub symlinks: u64,
+    /// Further names of a hardlinked inode.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hardlinks: u64,
+    /// Fifos, sockets and devices.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub specials: u64,
+}
+
+impl SnapshotSummary {
+    /// Every entry: what a full restore goes through.
+    pub fn entries(&self) -> u64 {
+        self.files + self.dirs + self.symlinks + self.hardlinks + self.specials
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A lock record, `locks/<id>`: who holds the repository and how.
@@ -164,6 +187,7 @@ mod tests {
                 dirs: 1,
                 bytes: 100,
                 bytes_new: 50,
+                ..SnapshotSummary::default()
             },
         }
     }

@@ -274,6 +274,7 @@ fn snapshot_record() {
             dirs: 2,
             bytes: 123_456,
             bytes_new: 789,
+            ..SnapshotSummary::default()
         },
     };
     let (id, bytes) = s.to_json().unwrap();
@@ -283,6 +284,20 @@ fn snapshot_record() {
         Snapshot::from_json(SNAPSHOT_JSON.as_bytes(), &id).unwrap(),
         s
     );
+
+    // Counts by kind follow bytes_new, and only when not zero, so the record
+    // above (and every record written before they existed) is unchanged.
+    let mut k = s.clone();
+    k.summary.symlinks = 3;
+    k.summary.specials = 1;
+    let (kid, kbytes) = k.to_json().unwrap();
+    let text = String::from_utf8(kbytes.clone()).unwrap();
+    assert!(
+        text.contains(r#""summary":{"files":10,"dirs":2,"bytes":123456,"bytes_new":789,"symlinks":3,"specials":1}"#),
+        "{text}"
+    );
+    assert_eq!(Snapshot::from_json(&kbytes, &kid).unwrap(), k);
+    assert_eq!(k.summary.entries(), 16);
 }
 
 const LOCK_JSON: &str = r#"{"hostname":"build-01","username":"alice","pid":4321,"time":"2023-11-14T22:13:20Z","exclusive":false}

@@ -948,11 +948,16 @@ fn list_show_ls_and_diff() {
     );
     let tags: BTreeSet<String> = jstrs(l, "tags").into_iter().collect();
     assert_eq!(tags, BTreeSet::from(["alpha".into(), "beta".into()]), "{l}");
+    // Non-directories are counted by kind, as copy and restore count them.
     assert_eq!(
-        ju64(l, "files"),
+        ["files", "symlinks", "hardlinks", "specials"]
+            .iter()
+            .map(|k| ju64(l, k))
+            .sum::<u64>(),
         nondirs,
-        "files counts non-directories: {l}"
+        "files, symlinks, hardlinks and specials add up to the non-directories: {l}"
     );
+    assert_eq!(ju64(l, "symlinks"), 1, "{l}");
     // The root directory may or may not be counted, but nothing else.
     let dirs = ju64(l, "dirs");
     assert!(
@@ -962,7 +967,14 @@ fn list_show_ls_and_diff() {
     assert_eq!(ju64(l, "bytes"), bytes, "{l}");
     assert!(l["parent"].is_null(), "{l}");
     // create --json agrees with the record.
-    for k in ["files", "dirs", "bytes"] {
+    for k in [
+        "files",
+        "symlinks",
+        "hardlinks",
+        "specials",
+        "dirs",
+        "bytes",
+    ] {
         assert_eq!(v1[k], l[k], "create --json and list disagree on {k}");
     }
 

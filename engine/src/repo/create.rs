@@ -7,14 +7,13 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use haul_formats::{
     encode_blob_with_id, encode_tree, BlobKind, ChunkerParams, Extent, FileKind as RepoFile, Id,
     Node, NodeKind, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
 };
-use rayon::prelude::*;
 use serde::Serialize;
 
 use super::index::MasterIndex;
@@ -26,6 +25,7 @@ use crate::filter::Filter;
 use crate::meta::{read_xattrs, FileKind, XTarget, XattrPolicy};
 use crate::progress::Progress;
 use crate::sys::{self, Stat};
+use crate::walk::{walk, Opened, TreeVisitor};
 
 /// New blobs between index flushes during one create (about 5 MiB of index).
 pub const DEFAULT_INDEX_FLUSH: usize = 100_000;
@@ -57,11 +57,17 @@ pub struct CreateSummary {
     /// The snapshot it was taken relative to.
     #[serde(serialize_with = "hex_opt")]
     pub parent: Option<Id>,
-    /// Non-directory entries recorded.
+    /// Regular files recorded (a hardlinked inode once, at its first name).
     pub files: u64,
+    /// Symbolic links recorded.
+    pub symlinks: u64,
+    /// Further names of a hardlinked inode.
+    pub hardlinks: u64,
+    /// Fifos, sockets and devices recorded.
+    pub specials: u64,
     /// Directories recorded.
     pub dirs: u64,
-    /// Bytes of file data the snapshot holds.
+    /// Bytes of file data the snapshot holds (a hardlinked inode's once).
     pub bytes: u64,
     /// Bytes of file data actually read (unchanged files are not read).
     pub bytes_read: u64,
@@ -73,8 +79,11 @@ pub struct CreateSummary {
     pub packs: u64,
     /// Wall time.
     pub seconds: f64,
-    /// Entries that could not be recorded, with the reason.
+    /// Entries that could not be recorded, with the reason (at most
+    /// 100,000; the rest are counted in `failed_not_listed`).
     pub failed: Vec<EntryIssue>,
+    /// Failed entries beyond the listed ones.
+    pub failed_not_listed: u64,
     /// Messages about stale locks that were broken, and about the
     /// repository left out of the snapshot when it lies inside a source.
     pub notices: Vec<String>,
@@ -140,6 +149,229 @@ struct Backup<'a> {
     /// double with each run).
     repo_dir: Option<(u64, u64)>,
     notices: Mutex<Vec<String>>,
+    /// Recorded symlinks, devices, fifos and sockets, and further names of
+    /// a hardlinked inode (files and bytes count each inode once).
+    symlinks: AtomicU64,
+    specials: AtomicU64,
+    hardlinks: AtomicU64,
+    /// Hardlinked inodes counted so far.
+    counted: Mutex<HashSet<(u64, u64)>>,
+    /// Entries whose chattr flags a snapshot does not keep: how many, and
+    /// the first few.
+    attrs_lost: Mutex<(u64, Vec<String>)>,
+    /// Failures past the listed ones.
+    failed_more: AtomicU64,
+    /// An error that stops the run (the repository, not an entry); the walk
+    /// winds down once it is set.
+    fatal: Mutex<Option<Error>>,
+    /// The node of the directory a walk started at, once it is finished.
+    root_done: Mutex<Option<Node>>,
+}
+
+/// What one directory entry turned out to be.
+enum Entry {
+    /// Recorded.
+    Node(Node),
+    /// A directory, to walk.
+    Dir(Stat),
+    /// Excluded, vanished or the repository itself.
+    Skip,
+}
+
+/// A directory being recorded, kept by the walk (`crate::walk`) until
+/// everything below it is, when its tree is stored and its node handed to
+/// its parent.
+struct CreateDir {
+    rel: PathBuf,
+    name: Vec<u8>,
+    st: Stat,
+    /// Its node in the parent snapshot, when unchanged (then reused).
+    same: Option<Node>,
+    /// Its entries in the parent snapshot, sorted by name.
+    old_children: Option<Vec<Node>>,
+    /// Its xattrs, read when it was opened (none if `same`).
+    xattrs: Mutex<Option<Result<Vec<Xattr>, String>>>,
+    nodes: Mutex<Vec<Node>>,
+}
+
+/// A directory found in a listing, opened when its turn comes.
+struct CreateSub {
+    parent: Arc<File>,
+    name: CString,
+    rel: PathBuf,
+    st: Stat,
+    old: Option<Node>,
+}
+
+/// Create's [`TreeVisitor`].
+struct CreateWalk<'b, 'a>(&'b Backup<'a>);
+
+impl CreateWalk<'_, '_> {
+    fn open_dir(&self, sub: CreateSub) -> Result<Option<Opened<Self>>, Fail> {
+        let b = self.0;
+        let d = match sys::open_dir_at(&sub.parent, &sub.name) {
+            Ok(d) => d,
+            Err(e) => return Err(Fail::Entry(format!("opening directory: {e}"))),
+        };
+        drop(sub.parent);
+        let same = sub.old.as_ref().filter(|o| unchanged(o, &sub.st)).cloned();
+        let old_children = match sub.old.as_ref().map(|o| &o.kind) {
+            Some(NodeKind::Dir { subtree }) => b.parent_tree(subtree, &sub.rel),
+            _ => None,
+        };
+        let xattrs = match same {
+            Some(_) => None,
+            None => Some(b.xattrs(&XTarget::Fd(&d)).map_err(|f| match f {
+                Fail::Entry(m) => m,
+                Fail::Repo(e) => e.to_string(),
+            })),
+        };
+        let listing = match sys::DirStream::new(&d) {
+            Ok(l) => Some((l, Arc::new(d))),
+            Err(e) => {
+                b.fail(&sub.rel, format!("reading directory: {e}"));
+                None
+            }
+        };
+        let dir = CreateDir {
+            name: sub.name.to_bytes().to_vec(),
+            rel: sub.rel,
+            st: sub.st,
+            same,
+            old_children,
+            xattrs: Mutex::new(xattrs),
+            nodes: Mutex::default(),
+        };
+        Ok(Some((dir, listing)))
+    }
+
+    fn stop(&self, e: Error) {
+        let mut f = self.0.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(e);
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.0
+            .fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+}
+
+impl TreeVisitor for CreateWalk<'_, '_> {
+    type Dir = CreateDir;
+    type Listing = sys::DirStream;
+    type Ctx = Arc<File>;
+    type Item = sys::RawEntry;
+    type Sub = CreateSub;
+
+    fn next_batch(
+        &self,
+        dir: &CreateDir,
+        listing: &mut sys::DirStream,
+        out: &mut Vec<sys::RawEntry>,
+    ) -> bool {
+        if self.stopped() {
+            return false;
+        }
+        let more = match listing.read_batch(out, sys::BATCH) {
+            Ok(n) => n == sys::BATCH,
+            Err(e) => {
+                // What was read is recorded; the rest is a failure.
+                self.0.fail(&dir.rel, format!("reading directory: {e}"));
+                false
+            }
+        };
+        // Files first, then subdirectories, each by name: the order a
+        // restore walks the tree in, so the small files that share a
+        // bundle are the ones a restore wants at about the same time.
+        out.sort_unstable_by(|a, b| {
+            (a.d_type == sys::DT_DIR, a.name.as_bytes())
+                .cmp(&(b.d_type == sys::DT_DIR, b.name.as_bytes()))
+        });
+        more
+    }
+
+    fn visit(&self, dir: &CreateDir, src: &Arc<File>, e: &sys::RawEntry) -> Option<CreateSub> {
+        if self.stopped() {
+            return None;
+        }
+        let rel = dir.rel.join(OsStr::from_bytes(e.name.to_bytes()));
+        let old = dir.old_children.as_deref().and_then(|p| {
+            p.binary_search_by(|n| n.name.as_slice().cmp(e.name.to_bytes()))
+                .ok()
+                .map(|i| &p[i])
+        });
+        match self.0.entry(src, &e.name, &rel, old) {
+            Ok(Entry::Node(n)) => dir.nodes.lock().unwrap_or_else(|e| e.into_inner()).push(n),
+            Ok(Entry::Dir(st)) => {
+                return Some(CreateSub {
+                    parent: src.clone(),
+                    name: e.name.clone(),
+                    rel,
+                    st,
+                    old: old.cloned(),
+                })
+            }
+            Ok(Entry::Skip) => {}
+            Err(Fail::Entry(msg)) => self.0.fail(&rel, msg),
+            Err(Fail::Repo(e)) => self.stop(e),
+        }
+        None
+    }
+
+    fn open(&self, _: &CreateDir, sub: CreateSub) -> Option<Opened<Self>> {
+        if self.stopped() {
+            return None;
+        }
+        let rel = sub.rel.clone();
+        match self.open_dir(sub) {
+            Ok(o) => o,
+            Err(Fail::Entry(msg)) => {
+                self.0.fail(&rel, msg);
+                None
+            }
+            Err(Fail::Repo(e)) => {
+                self.stop(e);
+                None
+            }
+        }
+    }
+
+    fn finish(&self, dir: &CreateDir, parent: Option<&CreateDir>) {
+        if self.stopped() {
+            return;
+        }
+        let b = self.0;
+        let nodes = std::mem::take(&mut *dir.nodes.lock().unwrap_or_else(|e| e.into_inner()));
+        let subtree = match b.store_tree(nodes) {
+            Ok(id) => id,
+            Err(e) => return self.stop(e),
+        };
+        let kind = NodeKind::Dir { subtree };
+        let node = match &dir.same {
+            Some(o) => Node { kind, ..o.clone() },
+            None => {
+                let x = dir.xattrs.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match x.unwrap_or_else(|| Ok(Vec::new())) {
+                    Ok(x) => b.node(&dir.name, &dir.st, kind, x),
+                    Err(msg) => return b.fail(&dir.rel, msg),
+                }
+            }
+        };
+        match parent {
+            Some(p) => {
+                b.count(&node, &dir.st, &dir.rel);
+                b.progress.entry_done();
+                p.nodes.lock().unwrap_or_else(|e| e.into_inner()).push(node);
+            }
+            // The walk's root: node_for's caller counts it.
+            None => *b.root_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(node),
+        }
+    }
 }
 
 /// A file region read through `pread`, as a `Read` for the chunker.
@@ -185,6 +417,8 @@ impl Backup<'_> {
                 path: rel.to_path_buf(),
                 reason,
             });
+        } else {
+            self.failed_more.fetch_add(1, Relaxed);
         }
     }
 
@@ -308,81 +542,29 @@ impl Backup<'_> {
             .collect())
     }
 
-    /// The tree of the directory `dir` (already open); returns its id.
-    fn dir_tree(&self, dir: &File, rel: &Path, parent: Option<&[Node]>) -> Result<Id, Error> {
-        let mut nodes = Vec::new();
-        let mut fatal = None;
-        let read = sys::each_batch(dir, |batch| -> io::Result<()> {
-            // Files first, then subdirectories, each by name: the order a
-            // restore walks the tree in, so the small files that share a
-            // bundle are the ones a restore wants at about the same time.
-            let mut batch: Vec<&sys::RawEntry> = batch.iter().collect();
-            batch.sort_unstable_by(|a, b| {
-                (a.d_type == sys::DT_DIR, a.name.as_bytes())
-                    .cmp(&(b.d_type == sys::DT_DIR, b.name.as_bytes()))
-            });
-            let got: Result<Vec<Option<Node>>, Error> = batch
-                .par_iter()
-                .map(|e| {
-                    let crel = rel.join(OsStr::from_bytes(e.name.to_bytes()));
-                    let old = parent.and_then(|p| {
-                        p.binary_search_by(|n| n.name.as_slice().cmp(e.name.to_bytes()))
-                            .ok()
-                            .map(|i| &p[i])
-                    });
-                    match self.entry(dir, &e.name, &crel, old) {
-                        Ok(n) => Ok(n),
-                        Err(Fail::Entry(msg)) => {
-                            self.fail(&crel, msg);
-                            Ok(None)
-                        }
-                        Err(Fail::Repo(e)) => Err(e),
-                    }
-                })
-                .collect();
-            match got {
-                Ok(v) => {
-                    nodes.extend(v.into_iter().flatten());
-                    Ok(())
-                }
-                Err(e) => {
-                    fatal = Some(e);
-                    Err(io::Error::other("stopped"))
-                }
-            }
-        });
-        if let Some(e) = fatal {
-            return Err(e);
-        }
-        if let Err(e) = read {
-            // What was read is recorded; the rest of the directory is a failure.
-            self.fail(rel, format!("reading directory: {e}"));
-        }
-        self.store_tree(nodes)
-    }
-
     fn store_tree(&self, nodes: Vec<Node>) -> Result<Id, Error> {
         let bytes = encode_tree(nodes)
             .map_err(|e| Error::corrupt("encoding tree", self.repo.location(), e))?;
         self.store(BlobKind::Tree, &bytes)
     }
 
-    /// One entry of a directory, as a node (None: excluded or vanished).
+    /// One entry of a directory: recorded here, or, for a directory, handed
+    /// back with its stat to be walked.
     fn entry(
         &self,
         dir: &File,
         name: &CStr,
         rel: &Path,
         old: Option<&Node>,
-    ) -> Result<Option<Node>, Fail> {
+    ) -> Result<Entry, Fail> {
         let st = match sys::stat_at(dir, name) {
             Ok(st) => st,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Entry::Skip),
             Err(e) => return Err(Fail::Entry(format!("stat: {e}"))),
         };
         let kind = st.kind();
         if self.filter.excluded(rel, kind == FileKind::Dir) {
-            return Ok(None);
+            return Ok(Entry::Skip);
         }
         // By inode, not by path: a source named through a symlink or `..`
         // still finds it.
@@ -395,24 +577,48 @@ impl Backup<'_> {
                     rel.display(),
                     self.repo.location().display()
                 ));
-            return Ok(None);
+            return Ok(Entry::Skip);
+        }
+        if kind == FileKind::Dir {
+            return Ok(Entry::Dir(st));
         }
         let node = self.node_for(dir, name, rel, &st, old)?;
-        self.count(&node);
+        self.count(&node, &st, rel);
         self.progress.entry_done();
-        Ok(Some(node))
+        Ok(Entry::Node(node))
     }
 
     /// Counts an entry once it is recorded (a failed one is not in the
-    /// snapshot, so it is not in its totals either).
-    fn count(&self, n: &Node) {
+    /// snapshot, so it is not in its totals either), by kind as copy and
+    /// restore count: a hardlinked inode's data once, at its first name.
+    /// Flags a snapshot cannot keep are noted here too.
+    fn count(&self, n: &Node, st: &Stat, rel: &Path) {
+        if st.attrs != 0 {
+            let mut lost = self.attrs_lost.lock().unwrap_or_else(|e| e.into_inner());
+            lost.0 += 1;
+            if lost.1.len() < 3 {
+                lost.1.push(rel.display().to_string());
+            }
+        }
+        if st.nlink > 1 && st.kind() != FileKind::Dir {
+            let first = self
+                .counted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((st.dev, st.ino));
+            if !first {
+                self.hardlinks.fetch_add(1, Relaxed);
+                return;
+            }
+        }
         match n.kind {
             NodeKind::Dir { .. } => self.dirs.fetch_add(1, Relaxed),
             NodeKind::File { .. } => {
                 self.bytes.fetch_add(n.size, Relaxed);
                 self.files.fetch_add(1, Relaxed)
             }
-            _ => self.files.fetch_add(1, Relaxed),
+            NodeKind::Symlink { .. } => self.symlinks.fetch_add(1, Relaxed),
+            _ => self.specials.fetch_add(1, Relaxed),
         };
     }
 
@@ -431,22 +637,27 @@ impl Backup<'_> {
         let same = old.filter(|o| unchanged(o, st));
         match st.kind() {
             FileKind::Dir => {
-                let d = sys::open_dir_at(dir, name).ctx("opening directory")?;
-                let old_sub = match old.map(|o| &o.kind) {
-                    Some(NodeKind::Dir { subtree }) => {
-                        Some(self.repo.load_tree(self.index, subtree)?)
-                    }
-                    _ => None,
+                let parent = Arc::new(dir.try_clone().ctx("opening directory")?);
+                let sub = CreateSub {
+                    parent,
+                    name: name.to_owned(),
+                    rel: rel.to_path_buf(),
+                    st: *st,
+                    old: old.cloned(),
                 };
-                let subtree = self.dir_tree(&d, rel, old_sub.as_deref())?;
-                let kind = NodeKind::Dir { subtree };
-                Ok(match same {
-                    Some(o) => Node { kind, ..o.clone() },
-                    None => {
-                        let x = self.xattrs(&XTarget::Fd(&d))?;
-                        self.node(bname, st, kind, x)
-                    }
-                })
+                let walker = CreateWalk(self);
+                let Some(root) = walker.open_dir(sub)? else {
+                    return Err(Fail::Entry("opening directory failed".into()));
+                };
+                walk(&walker, root);
+                if let Some(e) = self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    return Err(Fail::Repo(e));
+                }
+                self.root_done
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .ok_or_else(|| Fail::Entry("its tree could not be recorded".into()))
             }
             FileKind::File => {
                 // Reuse also requires every chunk to be indexed: a damaged or
@@ -512,6 +723,12 @@ impl Backup<'_> {
                 Ok(self.node(bname, st, kind, x))
             }
         }
+    }
+
+    /// The parent snapshot's tree `id` of directory `rel`, or none if it
+    /// cannot be read (the directory is then read as if new).
+    fn parent_tree(&self, id: &Id, _rel: &Path) -> Option<Vec<Node>> {
+        self.repo.load_tree(self.index, id).ok()
     }
 
     /// Reads a file's data regions and stores their chunks.
@@ -709,6 +926,14 @@ impl Repository {
                 .ok()
                 .map(|st| (st.dev, st.ino)),
             notices: Mutex::default(),
+            symlinks: AtomicU64::new(0),
+            specials: AtomicU64::new(0),
+            hardlinks: AtomicU64::new(0),
+            counted: Mutex::default(),
+            attrs_lost: Mutex::default(),
+            failed_more: AtomicU64::new(0),
+            fatal: Mutex::default(),
+            root_done: Mutex::default(),
         };
         let jobs = if opts.jobs == 0 {
             std::thread::available_parallelism()
@@ -772,7 +997,7 @@ impl Repository {
                     match backup.node_for(&pd, &name, &rel, &st, old) {
                         Ok(mut n) => {
                             n.name = root_name.as_os_str().as_bytes().to_vec();
-                            backup.count(&n);
+                            backup.count(&n, &st, &rel);
                             roots.push(n);
                         }
                         Err(Fail::Repo(e)) => return Err(e),
@@ -794,13 +1019,36 @@ impl Repository {
             bytes_new,
             failed,
             notices: walk_notices,
+            symlinks,
+            specials,
+            hardlinks,
+            attrs_lost,
+            failed_more,
             ..
         } = backup;
+        let mut walk_notices = walk_notices.into_inner().unwrap_or_else(|e| e.into_inner());
+        let (lost, examples) = attrs_lost.into_inner().unwrap_or_else(|e| e.into_inner());
+        if lost > 0 {
+            walk_notices.push(format!(
+                "{lost} entries have chattr flags (immutable or append-only), which snapshots do \
+                 not keep; they are restored without them: {}{}",
+                examples.join(", "),
+                if lost > examples.len() as u64 {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ));
+        }
+        let files = files.into_inner();
         let (entries, packs, stored) = packer.finish()?;
         self.write_index(entries)?;
 
         let summary = SnapshotSummary {
-            files: files.into_inner(),
+            files,
+            symlinks: symlinks.into_inner(),
+            hardlinks: hardlinks.into_inner(),
+            specials: specials.into_inner(),
             dirs: dirs.into_inner(),
             bytes: bytes.into_inner(),
             bytes_new: bytes_new.into_inner(),
@@ -828,7 +1076,10 @@ impl Repository {
         Ok(CreateSummary {
             id,
             parent: snapshot.parent,
-            files: summary.files,
+            files,
+            symlinks: summary.symlinks,
+            hardlinks: summary.hardlinks,
+            specials: summary.specials,
             dirs: summary.dirs,
             bytes: summary.bytes,
             bytes_read: bytes_read.into_inner(),
@@ -837,12 +1088,8 @@ impl Repository {
             packs,
             seconds: start.elapsed().as_secs_f64(),
             failed,
-            notices: lock
-                .notices()
-                .iter()
-                .cloned()
-                .chain(walk_notices.into_inner().unwrap_or_else(|e| e.into_inner()))
-                .collect(),
+            failed_not_listed: failed_more.into_inner(),
+            notices: lock.notices().iter().cloned().chain(walk_notices).collect(),
         })
     }
 }

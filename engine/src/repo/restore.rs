@@ -101,7 +101,7 @@ impl Repository {
         if opts.paths.is_empty() {
             // The record carries the totals, so the bar needs no scan.
             let sum = &snap.snapshot.summary;
-            progress.discovered(sum.files + sum.dirs, sum.bytes);
+            progress.discovered(sum.entries(), sum.bytes);
             progress.discovery_done();
         }
         let index = self.load_index()?;
