@@ -7,7 +7,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use haul_engine::{
     parse_duration, parse_interval, Bucket, CheckOptions, CopyOptions, CreateOptions, Filter,
-    IdMap, InitOptions, KeepPolicy, Repository, RestoreOptions, SnapshotInfo, Timestamp,
+    IdMap, InitOptions, KeepPolicy, RepairOptions, Repository, RestoreOptions, SnapshotInfo,
+    Timestamp,
 };
 use serde_json::{json, Value};
 
@@ -185,6 +186,19 @@ pub enum SnapshotCommand {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Rebuild the index from the packs that are there and sound, dropping
+    /// lost data so that the next create stores it again.
+    Repair {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Also rewrite damaged snapshots without their lost files (tagged
+        /// `repaired`), and remove damaged snapshot records.
+        #[arg(long)]
+        snapshots: bool,
+        /// Do not show a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
 }
 
 // Value parsers: a bad value is a usage error (exit 2) with clap's message.
@@ -205,8 +219,14 @@ fn usage(msg: &str) -> Result<u8> {
     Ok(exit::USAGE)
 }
 
+/// Warnings (a damaged file passed over) go to stderr as they happen.
+fn warn_to_stderr(r: &mut Repository) {
+    r.on_warning(|m| eprintln!("haul: warning: {m}"));
+}
+
 fn open(r: &RepoArgs) -> Result<Repository> {
-    let repo = Repository::open(&r.repo)?;
+    let mut repo = Repository::open(&r.repo)?;
+    warn_to_stderr(&mut repo);
     if r.force_unlock {
         let n = repo.force_unlock()?;
         eprintln!("haul: removed {n} lock(s)");
@@ -312,7 +332,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             no_progress,
             index_flush_every,
         } => {
-            let (r, created) = Repository::open_or_init(&repo.repo)?;
+            let (mut r, created) = Repository::open_or_init(&repo.repo)?;
+            warn_to_stderr(&mut r);
             if created {
                 eprintln!("haul: created repository at {}", repo.repo.display());
             }
@@ -355,9 +376,26 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
         }
         SnapshotCommand::List { repo } => {
             let r = open(&repo)?;
-            let snaps = r.snapshots()?;
+            let (snaps, damaged) = r.snapshot_records()?;
             if repo.json {
-                print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>())?;
+                // Damaged records last: their time is unknown.
+                let list: Vec<Value> = snaps
+                    .iter()
+                    .map(|s| {
+                        let mut v = snapshot_json(s);
+                        v["damaged"] = json!(false);
+                        v
+                    })
+                    .chain(damaged.iter().map(|d| {
+                        json!({
+                            "id": d.id.to_hex(),
+                            "short_id": d.id.short(),
+                            "damaged": true,
+                            "error": d.error,
+                        })
+                    }))
+                    .collect();
+                print_json(&list)?;
             } else {
                 let mut out = std::io::stdout().lock();
                 writeln!(
@@ -383,6 +421,9 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                             format!("  [{}]", sn.tags.join(","))
                         }
                     )?;
+                }
+                for d in &damaged {
+                    writeln!(out, "{:<10} DAMAGED: {}", d.id.short(), d.error)?;
                 }
             }
             Ok(exit::OK)
@@ -545,15 +586,16 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     .iter()
                     .map(|&(len, n)| (Bucket::Every(len), n)),
             );
-            let all = r.snapshots()?;
             let (keep, remove) = if !ids.is_empty() {
                 if !policy.is_empty() {
                     return usage("give snapshot ids or a --keep-* policy, not both");
                 }
+                // By id alone: a damaged record can be forgotten too.
                 let mut remove = Vec::new();
                 for id in &ids {
-                    remove.push(r.find_snapshot(id)?.id);
+                    remove.push(r.find_snapshot_id(id)?);
                 }
+                let (all, _) = r.snapshot_records()?;
                 let keep = all
                     .iter()
                     .map(|s| s.id)
@@ -564,6 +606,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 if policy.is_empty() {
                     return usage("nothing to do: give snapshot ids or a --keep-* policy");
                 }
+                // A damaged record has no time: it is kept (and warned about).
+                let all = r.snapshots()?;
                 let pairs: Vec<_> = all.iter().map(|s| (s.id, s.snapshot.time)).collect();
                 policy.apply(&pairs)
             };
@@ -609,6 +653,63 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     s.packs_rewritten,
                     s.blobs_removed,
                     s.bytes_freed,
+                    s.index_files_before,
+                    s.index_files_after
+                );
+            }
+            Ok(exit::OK)
+        }
+        SnapshotCommand::Repair {
+            repo,
+            snapshots,
+            no_progress,
+        } => {
+            let r = open(&repo)?;
+            let reporter = Reporter::new(!no_progress && !repo.json, ChangeSink::None);
+            let res = r.repair(RepairOptions { snapshots }, &reporter);
+            reporter.finish();
+            let s = res?;
+            notices(&s.notices);
+            if repo.json {
+                print_json(&s)?;
+            } else {
+                for p in &s.packs_missing {
+                    eprintln!("haul: repair: pack missing: {p}");
+                }
+                for p in &s.packs_damaged {
+                    eprintln!("haul: repair: pack damaged (sound blobs kept, pack removed): {p}");
+                }
+                for p in &s.packs_unreadable {
+                    eprintln!("haul: repair: pack unreadable (left in place, unindexed): {p}");
+                }
+                for f in &s.index_files_damaged {
+                    eprintln!("haul: repair: index file damaged (removed): {f}");
+                }
+                for x in &s.snapshots {
+                    match (&x.id, &x.removed) {
+                        (Some(id), _) => {
+                            println!("snapshot {} repaired as {id}", x.original)
+                        }
+                        (None, why) => println!(
+                            "snapshot {} removed: {}",
+                            x.original,
+                            why.as_deref().unwrap_or("")
+                        ),
+                    }
+                    for p in &x.dropped {
+                        println!("  dropped {p}");
+                    }
+                }
+                for d in &s.snapshots_damaged {
+                    eprintln!(
+                        "haul: repair: damaged snapshot left as it is (use --snapshots): {d}"
+                    );
+                }
+                eprintln!(
+                    "read {} packs; {} blobs kept from damaged packs, {} dropped; index files: {} -> {}",
+                    s.packs,
+                    s.blobs_salvaged,
+                    s.blobs_dropped,
                     s.index_files_before,
                     s.index_files_after
                 );

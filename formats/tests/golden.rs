@@ -275,6 +275,7 @@ fn snapshot_record() {
             bytes: 123_456,
             bytes_new: 789,
         },
+        original: None,
     };
     let (id, bytes) = s.to_json().unwrap();
     assert_eq!(String::from_utf8(bytes.clone()).unwrap(), SNAPSHOT_JSON);

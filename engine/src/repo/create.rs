@@ -414,9 +414,7 @@ impl Backup<'_> {
             FileKind::Dir => {
                 let d = sys::open_dir_at(dir, name).ctx("opening directory")?;
                 let old_sub = match old.map(|o| &o.kind) {
-                    Some(NodeKind::Dir { subtree }) => {
-                        Some(self.repo.load_tree(self.index, subtree)?)
-                    }
+                    Some(NodeKind::Dir { subtree }) => self.parent_tree(subtree, rel),
                     _ => None,
                 };
                 let subtree = self.dir_tree(&d, rel, old_sub.as_deref())?;
@@ -495,6 +493,20 @@ impl Backup<'_> {
         }
     }
 
+    /// The parent snapshot's tree `id` of directory `rel`, or none if it
+    /// is lost (the directory is then read as if new, with a warning).
+    fn parent_tree(&self, id: &Id, rel: &Path) -> Option<Vec<Node>> {
+        self.repo
+            .load_tree(self.index, id)
+            .map_err(|e| {
+                self.repo.warn(&format!(
+                    "the parent snapshot's record of {:?} cannot be read ({e}); reading it again",
+                    display_rel(rel)
+                ))
+            })
+            .ok()
+    }
+
     /// Reads a file's data regions and stores their chunks.
     fn file_chunks(&self, f: &File, st: &Stat) -> Result<(Option<Vec<Extent>>, Vec<Id>), Fail> {
         let size = st.size;
@@ -570,6 +582,14 @@ impl Backup<'_> {
     }
 }
 
+fn display_rel(rel: &Path) -> String {
+    if rel.as_os_str().is_empty() {
+        "/".into()
+    } else {
+        rel.display().to_string()
+    }
+}
+
 fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
@@ -624,8 +644,7 @@ impl Repository {
         let start = Instant::now();
         sys::raise_nofile_limit();
         let lock = self.lock(false)?;
-        let mut index = self.load_index()?;
-        self.recover_unindexed(&mut index)?;
+        let index = self.load_index_for_writing()?;
 
         let mut paths = Vec::new();
         for p in &opts.paths {
@@ -659,10 +678,16 @@ impl Repository {
                 s.snapshot.hostname == host && have == want
             })
         };
-        let parent_root = match &parent {
-            Some(p) => Some(self.load_tree(&index, &p.snapshot.tree)?),
-            None => None,
-        };
+        let parent_root = parent.as_ref().and_then(|p| {
+            self.load_tree(&index, &p.snapshot.tree)
+                .map_err(|e| {
+                    self.warn(&format!(
+                        "the parent snapshot {} cannot be read ({e}); reading everything again",
+                        p.id.short()
+                    ))
+                })
+                .ok()
+        });
 
         let backup = Backup {
             repo: self,
@@ -785,6 +810,7 @@ impl Repository {
             tree: root_tree,
             parent: parent.as_ref().map(|p| p.id),
             summary,
+            original: None,
         };
         let (id, json) = snapshot
             .to_json()
