@@ -256,6 +256,7 @@ fn snapshot_json(s: &SnapshotInfo) -> Value {
         "bytes_new": sn.summary.bytes_new,
         "parent": sn.parent.map(|p| p.to_hex()),
         "tree": sn.tree.to_hex(),
+        "original": sn.original.map(|p| p.to_hex()),
     })
 }
 
