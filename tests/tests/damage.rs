@@ -278,13 +278,20 @@ fn damage(c: &Case, d: Damage) -> (BTreeSet<String>, PathBuf) {
     }
 }
 
-/// The whole sequence for one kind of damage.
-fn survive(d: Damage) {
+/// The whole sequence for one kind of damage; `every_command`: run every command on the
+/// damaged repository before the repair (else repair it at once).
+fn survive(d: Damage, every_command: bool) {
     let c = case();
     let (lost, damaged) = damage(&c, d);
-    let what = |cmd: &str| format!("{cmd} after {d:?}");
+    if every_command {
+        every_command_on(&c, d, &lost, &damaged);
+    }
+    repair_and_heal(&c, d, &lost, &damaged, every_command);
+}
 
-    // 1. Every command on the damaged repository: a result or a message, never a panic.
+/// Runs every command on the damaged repository: a result or a message, never a panic.
+fn every_command_on(c: &Case, d: Damage, lost: &BTreeSet<String>, damaged: &Path) {
+    let what = |cmd: &str| format!("{cmd} after {d:?}");
     let list = c.snap("list", &[]);
     assert_reported(&list, &what("list"));
     let list_json = c.snap("list", &["--json"]);
@@ -337,7 +344,7 @@ fn survive(d: Damage) {
             // The create wrote the recovered entries to an index file, which holds
             // exactly what the damaged one held and so took its name and place: damaged
             // again, for the repair to find.
-            damage(&c, d);
+            damage(c, d);
         }
         Damage::RecordFlipped => {
             list.expect_code(0);
@@ -379,24 +386,46 @@ fn survive(d: Damage) {
             );
             let id = jstr(&stdout_json(&early), "id").to_string();
             c.restore_exact(&id, &c.src_a, &BTreeSet::new(), &what("create"));
-            // Prune would take the lost data for unused: it refuses, naming repair.
-            prune.expect_code(1);
-            assert!(
-                prune.stderr.contains("snapshot repair"),
-                "{}",
-                prune.describe()
-            );
+            if damaged.exists() {
+                // The create bundled the lost blobs as the first did, into a pack of the
+                // same bytes, so of the same name: nothing is missing any more.
+                prune.expect_code(0);
+            } else {
+                // Prune would take the lost data for unused: it refuses, naming repair.
+                prune.expect_code(1);
+                assert!(
+                    prune.stderr.contains("snapshot repair"),
+                    "{}",
+                    prune.describe()
+                );
+            }
         }
         _ => {}
     }
+}
 
-    // 2. Repair, rewriting damaged snapshots.
+/// Repairs the damaged repository, rewriting damaged snapshots; a create heals every
+/// lost file; then all data reads back, and every snapshot restores what it recorded,
+/// less what repair named as lost. `after_commands`: every command ran on the damaged
+/// repository first (among them a create).
+fn repair_and_heal(
+    c: &Case,
+    d: Damage,
+    lost: &BTreeSet<String>,
+    damaged: &Path,
+    after_commands: bool,
+) {
+    let what = |cmd: &str| format!("{cmd} after {d:?}");
     let r = c.snap("repair", &["--snapshots", "--json", "--no-progress"]);
     r.expect_code(0);
     let rep = stdout_json(&r);
     let repaired = jarr(&rep["snapshots"]).clone();
     match d {
-        Damage::PackDeleted => assert_eq!(jstrs(&rep, "packs_missing").len(), 1, "{rep}"),
+        Damage::PackDeleted => assert_eq!(
+            jstrs(&rep, "packs_missing").len(),
+            usize::from(!damaged.exists()),
+            "{rep}"
+        ),
         Damage::PackUnreadable => assert_eq!(jstrs(&rep, "packs_unreadable").len(), 1, "{rep}"),
         Damage::PackTruncated | Damage::PackFlipped => {
             assert_eq!(jstrs(&rep, "packs_damaged").len(), 1, "{rep}")
@@ -408,6 +437,7 @@ fn survive(d: Damage) {
         }
         Damage::RecordFlipped => {
             assert_eq!(repaired.len(), 1, "{rep}");
+            assert!(jstr(&repaired[0], "removed").contains("damaged"), "{rep}");
             assert_eq!(jstr(&repaired[0], "original"), c.id_a, "{rep}");
             assert!(repaired[0]["id"].is_null(), "{rep}");
         }
@@ -416,7 +446,7 @@ fn survive(d: Damage) {
         // The victim's neighbours in its bundle were copied out of the damaged pack.
         assert_eq!(rep["blobs_salvaged"], 10, "{rep}");
     }
-    if d == Damage::PackDeleted {
+    if d == Damage::PackDeleted && after_commands {
         // The create before the repair stored the lost data again: nothing is lost now.
         assert_eq!(rep["blobs_dropped"], 0, "{rep}");
         assert!(repaired.is_empty(), "{rep}");
@@ -426,7 +456,7 @@ fn survive(d: Damage) {
         assert!(!repaired.is_empty(), "{rep}");
         for s in &repaired {
             let dropped: BTreeSet<String> = jstrs(s, "dropped").into_iter().collect();
-            assert_eq!(dropped, lost, "{rep}");
+            assert_eq!(&dropped, lost, "{rep}");
         }
         assert!(
             repaired.iter().any(|s| jstr(s, "original") == c.id_a),
@@ -488,41 +518,188 @@ fn survive(d: Damage) {
 #[test]
 fn a_deleted_pack_is_survived_and_repaired() {
     require_root("a_deleted_pack_is_survived_and_repaired (to run haul as nobody)");
-    survive(Damage::PackDeleted);
+    survive(Damage::PackDeleted, true);
+    survive(Damage::PackDeleted, false);
 }
 
 #[test]
 fn a_truncated_pack_is_survived_and_repaired() {
     require_root("a_truncated_pack_is_survived_and_repaired (to run haul as nobody)");
-    survive(Damage::PackTruncated);
+    survive(Damage::PackTruncated, true);
+    survive(Damage::PackTruncated, false);
 }
 
 #[test]
 fn a_flipped_byte_in_a_pack_is_survived_and_repaired() {
     require_root("a_flipped_byte_in_a_pack_is_survived_and_repaired (to run haul as nobody)");
-    survive(Damage::PackFlipped);
+    survive(Damage::PackFlipped, true);
+    survive(Damage::PackFlipped, false);
 }
 
 #[test]
 fn an_unreadable_pack_is_survived_and_repaired() {
     require_root("an_unreadable_pack_is_survived_and_repaired (to run haul as nobody)");
-    survive(Damage::PackUnreadable);
+    survive(Damage::PackUnreadable, true);
+    survive(Damage::PackUnreadable, false);
 }
 
 #[test]
 fn a_flipped_byte_in_an_index_file_is_survived_and_repaired() {
     require_root("a_flipped_byte_in_an_index_file_is_survived_and_repaired (as nobody)");
-    survive(Damage::IndexFlipped);
+    survive(Damage::IndexFlipped, true);
+    survive(Damage::IndexFlipped, false);
 }
 
 #[test]
 fn a_truncated_index_file_is_survived_and_repaired() {
     require_root("a_truncated_index_file_is_survived_and_repaired (to run haul as nobody)");
-    survive(Damage::IndexTruncated);
+    survive(Damage::IndexTruncated, true);
+    survive(Damage::IndexTruncated, false);
 }
 
 #[test]
 fn a_flipped_byte_in_a_snapshot_record_is_survived_and_repaired() {
     require_root("a_flipped_byte_in_a_snapshot_record_is_survived_and_repaired (as nobody)");
-    survive(Damage::RecordFlipped);
+    survive(Damage::RecordFlipped, true);
+    survive(Damage::RecordFlipped, false);
+}
+
+/// After a plain repair (snapshots left as they are), the next create reads again the
+/// one file whose data was lost, though it did not change and its parent's node would
+/// otherwise be reused unread, and stores it again: that heals the old snapshot too.
+#[test]
+fn repair_then_create_reads_again_exactly_the_lost_file() {
+    require_root("repair_then_create_reads_again_exactly_the_lost_file (as nobody)");
+    let c = case();
+    damage(&c, Damage::PackFlipped);
+    let r = c.snap("repair", &["--json", "--no-progress"]);
+    r.expect_code(0);
+    let rep = stdout_json(&r);
+    assert_eq!(rep["blobs_dropped"], 1, "{rep}");
+    assert!(jarr(&rep["snapshots"]).is_empty(), "{rep}");
+    let left = jstrs(&rep, "snapshots_damaged");
+    assert!(left.len() == 1 && left[0].starts_with(&c.id_a), "{rep}");
+    let check = c.repo.check(false, &[]);
+    check.expect_code(5);
+    assert!(
+        check.stderr.contains(short(&c.id_a)) && check.stderr.contains("snapshot repair"),
+        "{}",
+        check.describe()
+    );
+
+    let v = c.repo.create(&[&c.src_a], &[]);
+    assert_eq!(v["parent"], c.id_a.as_str(), "{v}");
+    assert_eq!(
+        v["bytes_read"], FILE_LEN,
+        "only the victim is read again: {v}"
+    );
+    let id = jstr(&v, "id").to_string();
+    c.repo.check(true, &[]).expect_code(0);
+    for id in [&id, &c.id_a] {
+        c.restore_exact(
+            id,
+            &c.src_a,
+            &BTreeSet::new(),
+            "create after a plain repair",
+        );
+    }
+}
+
+/// A damaged snapshot record is reported by check and removed by `forget` given a prefix
+/// of its id; afterwards the repository is sound.
+#[test]
+fn a_damaged_snapshot_record_is_forgotten_by_prefix() {
+    require_root("a_damaged_snapshot_record_is_forgotten_by_prefix (as nobody)");
+    let c = case();
+    damage(&c, Damage::RecordFlipped);
+    let r = c.repo.check(false, &["--json"]);
+    r.expect_code(5);
+    let v = stdout_json(&r);
+    assert_eq!(jstrs(&v, "affected_snapshots"), [c.id_a.clone()], "{v}");
+    let r = c.snap("forget", &[short(&c.id_a)]);
+    r.expect_code(0);
+    assert!(
+        r.stdout.contains(&format!("removed {}", c.id_a)),
+        "{}",
+        r.describe()
+    );
+    let listed = c.repo.list();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(jstr(&listed[0], "id"), c.id_b);
+    c.repo.check(false, &[]).expect_code(0);
+}
+
+/// Where the repository holds a blob twice, in two packs each named by its own index
+/// file, losing either copy (the pack deleted, or a byte of the blob flipped) loses
+/// nothing: restore and check use the sound copy, whichever index names it.
+#[test]
+fn restore_and_check_use_the_sound_copy_of_a_blob_held_twice() {
+    require_root("restore_and_check_use_the_sound_copy_of_a_blob_held_twice (as nobody)");
+    for (which, delete) in [(0, true), (1, true), (0, false), (1, false)] {
+        let c = case();
+        let what = format!(
+            "copy {which} {}",
+            if delete { "deleted" } else { "flipped" }
+        );
+        // A second copy of the first pack's blobs: with that pack and A's index put
+        // aside, a create of a tree holding the same root files under names in the
+        // opposite order (so that they are bundled into a pack of other bytes, not the
+        // same pack again) stores them again; then both come back.
+        let (first, _, victim) = c.victim_pack();
+        let index = c.index_of_a();
+        let aside = c.dir.join("aside");
+        fs::create_dir(&aside).unwrap();
+        fs::rename(&first, aside.join("pack")).unwrap();
+        fs::rename(&index, aside.join("index")).unwrap();
+        let src_c = c.dir.join("src_c");
+        fs::create_dir_all(&src_c).unwrap();
+        for i in 0..ROOT_FILES {
+            let from = c.src_a.join(format!("v{:02}.bin", ROOT_FILES - 1 - i));
+            fs::copy(from, src_c.join(format!("w{i:02}.bin"))).unwrap();
+        }
+        fixture::chown_tree(&src_c, NOBODY.0, NOBODY.1);
+        let id_c = c.repo.create_id(&[&src_c], &["-j", "1"]);
+        fs::rename(aside.join("pack"), &first).unwrap();
+        fs::rename(aside.join("index"), &index).unwrap();
+        let copies: Vec<(PathBuf, PackBlob)> = c
+            .repo
+            .packs()
+            .into_iter()
+            .filter_map(|p| {
+                let b = pack_blobs(&read(&p))
+                    .into_iter()
+                    .find(|b| b.id == victim.id)?;
+                Some((p, b))
+            })
+            .collect();
+        assert_eq!(copies.len(), 2, "{what}: the victim is not held twice");
+        c.repo.check(true, &[]).expect_code(0);
+
+        let (pack, blob) = &copies[which];
+        if delete {
+            fs::remove_file(pack).unwrap();
+        } else {
+            assert_eq!(read(pack)[blob.offset as usize], 0, "{what}: {blob:?}");
+            flip_byte(pack, blob.offset + 2 + blob.inner + blob.raw_len / 2);
+        }
+        c.restore_exact(&c.id_a, &c.src_a, &BTreeSet::new(), &what);
+        c.restore_exact(&id_c, &src_c, &BTreeSet::new(), &what);
+        for read_data in [false, true] {
+            let r = c.repo.check(read_data, &["--json"]);
+            let v = stdout_json(&r);
+            assert!(
+                jarr(&v["affected_snapshots"]).is_empty() && jarr(&v["affected_files"]).is_empty(),
+                "{what}: check names damage a sound copy makes good:\n{}",
+                r.describe()
+            );
+        }
+        // Nothing is lost, so repair drops nothing and leaves every snapshot whole.
+        let r = c.snap("repair", &["--snapshots", "--json", "--no-progress"]);
+        r.expect_code(0);
+        let rep = stdout_json(&r);
+        assert_eq!(rep["blobs_dropped"], 0, "{what}: {rep}");
+        assert!(jarr(&rep["snapshots"]).is_empty(), "{what}: {rep}");
+        c.repo.check(true, &[]).expect_code(0);
+        c.restore_exact(&c.id_a, &c.src_a, &BTreeSet::new(), &what);
+    }
 }
