@@ -326,7 +326,7 @@ fn every_command_on(c: &Case, d: Damage, lost: &BTreeSet<String>, damaged: &Path
         Damage::IndexFlipped | Damage::IndexTruncated => {
             // The damaged index file is passed over and its packs read from their trailers:
             // nothing is lost, everything works.
-            let name = file_name(&damaged);
+            let name = file_name(damaged);
             for r in [&restore_a, &early, &prune, &list] {
                 r.expect_code(0);
             }
@@ -340,7 +340,7 @@ fn every_command_on(c: &Case, d: Damage, lost: &BTreeSet<String>, damaged: &Path
                 "{}",
                 check.describe()
             );
-            c.restore_exact(&c.id_a, &c.src_a, &lost, &what("restore A"));
+            c.restore_exact(&c.id_a, &c.src_a, lost, &what("restore A"));
             // The create wrote the recovered entries to an index file, which holds
             // exactly what the damaged one held and so took its name and place: damaged
             // again, for the repair to find.
@@ -615,7 +615,11 @@ fn a_damaged_snapshot_record_is_forgotten_by_prefix() {
     let r = c.repo.check(false, &["--json"]);
     r.expect_code(5);
     let v = stdout_json(&r);
-    assert_eq!(jstrs(&v, "affected_snapshots"), [c.id_a.clone()], "{v}");
+    assert_eq!(
+        jstrs(&v, "affected_snapshots"),
+        std::slice::from_ref(&c.id_a),
+        "{v}"
+    );
     let r = c.snap("forget", &[short(&c.id_a)]);
     r.expect_code(0);
     assert!(
