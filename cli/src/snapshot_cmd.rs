@@ -257,6 +257,7 @@ fn snapshot_json(s: &SnapshotInfo) -> Value {
         "parent": sn.parent.map(|p| p.to_hex()),
         "tree": sn.tree.to_hex(),
         "original": sn.original.map(|p| p.to_hex()),
+        "damaged": false,
     })
 }
 
@@ -382,11 +383,7 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 // Damaged records last: their time is unknown.
                 let list: Vec<Value> = snaps
                     .iter()
-                    .map(|s| {
-                        let mut v = snapshot_json(s);
-                        v["damaged"] = json!(false);
-                        v
-                    })
+                    .map(snapshot_json)
                     .chain(damaged.iter().map(|d| {
                         json!({
                             "id": d.id.to_hex(),

@@ -327,8 +327,12 @@ impl Repository {
     }
 
     /// The id of the snapshot record named by unique hex prefix `spec`,
-    /// without reading the record (so a damaged one can be forgotten).
+    /// without reading the record (so a damaged one can be forgotten), or
+    /// of the latest snapshot that can be read.
     pub fn find_snapshot_id(&self, spec: &str) -> Result<Id, Error> {
+        if spec == "latest" {
+            return self.find_snapshot(spec).map(|s| s.id);
+        }
         let ids = self.list_ids(RepoFile::Snapshot)?;
         haul_formats::find_by_prefix(spec, ids.iter())
             .map_err(|e| Error::invalid(&self.location, format!("snapshot {spec:?}: {e}")))
