@@ -518,8 +518,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             let res = r.check(CheckOptions { read_data }, &reporter);
             reporter.finish();
             let rep = res?;
-            notices(&rep.notices);
             if repo.json {
+                notices(&rep.notices);
                 print_json(&rep)?;
             } else {
                 for e in &rep.errors {
@@ -543,6 +543,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     if read_data { " (all data read)" } else { "" },
                     if rep.ok { "no errors" } else { "ERRORS FOUND" }
                 );
+                // Last, as advice after the findings.
+                notices(&rep.notices);
             }
             Ok(if rep.ok { exit::OK } else { exit::MISMATCH })
         }

@@ -300,7 +300,9 @@ fn every_command_on(c: &Case, d: Damage, lost: &BTreeSet<String>, damaged: &Path
         assert_reported(&c.snap("show", &[id]), &what("show"));
         assert_reported(&c.snap("ls", &[id, "--json"]), &what("ls"));
     }
-    assert_reported(&c.snap("diff", &[&c.id_a, &c.id_b]), &what("diff"));
+    let diff = c.snap("diff", &[&c.id_a, &c.id_b]);
+    assert_reported(&diff, &what("diff"));
+    let ls_a = c.snap("ls", &[&c.id_a, "--json"]);
     let restore_a = c.repo.restore(&c.id_a, &c.dir.join("dst-a-damaged"), &[]);
     assert_reported(&restore_a, &what("restore A"));
     // B shares nothing with the damage.
@@ -327,7 +329,7 @@ fn every_command_on(c: &Case, d: Damage, lost: &BTreeSet<String>, damaged: &Path
             // The damaged index file is passed over and its packs read from their trailers:
             // nothing is lost, everything works.
             let name = file_name(damaged);
-            for r in [&restore_a, &early, &prune, &list] {
+            for r in [&restore_a, &early, &prune, &list, &ls_a, &diff] {
                 r.expect_code(0);
             }
             assert!(
