@@ -7,7 +7,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use haul_engine::{
     parse_duration, parse_interval, Bucket, CheckOptions, CopyOptions, CreateOptions, Filter,
-    IdMap, InitOptions, KeepPolicy, Repository, RestoreOptions, SnapshotInfo, Timestamp,
+    IdMap, InitOptions, KeepPolicy, RepairOptions, Repository, RestoreOptions, SnapshotInfo,
+    Timestamp,
 };
 use serde_json::{json, Value};
 
@@ -213,6 +214,19 @@ pub enum SnapshotCommand {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Rebuild the index from the packs that are there and sound, dropping
+    /// lost data so that the next create stores it again.
+    Repair {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Also rewrite damaged snapshots without their lost files (tagged
+        /// `repaired`), and remove damaged snapshot records.
+        #[arg(long)]
+        snapshots: bool,
+        /// Do not show a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
 }
 
 impl RepoCommand {
@@ -236,7 +250,8 @@ impl SnapshotCommand {
             | SnapshotCommand::Restore { repo, .. }
             | SnapshotCommand::Check { repo, .. }
             | SnapshotCommand::Forget { repo, .. }
-            | SnapshotCommand::Prune { repo, .. } => repo.json,
+            | SnapshotCommand::Prune { repo, .. }
+            | SnapshotCommand::Repair { repo, .. } => repo.json,
         }
     }
 }
@@ -259,8 +274,14 @@ fn usage(msg: &str) -> Result<u8> {
     Ok(exit::USAGE)
 }
 
+/// Warnings (a damaged file passed over) go to stderr as they happen.
+fn warn_to_stderr(r: &mut Repository) {
+    r.on_warning(|m| eprintln!("haul: warning: {m}"));
+}
+
 fn open(r: &RepoArgs) -> Result<Repository> {
-    let repo = Repository::open(&r.repo)?;
+    let mut repo = Repository::open(&r.repo)?;
+    warn_to_stderr(&mut repo);
     if r.force_unlock {
         let n = repo.force_unlock()?;
         eprintln!("haul: removed {n} lock(s)");
@@ -303,6 +324,8 @@ fn snapshot_json(s: &SnapshotInfo) -> Value {
         "bytes_new": sn.summary.bytes_new,
         "parent": sn.parent.map(|p| p.to_hex()),
         "tree": sn.tree.to_hex(),
+        "original": sn.original.map(|p| p.to_hex()),
+        "damaged": false,
     })
 }
 
@@ -391,7 +414,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             no_progress,
             index_flush_every,
         } => {
-            let (r, created) = Repository::open_or_init(&repo.repo)?;
+            let (mut r, created) = Repository::open_or_init(&repo.repo)?;
+            warn_to_stderr(&mut r);
             if created {
                 eprintln!(
                     "haul: created repository at {}",
@@ -453,9 +477,22 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
         }
         SnapshotCommand::List { repo, read } => {
             let r = open_read(&repo, &read)?;
-            let snaps = r.snapshots()?;
+            let (snaps, damaged) = r.snapshot_records()?;
             if repo.json {
-                print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>())?;
+                // Damaged records last: their time is unknown.
+                let list: Vec<Value> = snaps
+                    .iter()
+                    .map(snapshot_json)
+                    .chain(damaged.iter().map(|d| {
+                        json!({
+                            "id": d.id.to_hex(),
+                            "short_id": d.id.short(),
+                            "damaged": true,
+                            "error": d.error,
+                        })
+                    }))
+                    .collect();
+                print_json(&list)?;
             } else {
                 let mut out = std::io::stdout().lock();
                 writeln!(
@@ -481,6 +518,9 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                             format!("  [{}]", sn.tags.join(","))
                         }
                     )?;
+                }
+                for d in &damaged {
+                    writeln!(out, "{:<10} DAMAGED: {}", d.id.short(), d.error)?;
                 }
             }
             Ok(exit::OK)
@@ -599,8 +639,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             let res = r.check(CheckOptions { read_data }, &reporter);
             reporter.finish();
             let rep = res?;
-            notices(&rep.notices);
             if repo.json {
+                notices(&rep.notices);
                 print_json(&rep)?;
             } else {
                 for e in &rep.errors {
@@ -624,6 +664,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     if read_data { " (all data read)" } else { "" },
                     if rep.ok { "no errors" } else { "ERRORS FOUND" }
                 );
+                // Last, as advice after the findings.
+                notices(&rep.notices);
             }
             Ok(if rep.ok { exit::OK } else { exit::MISMATCH })
         }
@@ -679,12 +721,13 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                 );
             }
             let r = open(&repo)?;
-            let all = r.snapshots()?;
             let (keep, remove) = if !ids.is_empty() {
+                // By id alone: a damaged record can be forgotten too.
                 let mut remove = Vec::new();
                 for id in &ids {
-                    remove.push(r.find_snapshot(id)?.id);
+                    remove.push(r.find_snapshot_id(id)?);
                 }
+                let (all, _) = r.snapshot_records()?;
                 let keep = all
                     .iter()
                     .map(|s| s.id)
@@ -692,6 +735,8 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     .collect();
                 (keep, remove)
             } else {
+                // A damaged record has no time: it is kept (and warned about).
+                let all = r.snapshots()?;
                 let pairs: Vec<_> = all.iter().map(|s| (s.id, s.snapshot.time)).collect();
                 policy.apply(&pairs)
             };
@@ -738,6 +783,63 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
                     s.packs_rewritten,
                     s.blobs_removed,
                     s.bytes_freed,
+                    s.index_files_before,
+                    s.index_files_after
+                );
+            }
+            Ok(exit::OK)
+        }
+        SnapshotCommand::Repair {
+            repo,
+            snapshots,
+            no_progress,
+        } => {
+            let r = open(&repo)?;
+            let reporter = Reporter::new(!no_progress && !repo.json, ChangeSink::None);
+            let res = r.repair(RepairOptions { snapshots }, &reporter);
+            reporter.finish();
+            let s = res?;
+            notices(&s.notices);
+            if repo.json {
+                print_json(&s)?;
+            } else {
+                for p in &s.packs_missing {
+                    eprintln!("haul: repair: pack missing: {p}");
+                }
+                for p in &s.packs_damaged {
+                    eprintln!("haul: repair: pack damaged (sound blobs kept, pack removed): {p}");
+                }
+                for p in &s.packs_unreadable {
+                    eprintln!("haul: repair: pack unreadable (left in place, unindexed): {p}");
+                }
+                for f in &s.index_files_damaged {
+                    eprintln!("haul: repair: index file damaged (removed): {f}");
+                }
+                for x in &s.snapshots {
+                    match (&x.id, &x.removed) {
+                        (Some(id), _) => {
+                            println!("snapshot {} repaired as {id}", x.original)
+                        }
+                        (None, why) => println!(
+                            "snapshot {} removed: {}",
+                            x.original,
+                            why.as_deref().unwrap_or("")
+                        ),
+                    }
+                    for p in &x.dropped {
+                        println!("  dropped {p}");
+                    }
+                }
+                for d in &s.snapshots_damaged {
+                    eprintln!(
+                        "haul: repair: damaged snapshot left as it is (use --snapshots): {d}"
+                    );
+                }
+                eprintln!(
+                    "read {} packs; {} blobs kept from damaged packs, {} dropped; index files: {} -> {}",
+                    s.packs,
+                    s.blobs_salvaged,
+                    s.blobs_dropped,
                     s.index_files_before,
                     s.index_files_after
                 );

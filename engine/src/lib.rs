@@ -33,7 +33,7 @@ pub use meta::FileKind;
 pub use progress::{Action, NoProgress, Progress};
 pub use repo::retention::{parse_duration, parse_interval};
 pub use repo::{
-    Bucket, CheckOptions, CheckReport, CreateOptions, CreateSummary, DiffChange, InitOptions,
-    KeepPolicy, LockGuard, LsEntry, PruneSummary, Repository, RestoreOptions, RetentionError,
-    SnapshotInfo,
+    Bucket, CheckOptions, CheckReport, CreateOptions, CreateSummary, DamagedSnapshot, DiffChange,
+    InitOptions, KeepPolicy, LockGuard, LsEntry, PruneSummary, RepairOptions, RepairSummary,
+    RepairedSnapshot, Repository, RestoreOptions, RetentionError, SnapshotInfo,
 };

@@ -88,6 +88,7 @@
 //!     tree: tree.id,
 //!     parent: None,
 //!     summary: SnapshotSummary { files: 1, bytes: 12, bytes_new: 12, ..Default::default() },
+//!     original: None,
 //! };
 //! let (id, json) = snapshot.to_json()?;
 //! assert_eq!(Snapshot::from_json(&json, &id)?, snapshot);

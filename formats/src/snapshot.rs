@@ -36,6 +36,11 @@ pub struct Snapshot {
     pub parent: Option<Id>,
     /// Counts for listings, so they need not walk the tree.
     pub summary: SnapshotSummary,
+    /// For a record `snapshot repair` wrote: the id of the damaged record
+    /// it replaces (absent from every other record, whose bytes are as
+    /// before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
 }
 
 /// Totals of a snapshot, counted as copy and restore count: a hardlinked
@@ -189,6 +194,7 @@ mod tests {
                 bytes_new: 50,
                 ..SnapshotSummary::default()
             },
+            original: None,
         }
     }
 

@@ -276,6 +276,7 @@ fn snapshot_record() {
             bytes_new: 789,
             ..SnapshotSummary::default()
         },
+        original: None,
     };
     let (id, bytes) = s.to_json().unwrap();
     assert_eq!(String::from_utf8(bytes.clone()).unwrap(), SNAPSHOT_JSON);

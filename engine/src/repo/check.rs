@@ -80,22 +80,26 @@ impl Repository {
         };
 
         // Index files, each on its own: one damaged file is reported, not
-        // fatal. They are memory-mapped (local) and looked up in place.
+        // fatal, and the packs only it named are read from their trailers,
+        // as every other command does. They are memory-mapped (local) and
+        // looked up in place.
         let mut files = Vec::new();
-        let names = self
-            .backend()
-            .list(RepoFile::Index.dir())
-            .map_err(|e| Error::io("listing indexes", self.file_path(RepoFile::Index.dir()), e))?;
-        for name in names {
-            let Some((RepoFile::Index, id)) = RepoFile::parse_path(&name) else {
-                continue;
-            };
-            match self.load_index_file(&name, id) {
+        let mut damaged = 0;
+        for (_, f) in self.each_index_file()? {
+            match f {
                 Ok(f) => files.push(f),
-                Err(e) => rep.errors.push(e.to_string()),
+                Err(e) => {
+                    damaged += 1;
+                    rep.errors.push(e.to_string());
+                }
             }
         }
-        let index = MasterIndex::from_files(files);
+        let mut index = MasterIndex::from_files(files);
+        if damaged > 0 && self.recover_in_memory(&mut index)? > 0 {
+            rep.notices.push(format!(
+                "the packs named only by the {damaged} damaged index file(s) were read from their own trailers"
+            ));
+        }
         // How many blobs each pack holds: memory in the number of packs, not
         // of blobs.
         let per_pack = index
@@ -113,7 +117,7 @@ impl Repository {
         let unindexed = on_disk.iter().filter(|p| !per_pack.contains_key(p)).count();
         if unindexed > 0 {
             rep.notices.push(format!(
-                "{unindexed} pack(s) are in no index (left by an interrupted run); the next create reuses them and prune removes what is unused"
+                "{unindexed} pack(s) are in no index and their trailers cannot be read; `haul snapshot repair` drops what is lost"
             ));
         }
 
@@ -128,7 +132,8 @@ impl Repository {
         }
         // A batch of packs at a time, with the index entries of just those
         // packs.
-        let mut bad: HashSet<Id> = HashSet::new();
+        // (blob, pack) of every copy found missing or damaged.
+        let mut bad_copies: HashSet<(Id, Id)> = HashSet::new();
         let packs: Vec<(Id, u64)> = per_pack.into_iter().collect();
         self.each_pack_batch(
             &index,
@@ -136,21 +141,34 @@ impl Repository {
             Batching::default(),
             |_, _, e| e,
             |entries| {
-                let results: Vec<(Vec<String>, Vec<Id>)> = entries
+                let results: Vec<(Id, Vec<String>, Vec<Id>)> = entries
                     .par_iter()
                     .map(|(pack, entries)| {
-                        let r = self.check_pack(pack, entries, opts.read_data, progress);
+                        let (errs, bad) = self.check_pack(pack, entries, opts.read_data, progress);
                         progress.entry_done();
-                        r
+                        (*pack, errs, bad)
                     })
                     .collect();
-                for (errs, blobs) in results {
+                for (pack, errs, blobs) in results {
                     rep.errors.extend(errs);
-                    bad.extend(blobs);
+                    bad_copies.extend(blobs.into_iter().map(|b| (b, pack)));
                 }
                 Ok(())
             },
         )?;
+        // A blob is bad only if every copy of it is: reads fall back on a
+        // sound one.
+        let bad: HashSet<Id> = bad_copies
+            .iter()
+            .map(|(b, _)| *b)
+            .filter(|b| {
+                index
+                    .lookup_all(b)
+                    .iter()
+                    .all(|e| bad_copies.contains(&(*b, e.pack)))
+            })
+            .collect();
+        drop(bad_copies);
 
         // Snapshots: every tree and chunk indexed, none of them bad. The
         // walk gathers the chunks' ids, and one pass over the sorted index
@@ -181,6 +199,11 @@ impl Repository {
         rep.affected_files = walk.files.into_iter().collect();
         rep.errors.dedup();
         rep.ok = rep.errors.is_empty();
+        if !rep.ok {
+            rep.notices.push(
+                "`haul snapshot repair` rebuilds the index from the sound packs, so that the next create stores lost data again; `--snapshots` also rewrites damaged snapshots without their lost files".into(),
+            );
+        }
         Ok(rep)
     }
 
@@ -398,8 +421,7 @@ impl Walker<'_, '_> {
         if self.clean.contains(id) {
             return true;
         }
-        let found = self.index.lookup(id).filter(|_| !self.bad.contains(id));
-        let Some(entry) = found else {
+        if self.index.lookup(id).is_none() || self.bad.contains(id) {
             self.errors.push(format!(
                 "tree {} of {:?} is missing or damaged",
                 id.short(),
@@ -407,8 +429,8 @@ impl Walker<'_, '_> {
             ));
             self.files.push(display(shown));
             return false;
-        };
-        let nodes: Vec<Node> = match self.repo.load_tree_at(&entry, id) {
+        }
+        let nodes: Vec<Node> = match self.repo.load_tree(self.index, id) {
             Ok(n) => n,
             Err(e) => {
                 self.errors
@@ -743,10 +765,10 @@ mod tests {
     }
 
     /// An index file out of order (checksum and name correct, two records
-    /// swapped) is reported and left out, and every chunk only it held is
-    /// missing: joined or looked up, one report.
+    /// swapped) is reported and left out, and its packs are read from their
+    /// own trailers, so no file is damaged: joined or looked up, one report.
     #[test]
-    fn an_index_out_of_order_is_reported_and_its_chunks_missing() {
+    fn an_index_out_of_order_is_reported_and_its_packs_recovered() {
         use haul_formats::{INDEX_FOOTER_LEN, INDEX_RECORD_LEN};
         let t = tempfile::tempdir().unwrap();
         let repo = repo_missing_every(t.path(), 0);
@@ -769,7 +791,9 @@ mod tests {
         let got = repo.check(opts, &NoProgress).unwrap();
         assert!(!got.ok);
         assert!(got.errors[0].contains("out of order"), "{:?}", got.errors);
-        assert!(got.errors.iter().any(|e| e.contains("is missing")));
+        assert_eq!(got.errors.len(), 1, "{:?}", got.errors);
+        assert!(got.affected_files.is_empty(), "{got:?}");
+        assert!(got.notices.iter().any(|n| n.contains("trailers")));
         let looked_up = Limits {
             missing: 0,
             ..Default::default()

@@ -726,9 +726,17 @@ impl Backup<'_> {
     }
 
     /// The parent snapshot's tree `id` of directory `rel`, or none if it
-    /// cannot be read (the directory is then read as if new).
-    fn parent_tree(&self, id: &Id, _rel: &Path) -> Option<Vec<Node>> {
-        self.repo.load_tree(self.index, id).ok()
+    /// is lost (the directory is then read as if new, with a warning).
+    fn parent_tree(&self, id: &Id, rel: &Path) -> Option<Vec<Node>> {
+        self.repo
+            .load_tree(self.index, id)
+            .map_err(|e| {
+                self.repo.warn(&format!(
+                    "the parent snapshot's record of {:?} cannot be read ({e}); reading it again",
+                    display_rel(rel)
+                ))
+            })
+            .ok()
     }
 
     /// Reads a file's data regions and stores their chunks.
@@ -806,6 +814,14 @@ impl Backup<'_> {
     }
 }
 
+fn display_rel(rel: &Path) -> String {
+    if rel.as_os_str().is_empty() {
+        "/".into()
+    } else {
+        rel.display().to_string()
+    }
+}
+
 fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
@@ -860,8 +876,7 @@ impl Repository {
         let start = Instant::now();
         sys::raise_nofile_limit();
         let lock = self.lock(false)?;
-        let mut index = self.load_index()?;
-        self.recover_unindexed(&mut index)?;
+        let index = self.load_index_for_writing()?;
 
         let mut paths = Vec::new();
         for p in &opts.paths {
@@ -895,10 +910,16 @@ impl Repository {
                 s.snapshot.hostname == host && have == want
             })
         };
-        let parent_root = match &parent {
-            Some(p) => Some(self.load_tree(&index, &p.snapshot.tree)?),
-            None => None,
-        };
+        let parent_root = parent.as_ref().and_then(|p| {
+            self.load_tree(&index, &p.snapshot.tree)
+                .map_err(|e| {
+                    self.warn(&format!(
+                        "the parent snapshot {} cannot be read ({e}); reading everything again",
+                        p.id.short()
+                    ))
+                })
+                .ok()
+        });
 
         let backup = Backup {
             repo: self,
@@ -1063,6 +1084,7 @@ impl Repository {
             tree: root_tree,
             parent: parent.as_ref().map(|p| p.id),
             summary,
+            original: None,
         };
         let (id, json) = snapshot
             .to_json()

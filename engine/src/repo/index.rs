@@ -2,7 +2,7 @@
 //! memory-mapped (so RAM does not grow with the repository; only the pages a
 //! lookup touches are read), plus the packs no index names yet, which an
 //! interrupted run left behind.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use haul_formats::{
     pack_trailer_len, parse_pack_trailer, FileKind as RepoFile, FormatError, Id, IndexEntry,
@@ -80,6 +80,9 @@ impl IndexFile {
     }
 }
 
+/// An index file loaded, or why it could not be.
+pub(crate) type Loaded = Result<IndexFile, Error>;
+
 /// All index files of a repository, plus those a running create wrote.
 pub(crate) struct MasterIndex {
     pub files: Vec<IndexFile>,
@@ -91,6 +94,10 @@ pub(crate) struct MasterIndex {
     recent: std::sync::atomic::AtomicU64,
     /// Index files written during this run (see `Backup::flush_index`).
     added: std::sync::RwLock<Vec<IndexFile>>,
+    /// Packs the index names that the repository no longer has: a lookup
+    /// passes over their entries to another copy, or finds the blob absent,
+    /// so that a create stores it again instead of naming lost data.
+    gone: HashSet<Id>,
 }
 
 /// Up to four file numbers, most recent first, 16 bits each (`u16::MAX`:
@@ -142,10 +149,43 @@ impl MasterIndex {
             files,
             recent: std::sync::atomic::AtomicU64::new(Recent::EMPTY.0),
             added: Default::default(),
+            gone: HashSet::new(),
         }
     }
 
+    /// The entry of blob `id` in a pack the repository has (as far as this
+    /// index knows: see `gone`).
     pub(crate) fn lookup(&self, id: &Id) -> Option<IndexEntry> {
+        let e = self.lookup_first(id)?;
+        if self.gone.is_empty() || !self.gone.contains(&e.pack) {
+            return Some(e);
+        }
+        self.lookup_all(id)
+            .into_iter()
+            .find(|e| !self.gone.contains(&e.pack))
+    }
+
+    /// Every entry of blob `id`, in every index file: the copies a reader
+    /// falls back on when the first cannot be read.
+    pub(crate) fn lookup_all(&self, id: &Id) -> Vec<IndexEntry> {
+        let mut all: Vec<IndexEntry> = self.files.iter().filter_map(|f| f.lookup(id)).collect();
+        let added = self.added.read().unwrap_or_else(|e| e.into_inner());
+        all.extend(added.iter().filter_map(|f| f.lookup(id)));
+        all.dedup();
+        all
+    }
+
+    /// Marks packs as lost (see `gone`).
+    pub(crate) fn set_gone(&mut self, gone: HashSet<Id>) {
+        self.gone = gone;
+    }
+
+    /// Whether any pack the index names is gone.
+    pub(crate) fn has_gone(&self) -> bool {
+        !self.gone.is_empty()
+    }
+
+    fn lookup_first(&self, id: &Id) -> Option<IndexEntry> {
         use std::sync::atomic::Ordering::Relaxed;
         let find = |i: usize| self.files[i].lookup(id);
         let recent = Recent(self.recent.load(Relaxed));
@@ -206,7 +246,7 @@ impl MasterIndex {
     }
 
     /// Every pack id any index names.
-    pub(crate) fn packs(&self) -> std::collections::BTreeSet<Id> {
+    pub(crate) fn packs(&self) -> BTreeSet<Id> {
         self.files
             .iter()
             .flat_map(|f| f.reader().packs().collect::<Vec<_>>())
@@ -228,20 +268,73 @@ pub(crate) fn by_stored_blob<'a>(
 }
 
 impl Repository {
-    /// Loads every index file. A damaged one is an error naming it.
+    /// Loads every sound index file. A damaged or unreadable one is
+    /// treated as absent, with a warning, and the packs no other file names
+    /// are read from their own trailers, in memory, as for an interrupted
+    /// run: one flipped byte in one index file costs a few reads, not the
+    /// repository.
     pub(crate) fn load_index(&self) -> Result<MasterIndex, Error> {
+        let (files, damaged) = self.index_files()?;
+        let mut index = MasterIndex::from_files(files);
+        if damaged > 0 {
+            self.recover_in_memory(&mut index)?;
+        }
+        Ok(index)
+    }
+
+    /// Adds to `index`, in memory only, the entries of the packs in `data/`
+    /// that it does not name, read from their trailers (a reader must not
+    /// write). Returns how many entries that is.
+    pub(crate) fn recover_in_memory(&self, index: &mut MasterIndex) -> Result<usize, Error> {
+        let (entries, _) = self.unindexed_entries(index)?;
+        let n = entries.len();
+        if n > 0 {
+            let (written, bytes) = haul_formats::IndexWriter::from(entries)
+                .finish()
+                .map_err(|e| Error::corrupt("recovering index", self.location(), e))?;
+            let f = IndexFile::new(written.id, Bytes::Owned(bytes))
+                .map_err(|e| Error::corrupt("recovering index", self.location(), e))?;
+            index.files.push(f);
+        }
+        Ok(n)
+    }
+
+    /// The sound index files, and how many others there are (each named
+    /// in a warning).
+    pub(crate) fn index_files(&self) -> Result<(Vec<IndexFile>, usize), Error> {
+        let mut files = Vec::new();
+        let mut damaged = 0;
+        for (name, r) in self.each_index_file()? {
+            match r {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    damaged += 1;
+                    self.warn(&format!(
+                        "ignoring index file {}: {e}; its packs are read from their own trailers (`haul snapshot repair` rewrites the index)",
+                        self.file_path(&name).display()
+                    ));
+                }
+            }
+        }
+        Ok((files, damaged))
+    }
+
+    /// Every index file's name, and the file loaded, or why not.
+    pub(crate) fn each_index_file(&self) -> Result<Vec<(String, Loaded)>, Error> {
         let names = self
             .backend()
             .list(RepoFile::Index.dir())
             .map_err(|e| Error::io("listing indexes", self.file_path(RepoFile::Index.dir()), e))?;
-        let mut files = Vec::new();
-        for name in names {
-            let Some((RepoFile::Index, id)) = RepoFile::parse_path(&name) else {
-                continue;
-            };
-            files.push(self.load_index_file(&name, id)?);
-        }
-        Ok(MasterIndex::from_files(files))
+        Ok(names
+            .into_iter()
+            .filter_map(|name| match RepoFile::parse_path(&name) {
+                Some((RepoFile::Index, id)) => {
+                    let f = self.load_index_file(&name, id);
+                    Some((name, f))
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     /// Loads (memory-maps, where the backend is local) and verifies one index file.
@@ -264,35 +357,64 @@ impl Repository {
         IndexFile::new(id, bytes).map_err(|e| Error::corrupt("reading index", &path, e))
     }
 
-    /// Packs in `data/` that no index names: left by a run that was
-    /// interrupted before writing its index. Their trailers describe them, so
-    /// an index is written for them and their blobs are reused.
-    pub(crate) fn recover_unindexed(&self, index: &mut MasterIndex) -> Result<usize, Error> {
-        let known = index.packs();
+    /// The index of a run that writes (create, prune): [`Repository::load_index`]
+    /// whose recovered entries are written to a new index file, and whose
+    /// lookups pass over packs the index names but the repository lacks
+    /// (each warned about), so that their blobs are stored again.
+    pub(crate) fn load_index_for_writing(&self) -> Result<MasterIndex, Error> {
+        let (files, _) = self.index_files()?;
+        let mut index = MasterIndex::from_files(files);
+        self.recover_unindexed(&mut index)?;
+        Ok(index)
+    }
+
+    /// Index entries for the packs in `data/` that no file of `index`
+    /// names (read from their trailers; a pack whose trailer cannot be read
+    /// is skipped, for check and repair to report), and the packs `index`
+    /// names that `data/` lacks.
+    fn unindexed_entries(
+        &self,
+        index: &MasterIndex,
+    ) -> Result<(Vec<IndexEntry>, HashSet<Id>), Error> {
+        let mut known = index.packs();
         let names = self
             .backend()
             .list(RepoFile::Pack.dir())
             .map_err(|e| Error::io("listing packs", self.file_path(RepoFile::Pack.dir()), e))?;
         let mut recovered = Vec::new();
-        let mut found = 0;
         for name in names {
             let Some((RepoFile::Pack, id)) = RepoFile::parse_path(&name) else {
                 continue;
             };
-            if known.contains(&id) {
+            if known.remove(&id) {
                 continue;
             }
-            // A pack that cannot be read back is left for check/prune to report.
             if let Ok(entries) = self.read_pack_entries(&name) {
                 recovered.extend(entries.iter().map(|e| IndexEntry::new(id, e)));
-                found += 1;
             }
         }
-        if found > 0 {
-            self.write_index(recovered)?;
-            *index = self.load_index()?;
+        Ok((recovered, known.into_iter().collect()))
+    }
+
+    /// Packs in `data/` that no index names: left by a run that was
+    /// interrupted before writing its index, or named only by a damaged
+    /// index file. Their trailers describe them, so an index is written for
+    /// them and their blobs are reused. Packs the index names that are gone
+    /// are warned about and passed over by lookups.
+    pub(crate) fn recover_unindexed(&self, index: &mut MasterIndex) -> Result<(), Error> {
+        let (recovered, gone) = self.unindexed_entries(index)?;
+        if let Some((name, id)) = self.write_index(recovered)? {
+            index.files.push(self.load_index_file(&name, id)?);
         }
-        Ok(found)
+        if !gone.is_empty() {
+            self.warn(&format!(
+                "{} pack(s) the index names are missing from {}; their data is stored again where needed (run `haul snapshot repair`)",
+                gone.len(),
+                self.file_path(RepoFile::Pack.dir()).display()
+            ));
+            index.set_gone(gone);
+        }
+        Ok(())
     }
 
     /// Reads a pack's own index from its tail.

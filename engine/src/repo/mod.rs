@@ -29,6 +29,7 @@ mod lock;
 mod packer;
 mod prune;
 mod read;
+mod repair;
 mod restore;
 pub(crate) mod retention;
 
@@ -37,6 +38,7 @@ pub use create::{CreateOptions, CreateSummary};
 pub use lock::LockGuard;
 pub use prune::PruneSummary;
 pub use read::{DiffChange, LsEntry};
+pub use repair::{RepairOptions, RepairSummary, RepairedSnapshot};
 pub use restore::RestoreOptions;
 pub use retention::{Bucket, KeepPolicy, RetentionError};
 
@@ -50,6 +52,21 @@ pub struct SnapshotInfo {
     /// The record.
     pub snapshot: Snapshot,
 }
+
+/// A snapshot record that cannot be read: its bytes do not hash to its
+/// name, or do not decode, or the file cannot be read.
+#[derive(Clone, Debug)]
+pub struct DamagedSnapshot {
+    /// The record's id (its file name).
+    pub id: Id,
+    /// Why it cannot be read.
+    pub error: String,
+    /// Whether its bytes are damaged (not merely unreadable just now).
+    pub corrupt: bool,
+}
+
+/// Where the engine sends warnings (things wrong that a run works around).
+type Warn = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Options for a new repository.
 #[derive(Clone, Debug, Default)]
@@ -68,6 +85,7 @@ pub struct Repository {
     blocks: blocks::BlockCache,
     /// False when opened for read-only access without locks (`--no-lock`).
     locking: bool,
+    warn: Warn,
 }
 
 impl std::fmt::Debug for Repository {
@@ -193,6 +211,7 @@ impl Repository {
             config,
             blocks: blocks::BlockCache::new(),
             locking: true,
+            warn: Box::new(|_| {}),
         })
     }
 
@@ -216,6 +235,16 @@ impl Repository {
             }
             Err(e) => Err(Error::io("opening repository", path, e)),
         }
+    }
+
+    /// Sends the warnings of later calls (a damaged index file or snapshot
+    /// record passed over, a pack gone) to `f`; by default they are dropped.
+    pub fn on_warning(&mut self, f: impl Fn(&str) + Send + Sync + 'static) {
+        self.warn = Box::new(f);
+    }
+
+    pub(crate) fn warn(&self, msg: &str) {
+        (self.warn)(msg)
     }
 
     /// Where the repository is.
@@ -252,14 +281,40 @@ impl Repository {
             .collect())
     }
 
-    /// Every snapshot, oldest first.
+    /// Every snapshot that can be read, oldest first; a damaged record is
+    /// passed over with a warning (see [`Repository::snapshot_records`]).
     pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, Error> {
+        let (sound, damaged) = self.snapshot_records()?;
+        for d in &damaged {
+            self.warn(&format!(
+                "skipping damaged snapshot {}: {}",
+                d.id.to_hex(),
+                d.error
+            ));
+        }
+        Ok(sound)
+    }
+
+    /// Every snapshot record: those read, oldest first, and those that
+    /// cannot be (a record removed between the listing and the read is in
+    /// neither).
+    pub fn snapshot_records(&self) -> Result<(Vec<SnapshotInfo>, Vec<DamagedSnapshot>), Error> {
         let mut out = Vec::new();
+        let mut damaged = Vec::new();
         for id in self.list_ids(RepoFile::Snapshot)? {
-            out.push(self.load_snapshot(&id)?);
+            match self.load_snapshot(&id) {
+                Ok(s) => out.push(s),
+                Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {}
+                Err(e) => damaged.push(DamagedSnapshot {
+                    id,
+                    corrupt: e.kind() == crate::error::ErrorKind::Corrupt,
+                    error: e.to_string(),
+                }),
+            }
         }
         out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
-        Ok(out)
+        damaged.sort_by_key(|d| d.id);
+        Ok((out, damaged))
     }
 
     fn load_snapshot(&self, id: &Id) -> Result<SnapshotInfo, Error> {
@@ -281,10 +336,19 @@ impl Repository {
                 .pop()
                 .ok_or_else(|| Error::invalid(&self.location, "the repository has no snapshots"));
         }
+        self.load_snapshot(&self.find_snapshot_id(spec)?)
+    }
+
+    /// The id of the snapshot record named by unique hex prefix `spec`,
+    /// without reading the record (so a damaged one can be forgotten), or
+    /// of the latest snapshot that can be read.
+    pub fn find_snapshot_id(&self, spec: &str) -> Result<Id, Error> {
+        if spec == "latest" {
+            return self.find_snapshot(spec).map(|s| s.id);
+        }
         let ids = self.list_ids(RepoFile::Snapshot)?;
-        let id = haul_formats::find_by_prefix(spec, ids.iter())
-            .map_err(|e| Error::invalid(&self.location, format!("snapshot {spec:?}: {e}")))?;
-        self.load_snapshot(&id)
+        haul_formats::find_by_prefix(spec, ids.iter())
+            .map_err(|e| Error::invalid(&self.location, format!("snapshot {spec:?}: {e}")))
     }
 
     /// Deletes the given snapshot records (their data stays until `prune`).

@@ -238,11 +238,38 @@ impl Repository {
     /// [`Repository::prune`] within `limits`.
     fn prune_with(&self, progress: &dyn Progress, limits: Limits) -> Result<PruneSummary, Error> {
         let lock = self.lock(true)?;
-        let mut index = self.load_index()?;
-        self.recover_unindexed(&mut index)?;
+        let index = self.load_index_for_writing()?;
+        if index.has_gone() {
+            // Their blobs would look absent, and the snapshots using them
+            // unreadable: what is lost must be dropped from the index first.
+            return Err(Error::invalid(
+                self.file_path(RepoFile::Pack.dir()),
+                "packs the index names are missing; run `haul snapshot repair` first",
+            ));
+        }
         let mut used = IdSorter::new(limits.run_ids);
         let mut trees = CappedIds::new(limits.seen_trees);
-        for s in self.snapshots()? {
+        let (snapshots, damaged) = self.snapshot_records()?;
+        for d in &damaged {
+            // A record that cannot be read just now (a permission) may be
+            // sound: its data must not look unused. One whose bytes are
+            // damaged names no tree any more, and is passed over.
+            if !d.corrupt {
+                return Err(Error::invalid(
+                    self.file_path(&RepoFile::Snapshot.path(&d.id)),
+                    format!(
+                        "cannot read this snapshot ({}); prune would remove its data",
+                        d.error
+                    ),
+                ));
+            }
+            self.warn(&format!(
+                "skipping damaged snapshot {}: {}; data only it used is removed",
+                d.id.to_hex(),
+                d.error
+            ));
+        }
+        for s in snapshots {
             self.mark(&index, &s.snapshot.tree, &mut trees, &mut used, progress)?;
         }
         drop(trees);

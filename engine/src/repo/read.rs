@@ -84,7 +84,29 @@ impl Repository {
         id: &Id,
         max: usize,
     ) -> Result<Blob, Error> {
-        self.load_blob_at(&self.indexed(index, id)?, id, max)
+        self.load_blob_from(index, &self.indexed(index, id)?, id, max)
+    }
+
+    /// [`Repository::load_blob_at`] entry `first`, and if that copy cannot
+    /// be read or is damaged, each other copy the index names in turn: a
+    /// blob the repository holds twice survives the loss of one pack.
+    pub(crate) fn load_blob_from(
+        &self,
+        index: &MasterIndex,
+        first: &IndexEntry,
+        id: &Id,
+        max: usize,
+    ) -> Result<Blob, Error> {
+        let err = match self.load_blob_at(first, id, max) {
+            Ok(b) => return Ok(b),
+            Err(e) => e,
+        };
+        for e in index.lookup_all(id).iter().filter(|e| *e != first) {
+            if let Ok(b) = self.load_blob_at(e, id, max) {
+                return Ok(b);
+            }
+        }
+        Err(err)
     }
 
     /// The index entry of blob `id`; an error if no index holds it.
@@ -138,12 +160,7 @@ impl Repository {
 
     /// Reads and decodes a tree blob.
     pub(crate) fn load_tree(&self, index: &MasterIndex, id: &Id) -> Result<Vec<Node>, Error> {
-        self.load_tree_at(&self.indexed(index, id)?, id)
-    }
-
-    /// [`Repository::load_tree`] for a tree already looked up.
-    pub(crate) fn load_tree_at(&self, e: &IndexEntry, id: &Id) -> Result<Vec<Node>, Error> {
-        let bytes = self.load_blob_at(e, id, MAX_TREE_BLOB_LEN)?;
+        let bytes = self.load_blob(index, id, MAX_TREE_BLOB_LEN)?;
         decode_tree(&bytes).map_err(|e| Error::corrupt("reading tree", self.location(), e))
     }
 

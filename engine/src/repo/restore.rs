@@ -573,7 +573,7 @@ impl Run<'_> {
         let mut pos_in_ext = 0u64;
         for (i, id) in chunks.iter().enumerate() {
             let data = match first.filter(|e| i == 0 && e.id == *id) {
-                Some(e) => ctx.repo.load_blob_at(e, id, MAX_DATA_BLOB_LEN),
+                Some(e) => ctx.repo.load_blob_from(ctx.index, e, id, MAX_DATA_BLOB_LEN),
                 None => ctx.repo.load_data(ctx.index, id),
             };
             let data = data.map_err(|e| StepError {

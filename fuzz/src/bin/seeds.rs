@@ -117,6 +117,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tree: Id::hash(&tree),
         parent: Some(Id::hash(b"p")),
         summary: SnapshotSummary::default(),
+        original: None,
     };
     write("snapshot", "snapshot", &snap.to_json()?.1)?;
     let lock = Lock {
