@@ -134,3 +134,57 @@ fn copy_of_a_10000_level_chain() {
     remove(&src);
     remove(&dst);
 }
+
+/// The leaf's path in the chain, as `snapshot ls` and `diff` name it.
+fn leaf_path(depth: usize) -> String {
+    let mut p = "d/".repeat(depth);
+    p.push_str("leaf");
+    p
+}
+
+#[test]
+fn snapshot_commands_on_a_10000_level_chain() {
+    use haul_tests::repo::{os, Repo};
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    build_chain(&src, DEPTH);
+    let repo = Repo::new(t.path().join("repo"));
+    let v = repo.create(&[&src], &[]);
+    assert_eq!(json_count(&v, "dirs"), DEPTH as u64 + 1, "{v}");
+    let id1 = v["id"].as_str().unwrap().to_string();
+
+    // ls reaches the bottom.
+    let ls = repo.ls(&id1, None);
+    assert_eq!(ls.len(), DEPTH + 1);
+    assert!(ls.iter().any(|e| e["path"] == leaf_path(DEPTH)));
+
+    // A change at the bottom: a second create (with the first as parent),
+    // and diff names exactly that file.
+    let mut dir = File::open(&src).unwrap();
+    for _ in 0..DEPTH {
+        dir = open_dir_at(&dir, "d").unwrap();
+    }
+    std::fs::write(at(&dir, "leaf"), b"changed\n").unwrap();
+    drop(dir);
+    let id2 = repo.create_id(&[&src], &[]);
+    let diff = repo.diff(&id1, &id2);
+    assert!(
+        diff.contains(&(leaf_path(DEPTH), "content".to_string())),
+        "{diff:?}"
+    );
+
+    // check, restore (compared level by level), forget and prune, check.
+    repo.check(true, &[]).expect_code(0);
+    let dst = t.path().join("dst");
+    repo.restore(&id1, &dst, &[]).expect_clean();
+    check_chain(&dst, DEPTH);
+    remove(&dst);
+    let r = repo.snap("forget", &[os(&id1), os("--json")]);
+    r.expect_code(0);
+    let r = repo.snap("prune", &[os("--json")]);
+    r.expect_code(0);
+    repo.check(true, &[]).expect_code(0);
+    assert_eq!(repo.list().len(), 1);
+    remove(&src);
+}

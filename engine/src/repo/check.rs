@@ -417,33 +417,43 @@ impl Walker<'_, '_> {
     /// `prefix`: the tree's path; `None` for the root of a snapshot of one
     /// path, whose one node is that path and is named as the root.
     fn tree(&mut self, id: &Id, prefix: Option<&str>) -> bool {
-        let shown = prefix.unwrap_or_default();
-        if self.clean.contains(id) {
-            return true;
+        /// A tree being walked: its id, its path, the nodes not yet seen,
+        /// and whether everything seen so far is sound.
+        struct Frame {
+            id: Id,
+            prefix: Option<String>,
+            nodes: std::vec::IntoIter<Node>,
+            ok: bool,
         }
-        if self.index.lookup(id).is_none() || self.bad.contains(id) {
-            self.errors.push(format!(
-                "tree {} of {:?} is missing or damaged",
-                id.short(),
-                display(shown)
-            ));
-            self.files.push(display(shown));
-            return false;
-        }
-        let nodes: Vec<Node> = match self.repo.load_tree(self.index, id) {
-            Ok(n) => n,
-            Err(e) => {
-                self.errors
-                    .push(format!("tree {} of {:?}: {e}", id.short(), display(shown)));
-                self.files.push(display(shown));
-                return false;
-            }
+        // From a stack of the trees being walked, not by recursion: a
+        // chain of directories of any depth.
+        let mut stack = match self.enter(id, prefix) {
+            Ok(nodes) => vec![Frame {
+                id: *id,
+                prefix: prefix.map(str::to_string),
+                nodes: nodes.into_iter(),
+                ok: true,
+            }],
+            Err(ok) => return ok,
         };
-        let mut ok = true;
-        for n in &nodes {
+        loop {
+            let Some(top) = stack.last_mut() else {
+                unreachable!("the loop returns when the root tree is done");
+            };
+            let Some(n) = top.nodes.next() else {
+                let done = stack.pop().expect("a frame");
+                if done.ok {
+                    self.clean.insert(done.id);
+                }
+                match stack.last_mut() {
+                    Some(parent) => parent.ok &= done.ok,
+                    None => return done.ok,
+                }
+                continue;
+            };
             // A path is spelled out only for a directory walked into or a
             // file with something to report, not for every sound file.
-            let path = || match prefix {
+            let path = || match top.prefix.as_deref() {
                 // The root of a one-path snapshot: a directory's contents
                 // are named from inside it, a single file by its name.
                 None if matches!(n.kind, NodeKind::Dir { .. }) => String::new(),
@@ -451,7 +461,18 @@ impl Walker<'_, '_> {
                 Some(p) => format!("{p}/{}", String::from_utf8_lossy(&n.name)),
             };
             match &n.kind {
-                NodeKind::Dir { subtree } => ok &= self.tree(subtree, Some(&path())),
+                NodeKind::Dir { subtree } => {
+                    let p = path();
+                    match self.enter(subtree, Some(&p)) {
+                        Ok(nodes) => stack.push(Frame {
+                            id: *subtree,
+                            prefix: Some(p),
+                            nodes: nodes.into_iter(),
+                            ok: true,
+                        }),
+                        Err(ok) => stack.last_mut().expect("a frame").ok &= ok,
+                    }
+                }
                 NodeKind::File { chunks, .. } => {
                     let mut file_ok = true;
                     for c in chunks {
@@ -468,16 +489,39 @@ impl Walker<'_, '_> {
                     }
                     if !file_ok {
                         self.files.push(display(&path()));
-                        ok = false;
+                        top.ok = false;
                     }
                 }
                 _ => {}
             }
         }
-        if ok {
-            self.clean.insert(*id);
+    }
+
+    /// Starts walking tree `id` (named `prefix`): its nodes, or, if it need
+    /// not or cannot be walked, whether it is sound (errors recorded).
+    fn enter(&mut self, id: &Id, prefix: Option<&str>) -> Result<Vec<Node>, bool> {
+        let shown = prefix.unwrap_or_default();
+        if self.clean.contains(id) {
+            return Err(true);
         }
-        ok
+        if self.index.lookup(id).is_none() || self.bad.contains(id) {
+            self.errors.push(format!(
+                "tree {} of {:?} is missing or damaged",
+                id.short(),
+                display(shown)
+            ));
+            self.files.push(display(shown));
+            return Err(false);
+        }
+        match self.repo.load_tree(self.index, id) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.errors
+                    .push(format!("tree {} of {:?}: {e}", id.short(), display(shown)));
+                self.files.push(display(shown));
+                Err(false)
+            }
+        }
     }
 }
 

@@ -451,55 +451,103 @@ struct Fixer<'a> {
 impl Fixer<'_> {
     /// The id of tree `id` without what is lost below it (itself when
     /// nothing is), or none if the tree itself is lost; `prefix` as check's
-    /// walk has it. Each dropped entry is added to `dropped`.
+    /// walk has it. Each dropped entry is added to `dropped`. The walk is a
+    /// stack of the trees being rewritten, not a recursion: any depth.
     fn tree(
         &mut self,
         id: &Id,
         prefix: Option<&str>,
         dropped: &mut Vec<String>,
     ) -> Result<Option<Id>, Error> {
-        if self.sound.contains(id) {
-            return Ok(Some(*id));
+        /// A tree being rewritten: the nodes not yet seen, those kept, and
+        /// the directory node waiting for its own subtree's answer.
+        struct Frame {
+            id: Id,
+            prefix: Option<String>,
+            nodes: std::vec::IntoIter<Node>,
+            kept: Vec<Node>,
+            changed: bool,
+            waiting: Option<(Node, String)>,
         }
-        let Ok(nodes) = self.repo.load_tree(self.index, id) else {
-            return Ok(None);
+        let start = |this: &mut Self, id: Id, prefix: Option<String>| {
+            if this.sound.contains(&id) {
+                return Err(Some(id));
+            }
+            match this.repo.load_tree(this.index, &id) {
+                Ok(nodes) => Ok(Frame {
+                    id,
+                    prefix,
+                    nodes: nodes.into_iter(),
+                    kept: Vec::new(),
+                    changed: false,
+                    waiting: None,
+                }),
+                Err(_) => Err(None),
+            }
         };
-        let mut kept: Vec<Node> = Vec::with_capacity(nodes.len());
-        let mut changed = false;
-        for mut n in nodes {
-            let path = || match prefix {
+        let mut stack = match start(self, *id, prefix.map(str::to_string)) {
+            Ok(f) => vec![f],
+            Err(r) => return Ok(r),
+        };
+        // A subtree's answer, for the directory node waiting on it.
+        let mut answer: Option<Option<Id>> = None;
+        loop {
+            let top = stack.last_mut().expect("the loop returns at the root");
+            if let Some(r) = answer.take() {
+                let (mut n, p) = top.waiting.take().expect("a subtree was walked");
+                match (r, &n.kind) {
+                    (None, _) => {
+                        dropped.push(shown(&p));
+                        top.changed = true;
+                    }
+                    (Some(new), NodeKind::Dir { subtree }) => {
+                        if new != *subtree {
+                            n.kind = NodeKind::Dir { subtree: new };
+                            top.changed = true;
+                        }
+                        top.kept.push(n);
+                    }
+                    (Some(_), _) => top.kept.push(n),
+                }
+            }
+            let Some(n) = top.nodes.next() else {
+                let done = stack.pop().expect("a frame");
+                let r = self.finish_tree(done.id, done.kept, done.changed)?;
+                if stack.is_empty() {
+                    return Ok(r);
+                }
+                answer = Some(r);
+                continue;
+            };
+            let path = match top.prefix.as_deref() {
                 None => String::new(),
                 Some("") => String::from_utf8_lossy(&n.name).into_owned(),
                 Some(p) => format!("{p}/{}", String::from_utf8_lossy(&n.name)),
             };
             match &n.kind {
                 NodeKind::Dir { subtree } => {
-                    let p = path();
-                    match self.tree(subtree, Some(&p), dropped)? {
-                        None => {
-                            dropped.push(shown(&p));
-                            changed = true;
-                            continue;
-                        }
-                        Some(new) if new != *subtree => {
-                            n.kind = NodeKind::Dir { subtree: new };
-                            changed = true;
-                        }
-                        Some(_) => {}
+                    let sub = *subtree;
+                    top.waiting = Some((n, path.clone()));
+                    match start(self, sub, Some(path)) {
+                        Ok(f) => stack.push(f),
+                        Err(r) => answer = Some(r),
                     }
                 }
                 NodeKind::File { chunks, .. } if !chunks.iter().all(|c| self.index.contains(c)) => {
-                    dropped.push(shown(&path()));
-                    changed = true;
-                    continue;
+                    dropped.push(shown(&path));
+                    top.changed = true;
                 }
-                _ => {}
+                _ => top.kept.push(n),
             }
-            kept.push(n);
         }
+    }
+
+    /// A rewritten tree's id: its own if nothing changed (then known
+    /// sound), else that of `kept`, stored unless already there.
+    fn finish_tree(&mut self, id: Id, kept: Vec<Node>, changed: bool) -> Result<Option<Id>, Error> {
         if !changed {
-            self.sound.insert(*id);
-            return Ok(Some(*id));
+            self.sound.insert(id);
+            return Ok(Some(id));
         }
         let bytes = encode_tree(kept)
             .map_err(|e| Error::corrupt("encoding tree", self.repo.location(), e))?;
