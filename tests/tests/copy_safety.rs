@@ -488,7 +488,15 @@ fn immutable_and_append_only_flags_are_kept() {
     let r2 = haul_copy(&[], &s, &d);
     let log2 = read(&d.join("log"));
     let log2_flags = chattr_flags(&d.join("log"));
+    // Snapshots do not record the flags, and say so.
+    let repo = Repo::new(t.path().join("repo"));
+    let created = repo.create_raw(&[&s], &[]);
     cleanup();
+    assert!(
+        created.stderr.contains("5 entries have chattr flags"),
+        "{}",
+        created.describe()
+    );
 
     r.expect_clean();
     assert_eq!(
@@ -506,4 +514,63 @@ fn immutable_and_append_only_flags_are_kept() {
     r2.expect_clean();
     assert_eq!(log2, b"line 1\nline 2\n");
     assert_eq!(log2_flags, "a");
+}
+
+#[test]
+fn copy_create_and_restore_count_alike() {
+    let t = tmp();
+    let s = t.path().join("s");
+    write_file(&s.join("a"), &vec![7u8; 1000]);
+    write_file(&s.join("sub/b"), b"bb");
+    fixture::hardlink(&s.join("a"), &s.join("a2"));
+    fixture::hardlink(&s.join("a"), &s.join("sub/a3"));
+    fixture::symlink("a", &s.join("link"));
+    fixture::mkfifo(&s.join("fifo"), 0o644);
+
+    let copy = haul_copy(&[], &s, &t.path().join("d")).expect_clean();
+    let repo = Repo::new(t.path().join("repo"));
+    let create = repo.create(&[&s], &[]);
+    let restore = repo.restore(create["id"].as_str().unwrap(), &t.path().join("r"), &[]);
+    let restore = restore.expect_clean();
+    let list = &repo.list()[0];
+    for (what, files, links, syms, specials, bytes) in [
+        (
+            "copy",
+            &copy["source"]["files"],
+            &copy["source"]["hardlinks"],
+            &copy["source"]["symlinks"],
+            &copy["source"]["specials"],
+            &copy["source"]["bytes"],
+        ),
+        (
+            "restore",
+            &restore["source"]["files"],
+            &restore["source"]["hardlinks"],
+            &restore["source"]["symlinks"],
+            &restore["source"]["specials"],
+            &restore["source"]["bytes"],
+        ),
+        (
+            "create",
+            &create["files"],
+            &create["hardlinks"],
+            &create["symlinks"],
+            &create["specials"],
+            &create["bytes"],
+        ),
+        (
+            "list",
+            &list["files"],
+            &list["hardlinks"],
+            &list["symlinks"],
+            &list["specials"],
+            &list["bytes"],
+        ),
+    ] {
+        assert_eq!(
+            [files, links, syms, specials, bytes].map(|v| v.as_u64().unwrap_or(u64::MAX)),
+            [2, 2, 1, 1, 1002],
+            "{what} counts"
+        );
+    }
 }
