@@ -1074,11 +1074,13 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Removes `name` in `dir`, recursively, never following a symlink.
-    /// `report`: count (and list) every removed entry as deleted. Inside a
-    /// removed directory, entries the filter excludes are kept, as they are
-    /// everywhere else (`--exclude` protects from `--delete`); the directory
-    /// then stays and this fails, naming why.
+    /// Removes `name` in `dir` and everything below it, never following a
+    /// symlink. `report`: count (and list) every removed entry as deleted.
+    /// Inside a removed directory, entries the filter excludes are kept, as
+    /// they are everywhere else (`--exclude` protects from `--delete`); the
+    /// directory then stays and this fails, naming why. Depth first from a
+    /// stack of the directories being emptied, one handle each, so a chain
+    /// of any depth goes without recursion.
     pub(crate) fn remove_tree(
         &self,
         dir: &File,
@@ -1086,48 +1088,86 @@ impl<'a> Run<'a> {
         rel: &Path,
         report: bool,
     ) -> Result<(), StepError> {
+        /// A directory being emptied, and the entries of it still to remove.
+        struct Emptying {
+            fd: File,
+            name: CString,
+            rel: PathBuf,
+            todo: Vec<sys::RawEntry>,
+        }
         let st = sys::stat_at(dir, name).step("stat")?;
         self.unlock(dir, name, &st)?;
-        if st.kind() == FileKind::Dir {
-            let d = sys::open_dir_at(dir, name).step("open directory")?;
+        if st.kind() != FileKind::Dir {
+            sys::unlink_at(dir, name, false).step("unlink")?;
+            self.deleted(report, rel);
+            return Ok(());
+        }
+        let open = |parent: &File, name: &CStr, st: &Stat| -> Result<File, StepError> {
+            let d = sys::open_dir_at(parent, name).step("open directory")?;
             if !self.is_root && st.perm() & 0o700 != 0o700 {
                 sys::chmod_fd(&d, st.perm() | 0o700).step("chmod")?;
             }
-            let mut kept = false;
-            sys::each_batch(&d, |batch| -> Result<(), StepError> {
-                for e in batch {
-                    let crel = rel.join(name_of(&e.name));
-                    let is_dir = match e.d_type {
-                        sys::DT_UNKNOWN => {
-                            sys::stat_at(&d, &e.name).step("stat")?.kind() == FileKind::Dir
-                        }
-                        t => t == sys::DT_DIR,
-                    };
-                    if self.opts.filter.excluded(&crel, is_dir) {
-                        kept = true;
-                        continue;
-                    }
-                    self.remove_tree(&d, &e.name, &crel, report)?;
+            Ok(d)
+        };
+        let mut stack = vec![Emptying {
+            fd: open(dir, name, &st)?,
+            name: name.to_owned(),
+            rel: rel.to_path_buf(),
+            todo: Vec::new(),
+        }];
+        while let Some(top) = stack.last_mut() {
+            let Some(e) = top.todo.pop() else {
+                // What is left is read from the start again: the entries
+                // removed since are gone from it.
+                let mut left = Vec::new();
+                sys::DirStream::new(&top.fd)
+                    .and_then(|mut s| s.read_batch(&mut left, sys::BATCH))
+                    .step("read directory")?;
+                if !left.is_empty() {
+                    top.todo = left;
+                    continue;
                 }
-                Ok(())
-            })?;
-            if kept {
+                let done = stack.pop().expect("a directory");
+                drop(done.fd);
+                let parent = stack.last().map_or(dir, |p| &p.fd);
+                sys::unlink_at(parent, &done.name, true).step("rmdir")?;
+                self.deleted(report, &done.rel);
+                continue;
+            };
+            let crel = top.rel.join(name_of(&e.name));
+            let cst = sys::stat_at(&top.fd, &e.name).step("stat")?;
+            let is_dir = cst.kind() == FileKind::Dir;
+            if self.opts.filter.excluded(&crel, is_dir) {
                 return Err(StepError {
                     op: "cannot remove directory holding excluded entries",
                     err: io::Error::from_raw_os_error(libc::ENOTEMPTY),
                 });
             }
-            sys::unlink_at(dir, name, true).step("rmdir")?;
-        } else {
-            sys::unlink_at(dir, name, false).step("unlink")?;
+            self.unlock(&top.fd, &e.name, &cst)?;
+            if is_dir {
+                let fd = open(&top.fd, &e.name, &cst)?;
+                stack.push(Emptying {
+                    fd,
+                    name: e.name,
+                    rel: crel,
+                    todo: Vec::new(),
+                });
+            } else {
+                sys::unlink_at(&top.fd, &e.name, false).step("unlink")?;
+                self.deleted(report, &crel);
+            }
         }
+        Ok(())
+    }
+
+    /// Counts (and, with `-v`, lists) one removed entry, if `report`.
+    fn deleted(&self, report: bool, rel: &Path) {
         if report {
             self.c.deleted.fetch_add(1, Relaxed);
             if self.opts.record_changes {
                 self.progress.change(Action::Delete, rel);
             }
         }
-        Ok(())
     }
 
     /// Warns when a map or `--chown` hands a setuid file that root does

@@ -188,3 +188,17 @@ fn snapshot_commands_on_a_10000_level_chain() {
     assert_eq!(repo.list().len(), 1);
     remove(&src);
 }
+
+#[test]
+fn delete_of_a_10000_level_chain() {
+    let t = tmp();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&dst).unwrap();
+    build_chain(&dst, DEPTH);
+    let v = haul_copy(&["--delete"], &src, &dst).expect_clean();
+    // DEPTH directories and the leaf.
+    assert_eq!(json_count(&v, "deleted"), DEPTH as u64 + 1);
+    assert_eq!(list(&File::open(&dst).unwrap()), Vec::<String>::new());
+}
