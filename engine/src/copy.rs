@@ -36,7 +36,7 @@ use crate::idmap::IdMap;
 use crate::meta::{read_xattrs, sync_xattrs, FileKind, XTarget, XattrPolicy, Xattrs};
 use crate::progress::{Action, Progress};
 use crate::sys::{self, Stat};
-use crate::walk::{walk, Opened, TreeVisitor};
+use crate::walk::{next_dir_batch, walk, Opened, TreeVisitor};
 
 /// At most this many failed (and, separately, partial) entries are kept with
 /// their reasons; the rest are only counted, so memory stays bounded.
@@ -277,13 +277,9 @@ impl<'a> TreeVisitor for CopyWalk<'_, 'a> {
         listing: &mut sys::DirStream,
         out: &mut Vec<sys::RawEntry>,
     ) -> bool {
-        match listing.read_batch(out, sys::BATCH) {
-            Ok(n) => n == sys::BATCH,
-            Err(e) => {
-                self.0.fail(&dir.rel, format!("reading directory: {e}"));
-                false
-            }
-        }
+        next_dir_batch(listing, out, |e| {
+            self.0.fail(&dir.rel, format!("reading directory: {e}"))
+        })
     }
 
     fn visit(&self, dir: &CopyDir, src: &Arc<File>, e: &sys::RawEntry) -> Option<SubDir> {
@@ -332,13 +328,9 @@ impl TreeVisitor for VerifyWalk<'_, '_> {
         listing: &mut sys::DirStream,
         out: &mut Vec<sys::RawEntry>,
     ) -> bool {
-        match listing.read_batch(out, sys::BATCH) {
-            Ok(n) => n == sys::BATCH,
-            Err(e) => {
-                self.0.mismatch(rel, format!("reading directory: {e}"));
-                false
-            }
-        }
+        next_dir_batch(listing, out, |e| {
+            self.0.mismatch(rel, format!("reading directory: {e}"))
+        })
     }
 
     fn visit(
@@ -817,7 +809,8 @@ fn planned_path(p: &Path) -> io::Result<PathBuf> {
     Ok(out)
 }
 
-fn split_parent(p: &Path) -> Result<(PathBuf, CString), Error> {
+/// A path's directory (`.` if none) and final name.
+pub(crate) fn split_parent(p: &Path) -> Result<(PathBuf, CString), Error> {
     let name = p
         .file_name()
         .ok_or_else(|| Error::invalid(p, "path has no final component"))?;

@@ -58,6 +58,23 @@ pub(crate) trait TreeVisitor: Sync {
     fn finish(&self, dir: &Self::Dir, parent: Option<&Self::Dir>);
 }
 
+/// [`TreeVisitor::next_batch`] for a directory read from disk: a batch of
+/// its entries, and whether more may follow; a read error goes to
+/// `failed` and ends the listing.
+pub(crate) fn next_dir_batch(
+    listing: &mut crate::sys::DirStream,
+    out: &mut Vec<crate::sys::RawEntry>,
+    failed: impl FnOnce(std::io::Error),
+) -> bool {
+    match listing.read_batch(out, crate::sys::BATCH) {
+        Ok(n) => n == crate::sys::BATCH,
+        Err(e) => {
+            failed(e);
+            false
+        }
+    }
+}
+
 /// An opened directory and, if it can be listed, its listing and context.
 pub(crate) type Opened<V> = (
     <V as TreeVisitor>::Dir,

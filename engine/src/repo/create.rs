@@ -25,7 +25,7 @@ use crate::filter::Filter;
 use crate::meta::{read_xattrs, FileKind, XTarget, XattrPolicy};
 use crate::progress::Progress;
 use crate::sys::{self, Stat};
-use crate::walk::{walk, Opened, TreeVisitor};
+use crate::walk::{next_dir_batch, walk, Opened, TreeVisitor};
 
 /// New blobs between index flushes during one create (about 5 MiB of index).
 pub const DEFAULT_INDEX_FLUSH: usize = 100_000;
@@ -277,14 +277,10 @@ impl TreeVisitor for CreateWalk<'_, '_> {
         if self.stopped() {
             return false;
         }
-        let more = match listing.read_batch(out, sys::BATCH) {
-            Ok(n) => n == sys::BATCH,
-            Err(e) => {
-                // What was read is recorded; the rest is a failure.
-                self.0.fail(&dir.rel, format!("reading directory: {e}"));
-                false
-            }
-        };
+        // What was read is recorded; the rest is a failure.
+        let more = next_dir_batch(listing, out, |e| {
+            self.0.fail(&dir.rel, format!("reading directory: {e}"))
+        });
         // Files first, then subdirectories, each by name: the order a
         // restore walks the tree in, so the small files that share a
         // bundle are the ones a restore wants at about the same time.

@@ -226,16 +226,10 @@ impl Repository {
         let (dir, name) = match sys::stat_path(dst, true) {
             Ok(st) if st.kind() == FileKind::Dir => (dst.to_path_buf(), node.name.clone()),
             _ => {
-                let name = dst
-                    .file_name()
-                    .ok_or_else(|| Error::invalid(dst, "path has no final component"))?;
-                let dir = match dst.parent() {
-                    Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                    _ => PathBuf::from("."),
-                };
+                let (dir, name) = crate::copy::split_parent(dst)?;
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| Error::io("creating destination", &dir, e))?;
-                (dir, name.as_bytes().to_vec())
+                (dir, name.into_bytes())
             }
         };
         let d = sys::open_dir_path(&dir).map_err(|e| Error::io("opening destination", &dir, e))?;
