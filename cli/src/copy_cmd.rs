@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::builder::RangedU64ValueParser;
 use clap::Args;
-use haul_engine::{copy, CopyOptions, CopySummary, EntryIssue, Filter, IdMap};
+use haul_engine::{copy, CopyOptions, CopySummary, EntryIssue, Filter, IdMap, WriteOptions};
 use serde_json::json;
 
 use crate::exit;
@@ -121,13 +121,15 @@ pub fn run(a: CopyArgs) -> Result<u8> {
         delete: a.delete,
         filter: Filter::new(&a.exclude)?,
         checksum: a.checksum,
-        dry_run: a.dry_run,
         verify: a.verify,
-        owner: !a.no_owner,
-        xattrs: !a.no_xattrs,
-        acls: !a.no_acls && !a.no_xattrs,
-        ids,
         record_changes: record,
+        write: WriteOptions {
+            dry_run: a.dry_run,
+            owner: !a.no_owner,
+            xattrs: !a.no_xattrs,
+            acls: !a.no_acls && !a.no_xattrs,
+            ids,
+        },
     };
     let sink = match (record, a.json) {
         (false, _) => ChangeSink::None,

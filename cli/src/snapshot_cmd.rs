@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use haul_engine::{
-    parse_duration, parse_interval, Bucket, CheckOptions, CopyOptions, CreateOptions, Filter,
-    IdMap, InitOptions, KeepPolicy, RepairOptions, Repository, RestoreOptions, SnapshotInfo,
-    Timestamp,
+    parse_duration, parse_interval, Bucket, CheckOptions, CreateOptions, Filter, InitOptions,
+    KeepPolicy, RepairOptions, Repository, RestoreOptions, SnapshotInfo, Timestamp, WriteOptions,
 };
 use serde_json::{json, Value};
 
@@ -595,15 +594,15 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             let r = open_read(&repo, &read)?;
             let opts = RestoreOptions {
                 paths,
-                copy: CopyOptions {
-                    jobs: jobs.unwrap_or(0),
-                    delete,
+                jobs: jobs.unwrap_or(0),
+                delete,
+                write: WriteOptions {
                     owner: !no_owner,
                     xattrs: !no_xattrs,
                     acls: !no_acls && !no_xattrs,
-                    ids: IdMap::new(),
-                    ..CopyOptions::default()
+                    ..WriteOptions::default()
                 },
+                ..RestoreOptions::default()
             };
             let reporter = Reporter::new(!no_progress && !repo.json, ChangeSink::None);
             let res = r.restore(&id, &dst, &opts, &reporter);

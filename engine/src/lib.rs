@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 mod copy;
+mod dest;
 mod error;
 mod filter;
 mod idmap;
@@ -24,7 +25,8 @@ mod repo;
 mod sys;
 mod walk;
 
-pub use copy::{copy, CopyOptions, CopySummary, EntryIssue, SourceCounts};
+pub use copy::{copy, CopyOptions};
+pub use dest::{CopySummary, EntryIssue, SourceCounts, WriteOptions};
 pub use error::{Error, ErrorKind};
 pub use filter::{Filter, FilterError};
 pub use haul_formats::{Id, Snapshot, Timestamp};

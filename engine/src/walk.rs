@@ -14,10 +14,29 @@
 //! So no stack grows with the tree's depth (a chain of 10,000 directories
 //! is a real attack on a nightly backup), and a directory being worked on
 //! holds only what its visitor keeps for it until it is finished.
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rayon::prelude::*;
+
+/// A rayon pool with deep stacks (deep enough for what a worker does per entry; no walk recurses per
+/// directory level).
+pub(crate) fn worker_pool(jobs: usize, what: &'static str) -> io::Result<rayon::ThreadPool> {
+    let jobs = if jobs == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        jobs
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .stack_size(16 << 20)
+        .thread_name(move |i| format!("haul-{what}-{i}"))
+        .build()
+        .map_err(io::Error::other)
+}
 
 /// What a walk does at each directory. The walker owns the order; the
 /// visitor owns the meaning.

@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::index::MasterIndex;
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::{hostname, username, Repository};
-use crate::copy::EntryIssue;
+use crate::dest::EntryIssue;
 use crate::error::Error;
 use crate::filter::Filter;
 use crate::meta::{read_xattrs, FileKind, XTarget, XattrPolicy};

@@ -14,14 +14,15 @@ use haul_formats::{IndexEntry, Node, NodeKind, Xattr, MAX_DATA_BLOB_LEN};
 
 use super::index::MasterIndex;
 use super::Repository;
-use crate::copy::{
-    has_default_acl, open_or_create_root, worker_pool, CopyOptions, CopySummary, Fresh, Outcome,
-    Run, Target,
+use crate::dest::{
+    has_default_acl, open_or_create_root, CopySummary, DestWriter, Fresh, Outcome, Target,
+    WriteOptions,
 };
 use crate::error::{Error, Step, StepError};
 use crate::meta::{FileKind, Xattrs};
 use crate::progress::Progress;
 use crate::sys::{self, Stat};
+use crate::walk::worker_pool;
 use crate::walk::{walk, Opened, TreeVisitor};
 
 /// What to restore and how.
@@ -29,9 +30,17 @@ use crate::walk::{walk, Opened, TreeVisitor};
 pub struct RestoreOptions {
     /// Subtrees to restore (relative to the snapshot root); empty: everything.
     pub paths: Vec<PathBuf>,
-    /// Owner, xattr and ACL choices, id maps, `delete` and parallelism, as
-    /// for copy. (`checksum`, `filter` and `verify` are not used.)
-    pub copy: CopyOptions,
+    /// Worker threads; 0 picks one per CPU.
+    pub jobs: usize,
+    /// Remove what DST holds beyond the snapshot, and let a non-directory
+    /// replace a directory with contents.
+    pub delete: bool,
+    /// Entries never removed from DST.
+    pub filter: crate::Filter,
+    /// Report every change through [`Progress::change`].
+    pub record_changes: bool,
+    /// What the destination writer keeps, and whether it writes at all.
+    pub write: WriteOptions,
 }
 
 struct Ctx<'r> {
@@ -74,7 +83,7 @@ fn node_stat(n: &Node) -> Stat {
     }
 }
 
-fn node_xattrs(n: &Node, run: &Run<'_>) -> Xattrs {
+fn node_xattrs(n: &Node, run: &DestWriter<'_>) -> Xattrs {
     let p = run.policy;
     n.xattrs
         .iter()
@@ -109,8 +118,8 @@ impl Repository {
             repo: self,
             index: &index,
         };
-        let pool = worker_pool(opts.copy.jobs, "restore")
-            .map_err(|e| Error::io("starting workers", dst, e))?;
+        let pool =
+            worker_pool(opts.jobs, "restore").map_err(|e| Error::io("starting workers", dst, e))?;
         let single = snap.snapshot.paths.len() == 1;
         if single && opts.paths.is_empty() {
             // A snapshot of one file (or other non-directory) restores as
@@ -139,7 +148,13 @@ impl Repository {
                 .collect();
             nodes.push((rel, node));
         }
-        let mut run = Run::new(&opts.copy, progress);
+        let mut run = DestWriter::new(
+            &opts.write,
+            opts.delete,
+            &opts.filter,
+            opts.record_changes,
+            progress,
+        );
         let (root, existed) = open_or_create_root(dst, false)?;
         let root = root.expect("not a dry run");
         run.dst_root = Some(
@@ -226,7 +241,7 @@ impl Repository {
         let (dir, name) = match sys::stat_path(dst, true) {
             Ok(st) if st.kind() == FileKind::Dir => (dst.to_path_buf(), node.name.clone()),
             _ => {
-                let (dir, name) = crate::copy::split_parent(dst)?;
+                let (dir, name) = crate::dest::split_parent(dst)?;
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| Error::io("creating destination", &dir, e))?;
                 (dir, name.into_bytes())
@@ -234,7 +249,13 @@ impl Repository {
         };
         let d = sys::open_dir_path(&dir).map_err(|e| Error::io("opening destination", &dir, e))?;
         let cname = CString::new(name.clone()).map_err(|_| Error::invalid(dst, "NUL in name"))?;
-        let mut run = Run::new(&opts.copy, progress);
+        let mut run = DestWriter::new(
+            &opts.write,
+            opts.delete,
+            &opts.filter,
+            opts.record_changes,
+            progress,
+        );
         run.dst_root = Some(
             d.try_clone()
                 .map_err(|e| Error::io("opening destination", &dir, e))?,
@@ -317,7 +338,7 @@ struct RestoreSub {
 }
 
 /// Restore's [`TreeVisitor`].
-struct RestoreWalk<'r, 'a, 'c>(&'r Run<'a>, &'r Ctx<'c>);
+struct RestoreWalk<'r, 'a, 'c>(&'r DestWriter<'a>, &'r Ctx<'c>);
 
 impl TreeVisitor for RestoreWalk<'_, '_, '_> {
     type Dir = RestoreDir;
@@ -384,11 +405,11 @@ impl TreeVisitor for RestoreWalk<'_, '_, '_> {
     }
 }
 
-impl Run<'_> {
+impl DestWriter<'_> {
     /// With `--delete`, clears what the snapshot lacks from an existing
     /// directory, and orders its entries for restoring.
     fn restore_listing(&self, ctx: &Ctx<'_>, dir: &RestoreDir, nodes: Vec<Node>) -> Listing {
-        if !dir.fresh && self.opts.delete {
+        if !dir.fresh && self.delete {
             self.remove_extraneous(&dir.dst, &dir.rel, |name| {
                 nodes
                     .binary_search_by(|n| n.name.as_slice().cmp(name))
