@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::dest::leaf::{LeafSource, Place};
 use crate::dest::{
     has_default_acl, is_tmp_name, name_of, open_or_create_root, split_parent, CopySummary,
-    DestWriter, EntryIssue, Fresh, Outcome, Target, WriteOptions, MAX_ISSUES,
+    DestWriter, EntryIssue, Outcome, WriteOptions, MAX_ISSUES,
 };
 use crate::error::{Error, Step, StepError};
 use crate::filter::Filter;
@@ -476,6 +477,45 @@ fn planned_path(p: &Path) -> io::Result<PathBuf> {
     Ok(out)
 }
 
+/// A leaf of SRC, as the destination writer asks for it.
+struct LocalLeaf<'r, 'a> {
+    run: &'r Run<'a>,
+    dir: &'r File,
+    name: &'r CStr,
+    st: Stat,
+    rel: &'r Path,
+}
+
+impl LeafSource for LocalLeaf<'_, '_> {
+    fn stat(&self) -> &Stat {
+        &self.st
+    }
+
+    fn same_content(&self, d: &File, name: &CStr, cur: &Stat) -> Result<bool, StepError> {
+        self.run
+            .same_content(self.dir, self.name, d, name, &self.st, cur)
+    }
+
+    fn target(&self) -> Result<Vec<u8>, StepError> {
+        sys::readlink_at(self.dir, self.name).step("readlink")
+    }
+
+    fn xattrs(&self) -> Result<Xattrs, StepError> {
+        // By name: a leaf with no data to read is not opened at all (a tree
+        // of a million empty files is a real case).
+        read_xattrs(&XTarget::At(self.dir, self.name), self.run.policy).step("read xattrs")
+    }
+
+    fn fill(&self, out: &File) -> Result<(Stat, Xattrs), StepError> {
+        let mut want = self.st;
+        let src = self
+            .run
+            .copy_stable(self.dir, self.name, out, &mut want, self.rel)?;
+        let x = read_xattrs(&XTarget::Fd(&src), self.run.policy).step("read xattrs")?;
+        Ok((want, x))
+    }
+}
+
 impl<'a> Run<'a> {
     pub(crate) fn new(opts: &'a CopyOptions, progress: &'a dyn Progress) -> Run<'a> {
         Run {
@@ -630,7 +670,8 @@ impl<'a> Run<'a> {
         r
     }
 
-    /// A file, symlink, fifo, socket or device.
+    /// A file, symlink, fifo, socket or device, put through the
+    /// destination writer's one leaf function.
     fn leaf(
         &self,
         dir: &DirPair<'_>,
@@ -639,153 +680,19 @@ impl<'a> Run<'a> {
         rel: &Path,
         st: &Stat,
     ) -> Result<(), StepError> {
-        let cur = match dir.dst {
-            Some(d) if !dir.fresh => sys::stat_at_opt(d, dname).step("stat destination")?,
-            _ => None,
+        let src = LocalLeaf {
+            run: self,
+            dir: dir.src,
+            name: sname,
+            st: *st,
+            rel,
         };
-        let kind = st.kind();
-        // A destination inode that other names share can only be kept if the
-        // source entry is hardlinked too; otherwise fixing it in place would
-        // change those other names, so it is replaced, which breaks the link.
-        let same_type = cur.is_some_and(|c| c.kind() == kind && (c.nlink == 1 || st.nlink > 1));
-        let reusable = same_type
-            && match kind {
-                FileKind::File => {
-                    self.same_content(dir, sname, dname, st, cur.as_ref().unwrap())?
-                }
-                FileKind::Symlink => {
-                    let d = dir.dst.expect("cur implies dst");
-                    sys::readlink_at(dir.src, sname).step("readlink")?
-                        == sys::readlink_at(d, dname).step("readlink destination")?
-                }
-                FileKind::CharDev | FileKind::BlockDev => cur.unwrap().rdev == st.rdev,
-                _ => true,
-            };
-        if reusable {
-            let d = dir.dst.expect("cur implies dst");
-            let c = cur.expect("reusable implies cur");
-            let src_x =
-                read_xattrs(&XTarget::At(dir.src, sname), self.policy).step("read xattrs")?;
-            return self.fix_in_place(Target::At(d, dname, kind), st, &src_x, &c, rel);
-        }
-        if let (Some(d), Some(c)) = (dir.dst, &cur) {
-            self.may_replace(d, dname, Some(c))?;
-            if !self.opts.write.dry_run {
-                self.unlock(d, dname, c)?;
-            }
-        }
-        let outcome = if cur.is_some() {
-            Outcome::Updated
-        } else {
-            Outcome::Created
+        let at = Place {
+            dir: dir.dst,
+            fresh: dir.fresh,
+            acl_inherit: dir.acl_inherit,
         };
-        let Some(d) = dir.dst.filter(|_| !self.opts.write.dry_run) else {
-            self.record(outcome, rel);
-            return Ok(());
-        };
-        if kind == FileKind::File
-            && st.size == 0
-            && cur.is_none()
-            && self.create_empty(dir, sname, d, dname, st, rel)?
-        {
-            return Ok(());
-        }
-        let mut partial = Vec::new();
-        if kind == FileKind::File {
-            let f = self.put_new_file(d, dname, st.perm() & 0o777, cur, rel, |out| {
-                self.write_file(dir, sname, out, st, rel, &mut partial)
-            })?;
-            self.set_new_attrs(&f, st, &mut partial);
-        } else {
-            self.put_new_special(d, dname, cur, rel, |tmp| {
-                self.write_special(dir, sname, d, tmp, st, &mut partial)
-            })?;
-        }
-        self.record(outcome, rel);
-        self.partial(rel, partial);
-        Ok(())
-    }
-
-    /// A new empty file is created under its final name: it has no content a
-    /// crash could tear, and this saves a rename per file (a tree of a
-    /// million empty files is a real case). If a crash leaves its metadata
-    /// unfinished, the next run completes it: same size, another mtime, so
-    /// the contents are compared (equal) and the metadata fixed in place.
-    /// Returns false if the name was taken meanwhile (the caller then goes
-    /// the temporary-name way).
-    fn create_empty(
-        &self,
-        dir: &DirPair<'_>,
-        sname: &CStr,
-        d: &File,
-        dname: &CStr,
-        st: &Stat,
-        rel: &Path,
-    ) -> Result<bool, StepError> {
-        let out = match sys::create_excl_at(d, dname, st.perm() & 0o777) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => {
-                return Err(StepError {
-                    op: "create",
-                    err: e,
-                })
-            }
-        };
-        let none = Xattrs::new();
-        let have_x = (!dir.acl_inherit).then_some(&none);
-        let mut partial = Vec::new();
-        let src_x = read_xattrs(&XTarget::At(dir.src, sname), self.policy).step("read xattrs")?;
-        let have = sys::stat_fd(&out).step("stat new file")?;
-        self.sync_meta(
-            Target::Fd(&out),
-            st,
-            &src_x,
-            &have,
-            Fresh::Yes(have_x),
-            &mut partial,
-        )?;
-        self.set_new_attrs(&out, st, &mut partial);
-        self.record(Outcome::Created, rel);
-        self.partial(rel, partial);
-        Ok(true)
-    }
-
-    /// Fills the new regular file `out` with SRC's data and metadata.
-    fn write_file(
-        &self,
-        dir: &DirPair<'_>,
-        sname: &CStr,
-        out: &File,
-        st: &Stat,
-        rel: &Path,
-        partial: &mut Vec<String>,
-    ) -> Result<(), StepError> {
-        let sdir = dir.src;
-        // What a new entry carries before haul sets anything: no attributes,
-        // unless the directory hands down a default ACL.
-        let none = Xattrs::new();
-        let have_x = (!dir.acl_inherit).then_some(&none);
-        // An empty file has no data to read: its attributes are read by
-        // name, which saves an open and a close per file (a tree of a
-        // million empty files is a real case).
-        let mut want = *st;
-        let src_x = if st.size == 0 {
-            read_xattrs(&XTarget::At(sdir, sname), self.policy).step("read xattrs")?
-        } else {
-            let src = self.copy_stable(sdir, sname, out, &mut want, rel)?;
-            read_xattrs(&XTarget::Fd(&src), self.policy).step("read xattrs")?
-        };
-        let have = sys::stat_fd(out).step("stat new file")?;
-        self.sync_meta(
-            Target::Fd(out),
-            &want,
-            &src_x,
-            &have,
-            Fresh::Yes(have_x),
-            partial,
-        )
-        .map(drop)
+        self.put_leaf(at, dname, rel, &src)
     }
 
     /// Copies the data of `sname` (last seen as `want`) into `out`, and
@@ -849,37 +756,12 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Creates a symlink, fifo, socket or device under the temporary name
-    /// `tmp`, complete with metadata.
-    fn write_special(
-        &self,
-        dir: &DirPair<'_>,
-        sname: &CStr,
-        d: &File,
-        tmp: &CStr,
-        st: &Stat,
-        partial: &mut Vec<String>,
-    ) -> Result<(), StepError> {
-        let sdir = dir.src;
-        let kind = st.kind();
-        let none = Xattrs::new();
-        let have_x = (!dir.acl_inherit).then_some(&none);
-        let target = match kind {
-            FileKind::Symlink => Some(sys::readlink_at(sdir, sname).step("readlink")?),
-            _ => None,
-        };
-        let have = self.create_special(d, tmp, st, target.as_deref())?;
-        let src_x = read_xattrs(&XTarget::At(sdir, sname), self.policy).step("read xattrs")?;
-        let t = Target::At(d, tmp, kind);
-        self.sync_meta(t, st, &src_x, &have, Fresh::Yes(have_x), partial)
-            .map(drop)
-    }
-
     /// Whether an existing destination file already holds SRC's content.
     fn same_content(
         &self,
-        dir: &DirPair<'_>,
+        sdir: &File,
         sname: &CStr,
+        d: &File,
         dname: &CStr,
         st: &Stat,
         cur: &Stat,
@@ -890,8 +772,7 @@ impl<'a> Run<'a> {
         if !self.opts.checksum && cur.mtime == st.mtime {
             return Ok(true);
         }
-        let d = dir.dst.expect("cur implies dst");
-        let src = sys::open_read_at(dir.src, sname).step("open")?;
+        let src = sys::open_read_at(sdir, sname).step("open")?;
         let dst = sys::open_rw_at(d, dname).step("open destination")?;
         if self.opts.checksum {
             let a = hash_file(&src).step("read")?;

@@ -31,6 +31,8 @@ use crate::meta::{read_xattrs, sync_xattrs, FileKind, XTarget, XattrPolicy, Xatt
 use crate::progress::{Action, Progress};
 use crate::sys::{self, Stat};
 
+pub(crate) mod leaf;
+
 /// At most this many failed (and, separately, partial) entries are kept with
 /// their reasons; the rest are only counted, so memory stays bounded.
 pub(crate) const MAX_ISSUES: usize = 100_000;

@@ -14,10 +14,8 @@ use haul_formats::{IndexEntry, Node, NodeKind, Xattr, MAX_DATA_BLOB_LEN};
 
 use super::index::MasterIndex;
 use super::Repository;
-use crate::dest::{
-    has_default_acl, open_or_create_root, CopySummary, DestWriter, Fresh, Outcome, Target,
-    WriteOptions,
-};
+use crate::dest::leaf::{LeafSource, Place};
+use crate::dest::{has_default_acl, open_or_create_root, CopySummary, DestWriter, WriteOptions};
 use crate::error::{Error, Step, StepError};
 use crate::meta::{FileKind, Xattrs};
 use crate::progress::Progress;
@@ -330,6 +328,54 @@ struct RestoreDir {
 /// the index entry of its first chunk.
 type Listing = std::vec::IntoIter<(Option<IndexEntry>, Node)>;
 
+/// A snapshot's leaf node, as the destination writer asks for it.
+struct NodeLeaf<'r, 'a, 'c> {
+    w: &'r DestWriter<'a>,
+    ctx: &'r Ctx<'c>,
+    n: &'r Node,
+    st: Stat,
+    first: Option<&'r IndexEntry>,
+}
+
+impl LeafSource for NodeLeaf<'_, '_, '_> {
+    fn stat(&self) -> &Stat {
+        &self.st
+    }
+
+    /// The same quick check as copy's: size (checked by the caller) and mtime.
+    fn same_content(&self, _: &File, _: &CStr, cur: &Stat) -> Result<bool, StepError> {
+        Ok(cur.mtime == self.st.mtime)
+    }
+
+    fn target(&self) -> Result<Vec<u8>, StepError> {
+        match &self.n.kind {
+            NodeKind::Symlink { target } => Ok(target.clone()),
+            _ => Err(StepError {
+                op: "readlink",
+                err: io::Error::from_raw_os_error(libc::EINVAL),
+            }),
+        }
+    }
+
+    fn xattrs(&self) -> Result<Xattrs, StepError> {
+        Ok(node_xattrs(self.n, self.w))
+    }
+
+    fn fill(&self, out: &File) -> Result<(Stat, Xattrs), StepError> {
+        if let NodeKind::File { data_map, chunks } = &self.n.kind {
+            self.w.write_chunks(
+                self.ctx,
+                out,
+                self.n,
+                data_map.as_deref(),
+                chunks,
+                self.first,
+            )?;
+        }
+        Ok((self.st, node_xattrs(self.n, self.w)))
+    }
+}
+
 /// A subdirectory to restore, created when its turn comes.
 struct RestoreSub {
     node: Node,
@@ -503,67 +549,19 @@ impl DestWriter<'_> {
         fresh: bool,
         acl: bool,
     ) -> Result<(), StepError> {
-        let cur = if fresh {
-            None
-        } else {
-            sys::stat_at_opt(dst, name).step("stat destination")?
+        let src = NodeLeaf {
+            w: self,
+            ctx,
+            n,
+            st: *st,
+            first,
         };
-        let kind = st.kind();
-        let want_x = node_xattrs(n, self);
-        // Reuse what is there when it already holds this content (the same
-        // quick check as copy: size and mtime; targets for symlinks).
-        let reusable = cur.is_some_and(|c| {
-            c.kind() == kind
-                && (c.nlink == 1 || n.hardlink_group.is_some())
-                && match &n.kind {
-                    NodeKind::File { .. } => c.size == st.size && c.mtime == st.mtime,
-                    NodeKind::Symlink { target } => {
-                        sys::readlink_at(dst, name).is_ok_and(|t| &t == target)
-                    }
-                    NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } => {
-                        c.rdev == *rdev
-                    }
-                    _ => true,
-                }
-        });
-        if let (true, Some(c)) = (reusable, cur) {
-            return self.fix_in_place(Target::At(dst, name, kind), st, &want_x, &c, rel);
-        }
-        self.may_replace(dst, name, cur.as_ref())?;
-        let none = Xattrs::new();
-        let have_x = (!acl).then_some(&none);
-        let mut partial = Vec::new();
-        if let NodeKind::File { data_map, chunks } = &n.kind {
-            // Snapshots keep no chattr flags, so there are none to set after.
-            let _ = self.put_new_file(dst, name, st.perm() & 0o777, cur, rel, |out| {
-                self.write_chunks(ctx, out, n, data_map.as_deref(), chunks, first)?;
-                let have = sys::stat_fd(out).step("stat new file")?;
-                let t = Target::Fd(out);
-                self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)
-                    .map(drop)
-            })?;
-        } else {
-            let target = match &n.kind {
-                NodeKind::Symlink { target } => Some(&target[..]),
-                _ => None,
-            };
-            self.put_new_special(dst, name, cur, rel, |tmp| {
-                let have = self.create_special(dst, tmp, st, target)?;
-                let t = Target::At(dst, tmp, kind);
-                self.sync_meta(t, st, &want_x, &have, Fresh::Yes(have_x), &mut partial)
-                    .map(drop)
-            })?;
-        }
-        self.record(
-            if cur.is_some() {
-                Outcome::Updated
-            } else {
-                Outcome::Created
-            },
-            rel,
-        );
-        self.partial(rel, partial);
-        Ok(())
+        let at = Place {
+            dir: Some(dst),
+            fresh,
+            acl_inherit: acl,
+        };
+        self.put_leaf(at, name, rel, &src)
     }
 
     /// Writes a file's chunks at their offsets (leaving holes as holes) and
