@@ -50,7 +50,7 @@ pub struct CopyOptions {
 }
 
 /// A copy: the destination writer, and what only the source side needs.
-pub(crate) struct Run<'a> {
+pub(crate) struct Copier<'a> {
     w: DestWriter<'a>,
     opts: &'a CopyOptions,
     reflink_ok: AtomicBool,
@@ -58,7 +58,7 @@ pub(crate) struct Run<'a> {
     mismatches: Mutex<Vec<EntryIssue>>,
 }
 
-impl<'a> std::ops::Deref for Run<'a> {
+impl<'a> std::ops::Deref for Copier<'a> {
     type Target = DestWriter<'a>;
     fn deref(&self) -> &DestWriter<'a> {
         &self.w
@@ -118,12 +118,12 @@ struct SubDir {
 }
 
 /// The copy's [`TreeVisitor`].
-struct CopyWalk<'r, 'a>(&'r Run<'a>);
+struct CopyWalk<'r, 'a>(&'r Copier<'a>);
 
 impl<'a> TreeVisitor for CopyWalk<'_, 'a> {
     type Dir = CopyDir;
     type Listing = sys::DirStream;
-    type Ctx = Arc<File>;
+    type Shared = Arc<File>;
     type Item = sys::RawEntry;
     type Sub = SubDir;
 
@@ -162,7 +162,7 @@ impl<'a> TreeVisitor for CopyWalk<'_, 'a> {
 }
 
 /// `--verify`'s [`TreeVisitor`]: a directory holds nothing once listed.
-struct VerifyWalk<'r, 'a>(&'r Run<'a>);
+struct VerifyWalk<'r, 'a>(&'r Copier<'a>);
 
 /// A directory pair found by `--verify`, opened when its turn comes.
 struct VerifySub {
@@ -174,7 +174,7 @@ struct VerifySub {
 impl TreeVisitor for VerifyWalk<'_, '_> {
     type Dir = PathBuf;
     type Listing = sys::DirStream;
-    type Ctx = Arc<(File, File)>;
+    type Shared = Arc<(File, File)>;
     type Item = sys::RawEntry;
     type Sub = VerifySub;
 
@@ -253,7 +253,7 @@ pub fn copy(
     let src_st = sys::stat_path(src, true).map_err(|e| Error::io("reading source", src, e))?;
     let pool = worker_pool(opts.jobs, "copy").map_err(|e| Error::io("starting workers", src, e))?;
 
-    let mut run = Run::new(opts, progress);
+    let mut run = Copier::new(opts, progress);
 
     if src_st.kind() == FileKind::Dir {
         // Refused before DST is created: a refused run changes nothing.
@@ -479,7 +479,7 @@ fn planned_path(p: &Path) -> io::Result<PathBuf> {
 
 /// A leaf of SRC, as the destination writer asks for it.
 struct LocalLeaf<'r, 'a> {
-    run: &'r Run<'a>,
+    run: &'r Copier<'a>,
     dir: &'r File,
     name: &'r CStr,
     st: Stat,
@@ -516,9 +516,9 @@ impl LeafSource for LocalLeaf<'_, '_> {
     }
 }
 
-impl<'a> Run<'a> {
-    pub(crate) fn new(opts: &'a CopyOptions, progress: &'a dyn Progress) -> Run<'a> {
-        Run {
+impl<'a> Copier<'a> {
+    pub(crate) fn new(opts: &'a CopyOptions, progress: &'a dyn Progress) -> Copier<'a> {
+        Copier {
             w: DestWriter::new(
                 &opts.write,
                 opts.delete,

@@ -48,7 +48,7 @@ pub(crate) trait TreeVisitor: Sync {
     /// Shared by the entries of one listing (for example the source
     /// directory's handle), dropped once the listing and the subdirectories
     /// found in it no longer need it.
-    type Ctx: Send + Sync + Clone;
+    type Shared: Send + Sync + Clone;
     /// One listed entry.
     type Item: Send + Sync;
     /// A subdirectory found in a listing, not yet opened.
@@ -65,7 +65,7 @@ pub(crate) trait TreeVisitor: Sync {
     ) -> bool;
 
     /// Handles one entry; a subdirectory is handed back, to be walked.
-    fn visit(&self, dir: &Self::Dir, ctx: &Self::Ctx, item: &Self::Item) -> Option<Self::Sub>;
+    fn visit(&self, dir: &Self::Dir, ctx: &Self::Shared, item: &Self::Item) -> Option<Self::Sub>;
 
     /// Opens a subdirectory found in `parent`: `None` if that failed (the
     /// visitor reported it), else the directory and, unless it cannot be
@@ -97,7 +97,7 @@ pub(crate) fn next_dir_batch(
 /// An opened directory and, if it can be listed, its listing and context.
 pub(crate) type Opened<V> = (
     <V as TreeVisitor>::Dir,
-    Option<(<V as TreeVisitor>::Listing, <V as TreeVisitor>::Ctx)>,
+    Option<(<V as TreeVisitor>::Listing, <V as TreeVisitor>::Shared)>,
 );
 
 struct Node<D> {
@@ -151,7 +151,7 @@ fn step<'s, V: TreeVisitor>(
     v: &'s V,
     node: Arc<Node<V::Dir>>,
     mut listing: V::Listing,
-    ctx: V::Ctx,
+    ctx: V::Shared,
 ) {
     let mut items = Vec::new();
     if v.next_batch(&node.dir, &mut listing, &mut items) {
@@ -216,7 +216,7 @@ mod tests {
     impl TreeVisitor for Synthetic {
         type Dir = usize;
         type Listing = Vec<Option<usize>>;
-        type Ctx = ();
+        type Shared = ();
         type Item = Option<usize>;
         type Sub = usize;
 

@@ -37,7 +37,7 @@ pub const MAX_CONFIG_LEN: usize = 64 * 1024;
 
 /// The kinds of id-named files in a repository.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FileKind {
+pub enum RepoFile {
     /// `data/<2 hex>/<pack id>`: a pack file.
     Pack,
     /// `index/<id>`: an index file.
@@ -48,22 +48,22 @@ pub enum FileKind {
     Lock,
 }
 
-impl FileKind {
+impl RepoFile {
     /// All kinds, in the order a checker would list them.
-    pub const ALL: [FileKind; 4] = [
-        FileKind::Pack,
-        FileKind::Index,
-        FileKind::Snapshot,
-        FileKind::Lock,
+    pub const ALL: [RepoFile; 4] = [
+        RepoFile::Pack,
+        RepoFile::Index,
+        RepoFile::Snapshot,
+        RepoFile::Lock,
     ];
 
     /// The top-level directory holding this kind.
     pub const fn dir(self) -> &'static str {
         match self {
-            FileKind::Pack => DATA_DIR,
-            FileKind::Index => INDEX_DIR,
-            FileKind::Snapshot => SNAPSHOTS_DIR,
-            FileKind::Lock => LOCKS_DIR,
+            RepoFile::Pack => DATA_DIR,
+            RepoFile::Index => INDEX_DIR,
+            RepoFile::Snapshot => SNAPSHOTS_DIR,
+            RepoFile::Lock => LOCKS_DIR,
         }
     }
 
@@ -71,18 +71,18 @@ impl FileKind {
     pub fn path(self, id: &Id) -> String {
         let hex = id.to_hex();
         match self {
-            FileKind::Pack => format!("{DATA_DIR}/{}/{hex}", &hex[..2]),
+            RepoFile::Pack => format!("{DATA_DIR}/{}/{hex}", &hex[..2]),
             other => format!("{}/{hex}", other.dir()),
         }
     }
 
-    /// Recognises a key produced by [`FileKind::path`] (a listing entry);
+    /// Recognises a key produced by [`RepoFile::path`] (a listing entry);
     /// anything else, including a pack in the wrong fan-out directory, is
     /// `None`.
-    pub fn parse_path(path: &str) -> Option<(FileKind, Id)> {
+    pub fn parse_path(path: &str) -> Option<(RepoFile, Id)> {
         let (dir, rest) = path.split_once('/')?;
-        let kind = FileKind::ALL.into_iter().find(|k| k.dir() == dir)?;
-        let name = if kind == FileKind::Pack {
+        let kind = RepoFile::ALL.into_iter().find(|k| k.dir() == dir)?;
+        let name = if kind == RepoFile::Pack {
             let (fan, name) = rest.split_once('/')?;
             if fan.len() != 2 || !name.starts_with(fan) {
                 return None;
@@ -221,24 +221,24 @@ mod tests {
         let id = Id::hash(b"pack");
         let hex = id.to_hex();
         assert_eq!(
-            FileKind::Pack.path(&id),
+            RepoFile::Pack.path(&id),
             format!("data/{}/{hex}", &hex[..2])
         );
-        assert_eq!(FileKind::Index.path(&id), format!("index/{hex}"));
-        assert_eq!(FileKind::Snapshot.path(&id), format!("snapshots/{hex}"));
-        assert_eq!(FileKind::Lock.path(&id), format!("locks/{hex}"));
-        for kind in FileKind::ALL {
-            assert_eq!(FileKind::parse_path(&kind.path(&id)), Some((kind, id)));
+        assert_eq!(RepoFile::Index.path(&id), format!("index/{hex}"));
+        assert_eq!(RepoFile::Snapshot.path(&id), format!("snapshots/{hex}"));
+        assert_eq!(RepoFile::Lock.path(&id), format!("locks/{hex}"));
+        for kind in RepoFile::ALL {
+            assert_eq!(RepoFile::parse_path(&kind.path(&id)), Some((kind, id)));
         }
-        assert_eq!(FileKind::parse_path(&format!("data/00/{hex}")), None);
-        assert_eq!(FileKind::parse_path(&format!("data/{hex}")), None);
+        assert_eq!(RepoFile::parse_path(&format!("data/00/{hex}")), None);
+        assert_eq!(RepoFile::parse_path(&format!("data/{hex}")), None);
         assert_eq!(
-            FileKind::parse_path(&format!("index/{}", hex.to_uppercase())),
+            RepoFile::parse_path(&format!("index/{}", hex.to_uppercase())),
             None
         );
-        assert_eq!(FileKind::parse_path(&format!("keys/{hex}")), None);
-        assert_eq!(FileKind::parse_path("config"), None);
-        assert_eq!(FileKind::parse_path("index/é"), None);
+        assert_eq!(RepoFile::parse_path(&format!("keys/{hex}")), None);
+        assert_eq!(RepoFile::parse_path("config"), None);
+        assert_eq!(RepoFile::parse_path("index/é"), None);
     }
 
     #[test]

@@ -269,9 +269,9 @@ const TMPFILE_NO: u8 = 2;
 
 /// A new regular file being written, not yet under its final name: an
 /// unnamed `O_TMPFILE` inode (`tmp` is `None`) or a file under its
-/// temporary name. [`Run::publish`] names it; dropping it unpublished
+/// temporary name. [`DestWriter::publish`] names it; dropping it unpublished
 /// leaves nothing but, for a named one, the temporary name, which
-/// [`Run::discard`] removes.
+/// [`DestWriter::discard`] removes.
 struct NewFile {
     file: File,
     tmp: Option<CString>,
@@ -926,7 +926,7 @@ impl<'a> DestWriter<'a> {
         self.publish(d, f, name)
     }
 
-    /// [`Run::put_new_file`] for a symlink, fifo, socket or device: `write`
+    /// [`DestWriter::put_new_file`] for a symlink, fifo, socket or device: `write`
     /// creates it, with its metadata, under the temporary name it is given.
     pub(crate) fn put_new_special(
         &self,
@@ -947,7 +947,7 @@ impl<'a> DestWriter<'a> {
 
     /// Makes room for a new entry named `name`: a directory there (`cur`)
     /// is removed, since nothing can be renamed or linked over it. Without
-    /// `--delete` only an empty one is (see [`Run::may_replace`]).
+    /// `--delete` only an empty one is (see [`DestWriter::may_replace`]).
     fn clear_dir_for(
         &self,
         d: &File,

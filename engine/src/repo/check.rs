@@ -10,8 +10,8 @@
 use std::collections::{BTreeSet, HashSet};
 
 use haul_formats::{
-    bundle_member, decode_blob_unverified, merged_entries, FileKind as RepoFile, Id, IndexEntry,
-    Node, NodeKind, PackReader, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
+    bundle_member, decode_blob_unverified, merged_entries, Id, IndexEntry, Node, NodeKind,
+    PackReader, RepoFile, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
 };
 use rayon::prelude::*;
 use serde::Serialize;

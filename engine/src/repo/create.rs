@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use haul_formats::{
-    encode_blob_with_id, encode_tree, BlobKind, ChunkerParams, Extent, FileKind as RepoFile, Id,
-    Node, NodeKind, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
+    encode_blob_with_id, encode_tree, BlobKind, ChunkerParams, Extent, Id, Node, NodeKind,
+    RepoFile, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
 };
 use serde::Serialize;
 
@@ -101,31 +101,31 @@ pub(crate) fn hex_opt<S: serde::Serializer>(id: &Option<Id>, s: S) -> Result<S::
 }
 
 /// A per-entry problem, or one that stops the whole run.
-enum Fail {
+enum NodeError {
     Entry(String),
     Repo(Error),
 }
 
-impl From<Error> for Fail {
-    fn from(e: Error) -> Fail {
-        Fail::Repo(e)
+impl From<Error> for NodeError {
+    fn from(e: Error) -> NodeError {
+        NodeError::Repo(e)
     }
 }
 
 trait EntryCtx<T> {
-    fn ctx(self, op: &str) -> Result<T, Fail>;
+    fn ctx(self, op: &str) -> Result<T, NodeError>;
 }
 
 impl<T> EntryCtx<T> for io::Result<T> {
-    fn ctx(self, op: &str) -> Result<T, Fail> {
-        self.map_err(|e| Fail::Entry(format!("{op}: {e}")))
+    fn ctx(self, op: &str) -> Result<T, NodeError> {
+        self.map_err(|e| NodeError::Entry(format!("{op}: {e}")))
     }
 }
 
 /// (is a user, id) → name, as looked up on this host.
 type NameCache = HashMap<(bool, u32), Option<Vec<u8>>>;
 
-struct Backup<'a> {
+struct SnapshotWriter<'a> {
     repo: &'a Repository,
     index: &'a MasterIndex,
     packer: Packer<'a>,
@@ -204,14 +204,14 @@ struct CreateSub {
 }
 
 /// Create's [`TreeVisitor`].
-struct CreateWalk<'b, 'a>(&'b Backup<'a>);
+struct CreateWalk<'b, 'a>(&'b SnapshotWriter<'a>);
 
 impl CreateWalk<'_, '_> {
-    fn open_dir(&self, sub: CreateSub) -> Result<Option<Opened<Self>>, Fail> {
+    fn open_dir(&self, sub: CreateSub) -> Result<Option<Opened<Self>>, NodeError> {
         let b = self.0;
         let d = match sys::open_dir_at(&sub.parent, &sub.name) {
             Ok(d) => d,
-            Err(e) => return Err(Fail::Entry(format!("opening directory: {e}"))),
+            Err(e) => return Err(NodeError::Entry(format!("opening directory: {e}"))),
         };
         drop(sub.parent);
         let same = sub.old.as_ref().filter(|o| unchanged(o, &sub.st)).cloned();
@@ -222,8 +222,8 @@ impl CreateWalk<'_, '_> {
         let xattrs = match same {
             Some(_) => None,
             None => Some(b.xattrs(&XTarget::Fd(&d)).map_err(|f| match f {
-                Fail::Entry(m) => m,
-                Fail::Repo(e) => e.to_string(),
+                NodeError::Entry(m) => m,
+                NodeError::Repo(e) => e.to_string(),
             })),
         };
         let listing = match sys::DirStream::new(&d) {
@@ -264,7 +264,7 @@ impl CreateWalk<'_, '_> {
 impl TreeVisitor for CreateWalk<'_, '_> {
     type Dir = CreateDir;
     type Listing = sys::DirStream;
-    type Ctx = Arc<File>;
+    type Shared = Arc<File>;
     type Item = sys::RawEntry;
     type Sub = CreateSub;
 
@@ -313,8 +313,8 @@ impl TreeVisitor for CreateWalk<'_, '_> {
                 })
             }
             Ok(Entry::Skip) => {}
-            Err(Fail::Entry(msg)) => self.0.fail(&rel, msg),
-            Err(Fail::Repo(e)) => self.stop(e),
+            Err(NodeError::Entry(msg)) => self.0.fail(&rel, msg),
+            Err(NodeError::Repo(e)) => self.stop(e),
         }
         None
     }
@@ -326,11 +326,11 @@ impl TreeVisitor for CreateWalk<'_, '_> {
         let rel = sub.rel.clone();
         match self.open_dir(sub) {
             Ok(o) => o,
-            Err(Fail::Entry(msg)) => {
+            Err(NodeError::Entry(msg)) => {
                 self.0.fail(&rel, msg);
                 None
             }
-            Err(Fail::Repo(e)) => {
+            Err(NodeError::Repo(e)) => {
                 self.stop(e);
                 None
             }
@@ -405,7 +405,7 @@ fn unchanged(old: &Node, st: &Stat) -> bool {
         && old.ctime == ts(st.ctime)
 }
 
-impl Backup<'_> {
+impl SnapshotWriter<'_> {
     fn fail(&self, rel: &Path, reason: String) {
         let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         if f.len() < 100_000 {
@@ -523,7 +523,7 @@ impl Backup<'_> {
         }
     }
 
-    fn xattrs(&self, t: &XTarget<'_>) -> Result<Vec<Xattr>, Fail> {
+    fn xattrs(&self, t: &XTarget<'_>) -> Result<Vec<Xattr>, NodeError> {
         let policy = XattrPolicy {
             xattrs: true,
             acls: true,
@@ -552,11 +552,11 @@ impl Backup<'_> {
         name: &CStr,
         rel: &Path,
         old: Option<&Node>,
-    ) -> Result<Entry, Fail> {
+    ) -> Result<Entry, NodeError> {
         let st = match sys::stat_at(dir, name) {
             Ok(st) => st,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Entry::Skip),
-            Err(e) => return Err(Fail::Entry(format!("stat: {e}"))),
+            Err(e) => return Err(NodeError::Entry(format!("stat: {e}"))),
         };
         let kind = st.kind();
         if self.filter.excluded(rel, kind == FileKind::Dir) {
@@ -625,7 +625,7 @@ impl Backup<'_> {
         rel: &Path,
         st: &Stat,
         old: Option<&Node>,
-    ) -> Result<Node, Fail> {
+    ) -> Result<Node, NodeError> {
         let bname = name.to_bytes();
         // Same inode, size, mtime and ctime as in the parent snapshot: nothing
         // about the entry changed (any data, owner, mode or xattr change moves
@@ -643,17 +643,17 @@ impl Backup<'_> {
                 };
                 let walker = CreateWalk(self);
                 let Some(root) = walker.open_dir(sub)? else {
-                    return Err(Fail::Entry("opening directory failed".into()));
+                    return Err(NodeError::Entry("opening directory failed".into()));
                 };
                 walk(&walker, root);
                 if let Some(e) = self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    return Err(Fail::Repo(e));
+                    return Err(NodeError::Repo(e));
                 }
                 self.root_done
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .take()
-                    .ok_or_else(|| Fail::Entry("its tree could not be recorded".into()))
+                    .ok_or_else(|| NodeError::Entry("its tree could not be recorded".into()))
             }
             FileKind::File => {
                 // Reuse also requires every chunk to be indexed: a damaged or
@@ -736,7 +736,11 @@ impl Backup<'_> {
     }
 
     /// Reads a file's data regions and stores their chunks.
-    fn file_chunks(&self, f: &File, st: &Stat) -> Result<(Option<Vec<Extent>>, Vec<Id>), Fail> {
+    fn file_chunks(
+        &self,
+        f: &File,
+        st: &Stat,
+    ) -> Result<(Option<Vec<Extent>>, Vec<Id>), NodeError> {
         let size = st.size;
         let mut chunks = Vec::new();
         if size == 0 {
@@ -793,7 +797,7 @@ impl Backup<'_> {
                     .stream_chunks(section)
                     .map_err(|e| Error::corrupt("chunker", self.repo.location(), e))?;
                 for c in it {
-                    let c = c.map_err(|e| Fail::Entry(format!("read: {e}")))?;
+                    let c = c.map_err(|e| NodeError::Entry(format!("read: {e}")))?;
                     got += c.data.len() as u64;
                     self.bytes_read.fetch_add(c.data.len() as u64, Relaxed);
                     self.progress.bytes(c.data.len() as u64);
@@ -801,7 +805,7 @@ impl Backup<'_> {
                 }
             }
             if got != len {
-                return Err(Fail::Entry(format!(
+                return Err(NodeError::Entry(format!(
                     "file changed while it was read: expected {len} bytes at offset {off}, got {got}"
                 )));
             }
@@ -917,7 +921,7 @@ impl Repository {
                 .ok()
         });
 
-        let backup = Backup {
+        let backup = SnapshotWriter {
             repo: self,
             index: &index,
             packer: Packer::new(self),
@@ -1017,8 +1021,8 @@ impl Repository {
                             backup.count(&n, &st, &rel);
                             roots.push(n);
                         }
-                        Err(Fail::Repo(e)) => return Err(e),
-                        Err(Fail::Entry(msg)) => {
+                        Err(NodeError::Repo(e)) => return Err(e),
+                        Err(NodeError::Entry(msg)) => {
                             return Err(Error::io("reading source", p, io::Error::other(msg)))
                         }
                     }
@@ -1027,7 +1031,7 @@ impl Repository {
             })
         })?;
 
-        let Backup {
+        let SnapshotWriter {
             packer,
             files,
             dirs,

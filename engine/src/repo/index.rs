@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use haul_formats::{
-    pack_trailer_len, parse_pack_trailer, FileKind as RepoFile, FormatError, Id, IndexEntry,
-    IndexLayout, IndexReader, PACK_FOOTER_LEN,
+    pack_trailer_len, parse_pack_trailer, FormatError, Id, IndexEntry, IndexLayout, IndexReader,
+    RepoFile, PACK_FOOTER_LEN,
 };
 
 use super::Repository;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use haul_formats::{FileKind as RepoFile, Lock, Timestamp, MAX_LOCK_LEN};
+use haul_formats::{Lock, RepoFile, Timestamp, MAX_LOCK_LEN};
 
 use super::backend::Backend;
 use super::{hostname, username, Repository};

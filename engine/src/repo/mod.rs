@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use haul_formats::{
-    FileKind as RepoFile, Id, RepoConfig, Snapshot, Timestamp, CONFIG_FILE, DATA_DIR, INDEX_DIR,
-    KEYS_DIR, LOCKS_DIR, MAX_CONFIG_LEN, MAX_SNAPSHOT_LEN, SNAPSHOTS_DIR,
+    Id, RepoConfig, RepoFile, Snapshot, Timestamp, CONFIG_FILE, DATA_DIR, INDEX_DIR, KEYS_DIR,
+    LOCKS_DIR, MAX_CONFIG_LEN, MAX_SNAPSHOT_LEN, SNAPSHOTS_DIR,
 };
 
 use crate::error::Error;

@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use haul_formats::{
-    BlobKind, BundleBuilder, EncodedBlob, EncodedBundle, FileKind as RepoFile, Id, IndexEntry,
-    PackWriter,
+    BlobKind, BundleBuilder, EncodedBlob, EncodedBundle, Id, IndexEntry, PackWriter, RepoFile,
 };
 
 use super::Repository;

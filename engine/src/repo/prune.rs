@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use haul_formats::{
     bundle_member, decode_blob_unverified, encode_blob_with_id, merged_entries, BundleMember,
-    EncodedBlob, EncodedBundle, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind,
-    INDEX_RECORD_LEN, MAX_TREE_BLOB_LEN,
+    EncodedBlob, EncodedBundle, Id, IndexEntry, Node, NodeKind, RepoFile, INDEX_RECORD_LEN,
+    MAX_TREE_BLOB_LEN,
 };
 use serde::Serialize;
 

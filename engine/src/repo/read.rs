@@ -3,8 +3,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use haul_formats::{
-    bundle_member, decode_blob_into, decode_tree, FileKind as RepoFile, Id, IndexEntry, Node,
-    NodeKind, MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
+    bundle_member, decode_blob_into, decode_tree, Id, IndexEntry, Node, NodeKind, RepoFile,
+    MAX_DATA_BLOB_LEN, MAX_TREE_BLOB_LEN,
 };
 use serde::Serialize;
 

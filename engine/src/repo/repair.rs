@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use haul_formats::{
     bundle_member, decode_blob_unverified, encode_blob_with_id, encode_tree, merged_entries,
-    BlobKind, FileKind as RepoFile, Id, IndexEntry, Node, NodeKind, PackReader, MAX_TREE_BLOB_LEN,
+    BlobKind, Id, IndexEntry, Node, NodeKind, PackReader, RepoFile, MAX_TREE_BLOB_LEN,
 };
 use rayon::prelude::*;
 use serde::Serialize;

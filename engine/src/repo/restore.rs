@@ -41,7 +41,7 @@ pub struct RestoreOptions {
     pub write: WriteOptions,
 }
 
-struct Ctx<'r> {
+struct BlobSource<'r> {
     repo: &'r Repository,
     index: &'r MasterIndex,
 }
@@ -112,7 +112,7 @@ impl Repository {
             progress.discovery_done();
         }
         let index = self.load_index()?;
-        let ctx = Ctx {
+        let ctx = BlobSource {
             repo: self,
             index: &index,
         };
@@ -227,7 +227,7 @@ impl Repository {
     #[allow(clippy::too_many_arguments)]
     fn restore_lone(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &BlobSource<'_>,
         node: &Node,
         dst: &Path,
         pool: &rayon::ThreadPool,
@@ -331,7 +331,7 @@ type Listing = std::vec::IntoIter<(Option<IndexEntry>, Node)>;
 /// A snapshot's leaf node, as the destination writer asks for it.
 struct NodeLeaf<'r, 'a, 'c> {
     w: &'r DestWriter<'a>,
-    ctx: &'r Ctx<'c>,
+    ctx: &'r BlobSource<'c>,
     n: &'r Node,
     st: Stat,
     first: Option<&'r IndexEntry>,
@@ -384,12 +384,12 @@ struct RestoreSub {
 }
 
 /// Restore's [`TreeVisitor`].
-struct RestoreWalk<'r, 'a, 'c>(&'r DestWriter<'a>, &'r Ctx<'c>);
+struct RestoreWalk<'r, 'a, 'c>(&'r DestWriter<'a>, &'r BlobSource<'c>);
 
 impl TreeVisitor for RestoreWalk<'_, '_, '_> {
     type Dir = RestoreDir;
     type Listing = Listing;
-    type Ctx = ();
+    type Shared = ();
     type Item = (Option<IndexEntry>, Node);
     type Sub = RestoreSub;
 
@@ -454,7 +454,7 @@ impl TreeVisitor for RestoreWalk<'_, '_, '_> {
 impl DestWriter<'_> {
     /// With `--delete`, clears what the snapshot lacks from an existing
     /// directory, and orders its entries for restoring.
-    fn restore_listing(&self, ctx: &Ctx<'_>, dir: &RestoreDir, nodes: Vec<Node>) -> Listing {
+    fn restore_listing(&self, ctx: &BlobSource<'_>, dir: &RestoreDir, nodes: Vec<Node>) -> Listing {
         if !dir.fresh && self.delete {
             self.remove_extraneous(&dir.dst, &dir.rel, |name| {
                 nodes
@@ -491,7 +491,7 @@ impl DestWriter<'_> {
     /// to be walked; anything else is restored here.
     fn restore_node(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &BlobSource<'_>,
         dir: &RestoreDir,
         (first, n): &(Option<IndexEntry>, Node),
     ) -> Option<RestoreSub> {
@@ -539,7 +539,7 @@ impl DestWriter<'_> {
     #[allow(clippy::too_many_arguments)]
     fn restore_leaf(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &BlobSource<'_>,
         n: &Node,
         first: Option<&IndexEntry>,
         st: &Stat,
@@ -569,7 +569,7 @@ impl DestWriter<'_> {
     /// `first`: the first chunk's index entry, when the caller looked it up.
     fn write_chunks(
         &self,
-        ctx: &Ctx<'_>,
+        ctx: &BlobSource<'_>,
         out: &File,
         n: &Node,
         data_map: Option<&[haul_formats::Extent]>,
