@@ -1,5 +1,6 @@
-//! haul's engine: a parallel, full-fidelity tree copy, and (in later
-//! modules) snapshots and archives built on the same walker and metadata layer.
+//! haul's engine: a parallel, full-fidelity tree copy ([`copy`]), and
+//! snapshot repositories ([`Repository`]: create, restore, list, diff, check,
+//! repair, prune) built on the same walker and metadata layer.
 //!
 //! The engine knows nothing of terminals or argument parsing: callers pass
 //! options, receive progress through the [`Progress`] trait, and get a

@@ -339,7 +339,7 @@ pub fn pack_blobs(pack: &[u8]) -> Vec<PackBlob> {
 /// Byte offsets of the records of an index file, by blob id (hex). Layout:
 ///   header 32 B: "HAULINDX" | version u32 | flags u32 | pack_count u32 | reserved u32 |
 ///                record_count u64
-///   packs 32 B × pack_count, records 56 B × record_count (id [32] first), footer 32 B.
+///   packs 32 B × pack_count, records 56 B × record_count (id \[32\] first), footer 32 B.
 pub fn index_records(index: &[u8]) -> BTreeMap<String, usize> {
     assert!(
         index.len() >= 64 && &index[..8] == b"HAULINDX",

@@ -188,6 +188,9 @@ pub(crate) fn create_excl_at(dir: &File, name: &CStr, mode: u32) -> io::Result<F
 /// unless [`link_fd_at`] names it. Filesystems without `O_TMPFILE` answer
 /// `EOPNOTSUPP` (or `EISDIR` on kernels that predate it).
 pub(crate) fn open_tmpfile_at(dir: &File, mode: u32) -> io::Result<File> {
+    if super::fallbacks_forced() {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
     // SAFETY: valid fd and NUL-terminated name.
     cvt_fd(unsafe {
         libc::openat(
@@ -444,6 +447,9 @@ pub(crate) fn copy_range(
     off_out: u64,
     len: usize,
 ) -> io::Result<usize> {
+    if super::fallbacks_forced() {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
     let mut i = off_in as libc::loff_t;
     let mut o = off_out as libc::loff_t;
     // SAFETY: valid fds; offsets are passed by pointer to locals.
@@ -494,6 +500,9 @@ pub(crate) fn open_for_attrs_at(dir: &File, name: &CStr) -> io::Result<File> {
 
 /// `ioctl(FICLONE)`: share all of `src`'s extents with `dst` (reflink).
 pub(crate) fn reflink(src: &File, dst: &File) -> io::Result<()> {
+    if super::fallbacks_forced() {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
     const FICLONE: libc::c_ulong = 0x4004_9409;
     // SAFETY: FICLONE takes the source fd as its argument.
     cvt(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) }).map(drop)

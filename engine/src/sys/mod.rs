@@ -5,6 +5,13 @@
 //! multi-component path, so nothing written into a destination is resolved
 //! through a symlink (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`). On another OS a
 //! sibling of `linux.rs` would expose the same functions.
+//!
+//! Testing knob: with `HAUL_FORCE_FALLBACKS=1` in the environment of the
+//! process, [`open_tmpfile_at`], [`copy_range`] and [`reflink`] answer as a
+//! kernel or filesystem without `O_TMPFILE`, `copy_file_range` and `FICLONE`
+//! would (`EOPNOTSUPP`, `ENOSYS`, `EOPNOTSUPP`) without making the call, so
+//! the end-to-end tests can run the temporary-name and userspace-buffer
+//! paths, which no machine they run on would otherwise take.
 #![allow(unsafe_code)]
 
 #[cfg(target_os = "linux")]
@@ -17,6 +24,14 @@ compile_error!("haul currently supports Linux only");
 
 use std::fs::File;
 use std::io;
+use std::sync::OnceLock;
+
+/// Whether `HAUL_FORCE_FALLBACKS=1` is set (see the module doc). Read once:
+/// after that, a load of an initialised `OnceLock` on the fast paths.
+pub(crate) fn fallbacks_forced() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("HAUL_FORCE_FALLBACKS").is_some_and(|v| v == "1"))
+}
 
 /// Entries read from a directory per batch: enough to spread over workers,
 /// few enough that memory stays bounded in a directory of millions.
