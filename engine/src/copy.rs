@@ -597,7 +597,8 @@ pub fn copy(
             }
             pool.install(|| {
                 run.c.dirs.fetch_add(1, Relaxed);
-                if !existed && dst_dir.is_some() {
+                // Also in a dry run, which must count what a real run does.
+                if !existed {
                     run.record(Outcome::Created, Path::new(""));
                 }
                 let acl_inherit = dst_dir.as_ref().is_some_and(has_default_acl);
@@ -1019,9 +1020,8 @@ impl<'a> Run<'a> {
                 }
                 if self.opts.dry_run {
                     if !tmp {
-                        self.c.deleted.fetch_add(1, Relaxed);
-                        if self.opts.record_changes {
-                            self.progress.change(Action::Delete, &rel);
+                        if let Err(err) = self.dry_remove_tree(dst, &e.name, &rel) {
+                            self.fail(&rel, format!("deleting: {err}"));
                         }
                     }
                     continue;
@@ -1038,8 +1038,9 @@ impl<'a> Run<'a> {
     }
 
     /// `--delete` for a source that is not a directory (a snapshot's tree):
-    /// removes every entry of `dst` for which `wanted` is false, and counts
-    /// it as deleted. Leftover temporary files go too, uncounted.
+    /// removes every entry of `dst` for which `wanted` is false and that the
+    /// filter does not exclude, and counts it as deleted. Leftover temporary
+    /// files go too, uncounted. A dry run only counts and lists.
     pub(crate) fn remove_extraneous(&self, dst: &File, rel: &Path, wanted: impl Fn(&[u8]) -> bool) {
         let r = sys::each_batch(dst, |batch| -> io::Result<()> {
             for e in batch {
@@ -1048,11 +1049,27 @@ impl<'a> Run<'a> {
                     continue;
                 }
                 let crel = rel.join(name_of(&e.name));
-                let tmp = is_tmp_name(name)
-                    && sys::stat_at(dst, &e.name).is_ok_and(|st| st.kind() != FileKind::Dir);
+                let is_dir = match e.d_type {
+                    sys::DT_DIR => true,
+                    sys::DT_UNKNOWN => match sys::stat_at_opt(dst, &e.name) {
+                        Ok(Some(st)) => st.kind() == FileKind::Dir,
+                        Ok(None) => continue,
+                        Err(err) => {
+                            self.fail(&crel, format!("stat destination: {err}"));
+                            continue;
+                        }
+                    },
+                    _ => false,
+                };
+                let tmp = is_tmp_name(name) && !is_dir;
+                if !tmp && self.opts.filter.excluded(&crel, is_dir) {
+                    continue;
+                }
                 if self.opts.dry_run {
                     if !tmp {
-                        self.c.deleted.fetch_add(1, Relaxed);
+                        if let Err(err) = self.dry_remove_tree(dst, &e.name, &crel) {
+                            self.fail(&crel, format!("deleting: {err}"));
+                        }
                     }
                     continue;
                 }
@@ -1150,6 +1167,69 @@ impl<'a> Run<'a> {
                 self.deleted(report, &crel);
             }
         }
+        Ok(())
+    }
+
+    /// A dry run's [`Run::remove_tree`]: counts and lists as deleted what
+    /// it would remove, and touches nothing. Like it, it stops with an
+    /// error at an entry the filter excludes (what was counted before stays
+    /// counted, as what was removed before stays removed). Depth first from
+    /// a list of directories still to read, each named by its parent's
+    /// handle, as [`scan`] goes: no recursion.
+    pub(crate) fn dry_remove_tree(
+        &self,
+        dir: &File,
+        name: &CStr,
+        rel: &Path,
+    ) -> Result<(), StepError> {
+        let st = sys::stat_at(dir, name).step("stat")?;
+        if st.kind() != FileKind::Dir {
+            self.deleted(true, rel);
+            return Ok(());
+        }
+        let mut todo: Vec<(Arc<File>, CString, PathBuf)> = Vec::new();
+        let first = sys::open_dir_at(dir, name).step("open directory")?;
+        let mut next = Some((first, rel.to_path_buf()));
+        loop {
+            let (d, drel) = match next.take() {
+                Some(x) => x,
+                None => {
+                    let Some((parent, name, crel)) = todo.pop() else {
+                        break;
+                    };
+                    let d = sys::open_dir_at(&parent, &name).step("open directory")?;
+                    (d, crel)
+                }
+            };
+            let d = Arc::new(d);
+            let mut excluded = false;
+            sys::each_batch(&d, |batch| -> io::Result<()> {
+                for e in batch {
+                    if excluded {
+                        break;
+                    }
+                    let crel = drel.join(name_of(&e.name));
+                    let is_dir = sys::stat_at(&d, &e.name)?.kind() == FileKind::Dir;
+                    if self.opts.filter.excluded(&crel, is_dir) {
+                        excluded = true;
+                        break;
+                    }
+                    if is_dir {
+                        todo.push((d.clone(), e.name.clone(), crel.clone()));
+                    }
+                    self.deleted(true, &crel);
+                }
+                Ok(())
+            })
+            .step("read directory")?;
+            if excluded {
+                return Err(StepError {
+                    op: "cannot remove directory holding excluded entries",
+                    err: io::Error::from_raw_os_error(libc::ENOTEMPTY),
+                });
+            }
+        }
+        self.deleted(true, rel);
         Ok(())
     }
 

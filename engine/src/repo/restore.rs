@@ -29,8 +29,9 @@ use crate::walk::{walk, Opened, TreeVisitor};
 pub struct RestoreOptions {
     /// Subtrees to restore (relative to the snapshot root); empty: everything.
     pub paths: Vec<PathBuf>,
-    /// Owner, xattr and ACL choices, id maps, `delete` and parallelism, as
-    /// for copy. (`checksum`, `filter` and `verify` are not used.)
+    /// Owner, xattr and ACL choices, id maps, `delete`, `filter` (matched
+    /// against paths relative to DST), `dry_run`, `record_changes` and
+    /// parallelism, as for copy. (`checksum` and `verify` are not used.)
     pub copy: CopyOptions,
 }
 
@@ -139,13 +140,19 @@ impl Repository {
                 .collect();
             nodes.push((rel, node));
         }
+        let dry = opts.copy.dry_run;
         let mut run = Run::new(&opts.copy, progress);
-        let (root, existed) = open_or_create_root(dst, false)?;
-        let root = root.expect("not a dry run");
-        run.dst_root = Some(
-            root.try_clone()
-                .map_err(|e| Error::io("opening destination", dst, e))?,
-        );
+        // In a dry run a missing DST stays missing: `root` is then `None`,
+        // and everything below it would be created.
+        let (root, existed) = open_or_create_root(dst, dry)?;
+        let clone = |f: &File| {
+            f.try_clone()
+                .map_err(|e| Error::io("opening destination", dst, e))
+        };
+        run.dst_root = root.as_ref().map(clone).transpose()?;
+        if !existed {
+            run.record(Outcome::Created, Path::new(""));
+        }
         let run = &run;
         let restored = pool.install(|| -> Result<(), Error> {
             for (rel, node) in &nodes {
@@ -158,10 +165,8 @@ impl Repository {
                     };
                     let children = self.load_tree(&index, subtree)?;
                     let dir = RestoreDir {
-                        acl: has_default_acl(&root),
-                        dst: root
-                            .try_clone()
-                            .map_err(|e| Error::io("opening destination", dst, e))?,
+                        acl: root.as_ref().is_some_and(has_default_acl),
+                        dst: root.as_ref().map(clone).transpose()?,
                         rel: PathBuf::new(),
                         fresh: !existed,
                         existed,
@@ -171,14 +176,14 @@ impl Repository {
                     let listing = run.restore_listing(&ctx, &dir, children);
                     walk(&RestoreWalk(run, &ctx), (dir, Some((listing, ()))));
                 } else {
-                    let (parent, _) = open_parents(&root, &rel)
+                    let parent = open_parents(root.as_ref(), &rel, !dry)
                         .map_err(|e| Error::io("creating parents", dst.join(&rel), e))?;
-                    let acl = has_default_acl(&parent);
+                    let acl = parent.as_ref().is_none_or(has_default_acl);
                     let at = RestoreDir {
+                        fresh: parent.is_none(),
+                        existed: parent.is_some(),
                         dst: parent,
                         rel: rel.parent().map(Path::to_path_buf).unwrap_or_default(),
-                        fresh: false,
-                        existed: true,
                         acl,
                         node: None,
                     };
@@ -194,7 +199,7 @@ impl Repository {
             Ok(())
         });
         if let Err(e) = restored {
-            if !existed {
+            if !existed && !dry {
                 // Only if still empty: a refused restore leaves no DST behind.
                 let _ = std::fs::remove_dir(dst);
             }
@@ -223,28 +228,37 @@ impl Repository {
         start: std::time::Instant,
         lock: &super::LockGuard<'_>,
     ) -> Result<CopySummary, Error> {
+        let dry = opts.copy.dry_run;
         let (dir, name) = match sys::stat_path(dst, true) {
             Ok(st) if st.kind() == FileKind::Dir => (dst.to_path_buf(), node.name.clone()),
             _ => {
                 let (dir, name) = crate::copy::split_parent(dst)?;
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| Error::io("creating destination", &dir, e))?;
+                if !dry {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| Error::io("creating destination", &dir, e))?;
+                }
                 (dir, name.into_bytes())
             }
         };
-        let d = sys::open_dir_path(&dir).map_err(|e| Error::io("opening destination", &dir, e))?;
+        let d = match sys::open_dir_path(&dir) {
+            Ok(d) => Some(d),
+            // A dry run creates no parents: the file would be new.
+            Err(e) if dry && e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("opening destination", &dir, e)),
+        };
         let cname = CString::new(name.clone()).map_err(|_| Error::invalid(dst, "NUL in name"))?;
         let mut run = Run::new(&opts.copy, progress);
-        run.dst_root = Some(
-            d.try_clone()
-                .map_err(|e| Error::io("opening destination", &dir, e))?,
-        );
-        let acl = has_default_acl(&d);
+        run.dst_root = d
+            .as_ref()
+            .map(File::try_clone)
+            .transpose()
+            .map_err(|e| Error::io("opening destination", &dir, e))?;
+        let acl = d.as_ref().is_none_or(has_default_acl);
         let at = RestoreDir {
+            fresh: d.is_none(),
+            existed: d.is_some(),
             dst: d,
             rel: PathBuf::new(),
-            fresh: false,
-            existed: true,
             acl,
             node: None,
         };
@@ -271,31 +285,37 @@ impl Repository {
     }
 }
 
-/// Opens (creating as needed) the directories above `rel` inside `root`,
-/// one component at a time without following symlinks.
-fn open_parents(root: &File, rel: &Path) -> io::Result<(File, CString)> {
-    let name = rel
-        .file_name()
-        .ok_or_else(|| io::Error::other("empty path"))?;
+/// Opens the directories above `rel` inside `root`, one component at a
+/// time without following symlinks, creating them as needed if `create`.
+/// `None` (only without `create`): one does not exist (or `root` does not).
+fn open_parents(root: Option<&File>, rel: &Path, create: bool) -> io::Result<Option<File>> {
+    let Some(root) = root else { return Ok(None) };
     let mut d = root.try_clone()?;
     if let Some(parent) = rel.parent() {
         for c in parent.components() {
             let c = CString::new(c.as_os_str().as_bytes())?;
-            match sys::mkdir_at(&d, &c, 0o755) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
+            if create {
+                match sys::mkdir_at(&d, &c, 0o755) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
             }
-            d = sys::open_dir_at(&d, &c)?;
+            d = match sys::open_dir_at(&d, &c) {
+                Ok(d) => d,
+                Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
         }
     }
-    Ok((d, CString::new(name.as_bytes())?))
+    Ok(Some(d))
 }
 
 /// A directory being restored, kept by the walk until everything below it
 /// is done, when its metadata (that of `node`) is applied.
 struct RestoreDir {
-    dst: File,
+    /// `None` in a dry run below a directory that does not exist yet.
+    dst: Option<File>,
     rel: PathBuf,
     fresh: bool,
     existed: bool,
@@ -341,9 +361,10 @@ impl TreeVisitor for RestoreWalk<'_, '_, '_> {
         let NodeKind::Dir { subtree } = &node.kind else {
             return None;
         };
-        let (d, existed) = match run.ensure_dir(Some(&parent.dst), parent.fresh, &name, &rel) {
-            Ok((Some(d), e)) => (d, e),
-            Ok((None, _)) => return None,
+        // In a dry run a directory that is not there yet has no handle
+        // (`None`), and everything below it is walked as new.
+        let (d, existed) = match run.ensure_dir(parent.dst.as_ref(), parent.fresh, &name, &rel) {
+            Ok(x) => x,
             Err(e) => {
                 run.fail(&rel, e);
                 return None;
@@ -351,10 +372,9 @@ impl TreeVisitor for RestoreWalk<'_, '_, '_> {
         };
         let children = self.1.repo.load_tree(self.1.index, subtree);
         let dir = RestoreDir {
-            acl: if existed {
-                has_default_acl(&d)
-            } else {
-                parent.acl
+            acl: match &d {
+                Some(d) if existed => has_default_acl(d),
+                _ => parent.acl,
             },
             dst: d,
             rel,
@@ -375,8 +395,8 @@ impl TreeVisitor for RestoreWalk<'_, '_, '_> {
     }
 
     fn finish(&self, dir: &RestoreDir, _: Option<&RestoreDir>) {
-        if let Some(n) = &dir.node {
-            self.0.restore_dir_meta(n, &dir.dst, dir.existed, &dir.rel);
+        if let (Some(n), Some(d)) = (&dir.node, &dir.dst) {
+            self.0.restore_dir_meta(n, d, dir.existed, &dir.rel);
         }
         if !dir.rel.as_os_str().is_empty() {
             self.0.progress.entry_done();
@@ -388,8 +408,8 @@ impl Run<'_> {
     /// With `--delete`, clears what the snapshot lacks from an existing
     /// directory, and orders its entries for restoring.
     fn restore_listing(&self, ctx: &Ctx<'_>, dir: &RestoreDir, nodes: Vec<Node>) -> Listing {
-        if !dir.fresh && self.opts.delete {
-            self.remove_extraneous(&dir.dst, &dir.rel, |name| {
+        if let (false, true, Some(d)) = (dir.fresh, self.opts.delete, &dir.dst) {
+            self.remove_extraneous(d, &dir.rel, |name| {
                 nodes
                     .binary_search_by(|n| n.name.as_slice().cmp(name))
                     .is_ok()
@@ -432,9 +452,13 @@ impl Run<'_> {
             return None;
         };
         let rel = dir.rel.join(OsStr::from_bytes(&n.name));
+        let is_dir = matches!(n.kind, NodeKind::Dir { .. });
+        if self.opts.filter.excluded(&rel, is_dir) {
+            return None;
+        }
         let st = node_stat(n);
         self.check_owner_map(&st, &rel);
-        if let NodeKind::Dir { .. } = &n.kind {
+        if is_dir {
             self.count_source(&st, false);
             return Some(RestoreSub {
                 node: n.clone(),
@@ -442,10 +466,10 @@ impl Run<'_> {
                 rel,
             });
         }
-        let (dst, fresh, acl) = (&dir.dst, dir.fresh, dir.acl);
+        let (dst, fresh, acl) = (dir.dst.as_ref(), dir.fresh, dir.acl);
         let first = first.as_ref();
         let r = if let Some(g) = n.hardlink_group {
-            match self.linked((u64::MAX, g), Some(dst), &name, &rel, || {
+            match self.linked((u64::MAX, g), dst, &name, &rel, || {
                 self.restore_leaf(ctx, n, first, &st, dst, &name, &rel, fresh, acl)
             }) {
                 Ok((leader, r)) => {
@@ -476,22 +500,26 @@ impl Run<'_> {
         n: &Node,
         first: Option<&IndexEntry>,
         st: &Stat,
-        dst: &File,
+        dst: Option<&File>,
         name: &CStr,
         rel: &Path,
         fresh: bool,
         acl: bool,
     ) -> Result<(), StepError> {
-        let cur = if fresh {
-            None
-        } else {
-            sys::stat_at_opt(dst, name).step("stat destination")?
+        // What is there now, and its directory (both `None` when nothing
+        // can be there: a new directory, or in a dry run one not there yet).
+        let (cur, dst) = match dst {
+            Some(d) if !fresh => match sys::stat_at_opt(d, name).step("stat destination")? {
+                Some(c) => (Some(c), Some(d)),
+                None => (None, Some(d)),
+            },
+            d => (None, d),
         };
         let kind = st.kind();
         let want_x = node_xattrs(n, self);
         // Reuse what is there when it already holds this content (the same
         // quick check as copy: size and mtime; targets for symlinks).
-        let reusable = cur.is_some_and(|c| {
+        let reusable = cur.zip(dst).is_some_and(|(c, dst)| {
             c.kind() == kind
                 && (c.nlink == 1 || n.hardlink_group.is_some())
                 && match &n.kind {
@@ -505,9 +533,29 @@ impl Run<'_> {
                     _ => true,
                 }
         });
-        if let (true, Some(c)) = (reusable, cur) {
-            return self.fix_in_place(Target::At(dst, name, kind), st, &want_x, &c, rel);
+        if let (true, Some(c), Some(d)) = (reusable, cur, dst) {
+            return self.fix_in_place(Target::At(d, name, kind), st, &want_x, &c, rel);
         }
+        let outcome = if cur.is_some() {
+            Outcome::Updated
+        } else {
+            Outcome::Created
+        };
+        let dst = match dst {
+            Some(d) if !self.opts.dry_run => d,
+            d => {
+                // A dry run: what a real run would replace and remove is
+                // counted and listed as it would be, and nothing is touched.
+                if let (Some(d), Some(c)) = (d, &cur) {
+                    self.may_replace(d, name, Some(c))?;
+                    if c.kind() == FileKind::Dir && self.opts.delete {
+                        self.dry_remove_tree(d, name, rel)?;
+                    }
+                }
+                self.record(outcome, rel);
+                return Ok(());
+            }
+        };
         self.may_replace(dst, name, cur.as_ref())?;
         let none = Xattrs::new();
         let have_x = (!acl).then_some(&none);
@@ -533,14 +581,7 @@ impl Run<'_> {
                     .map(drop)
             })?;
         }
-        self.record(
-            if cur.is_some() {
-                Outcome::Updated
-            } else {
-                Outcome::Created
-            },
-            rel,
-        );
+        self.record(outcome, rel);
         self.partial(rel, partial);
         Ok(())
     }
