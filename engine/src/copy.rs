@@ -1336,7 +1336,8 @@ impl<'a> Run<'a> {
     }
 
     /// Hardlink groups, for any source: `key` names the inode. The first
-    /// name met is written by `write_first`; later names are linked to it.
+    /// name met is written by `write_first`, which says whether it kept the
+    /// inode already there; later names are linked to it.
     /// Returns (whether this was the first name, the write's result).
     #[allow(clippy::type_complexity)]
     pub(crate) fn linked(
@@ -1345,7 +1346,7 @@ impl<'a> Run<'a> {
         dst: Option<&File>,
         dname: &CStr,
         rel: &Path,
-        write_first: impl FnOnce() -> Result<(), StepError>,
+        write_first: impl FnOnce() -> Result<bool, StepError>,
     ) -> Result<(bool, Result<(), StepError>), StepError> {
         // A later name must be linked while its directory is still being
         // processed (its metadata is applied afterwards), so it waits for the
@@ -1380,14 +1381,16 @@ impl<'a> Run<'a> {
         }
         let r = write_first();
         let state = match (&r, dst) {
-            (Ok(_), Some(d)) => match sys::stat_at(d, dname) {
+            // In a dry run the first name still has its old inode, which
+            // the later names keep only if a real run would keep it too.
+            (Ok(kept), Some(d)) if *kept || !self.opts.dry_run => match sys::stat_at(d, dname) {
                 Ok(s) => Link::Done {
                     rel: rel.to_path_buf(),
                     dst: Some((s.dev, s.ino)),
                 },
                 Err(_) => Link::Failed,
             },
-            (Ok(_), None) => Link::Done {
+            (Ok(_), _) => Link::Done {
                 rel: rel.to_path_buf(),
                 dst: None,
             },
@@ -1397,7 +1400,7 @@ impl<'a> Run<'a> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, state);
-        Ok((true, r))
+        Ok((true, r.map(drop)))
     }
 
     /// Makes `dname` in `dst` another name of the destination inode first
@@ -1535,7 +1538,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// A file, symlink, fifo, socket or device.
+    /// A file, symlink, fifo, socket or device. Returns whether the entry
+    /// already in DST was kept (its metadata fixed in place, if need be).
     fn leaf(
         &self,
         dir: &DirPair<'_>,
@@ -1543,7 +1547,7 @@ impl<'a> Run<'a> {
         dname: &CStr,
         rel: &Path,
         st: &Stat,
-    ) -> Result<(), StepError> {
+    ) -> Result<bool, StepError> {
         let cur = match dir.dst {
             Some(d) if !dir.fresh => sys::stat_at_opt(d, dname).step("stat destination")?,
             _ => None,
@@ -1571,7 +1575,9 @@ impl<'a> Run<'a> {
             let c = cur.expect("reusable implies cur");
             let src_x =
                 read_xattrs(&XTarget::At(dir.src, sname), self.policy).step("read xattrs")?;
-            return self.fix_in_place(Target::At(d, dname, kind), st, &src_x, &c, rel);
+            return self
+                .fix_in_place(Target::At(d, dname, kind), st, &src_x, &c, rel)
+                .map(|()| true);
         }
         if let (Some(d), Some(c)) = (dir.dst, &cur) {
             self.may_replace(d, dname, Some(c))?;
@@ -1586,14 +1592,14 @@ impl<'a> Run<'a> {
         };
         let Some(d) = dir.dst.filter(|_| !self.opts.dry_run) else {
             self.record(outcome, rel);
-            return Ok(());
+            return Ok(false);
         };
         if kind == FileKind::File
             && st.size == 0
             && cur.is_none()
             && self.create_empty(dir, sname, d, dname, st, rel)?
         {
-            return Ok(());
+            return Ok(false);
         }
         let mut partial = Vec::new();
         if kind == FileKind::File {
@@ -1608,7 +1614,7 @@ impl<'a> Run<'a> {
         }
         self.record(outcome, rel);
         self.partial(rel, partial);
-        Ok(())
+        Ok(false)
     }
 
     /// A new empty file is created under its final name: it has no content a

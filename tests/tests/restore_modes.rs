@@ -30,7 +30,14 @@ fn all() -> CompareOpts {
 
 /// The counts a run reports: created, updated, metadata_only, unchanged, deleted.
 fn counts(v: &serde_json::Value) -> [u64; 5] {
-    ["created", "updated", "metadata_only", "unchanged", "deleted"].map(|k| json_count(v, k))
+    [
+        "created",
+        "updated",
+        "metadata_only",
+        "unchanged",
+        "deleted",
+    ]
+    .map(|k| json_count(v, k))
 }
 
 /// The `changes` of a JSON summary as a set of (action, path).
@@ -201,7 +208,11 @@ fn restore_delete_keeps_excluded_paths_and_restores_no_excluded_entry() {
     let v = r.expect_clean();
     assert_eq!(
         change_set(&v),
-        set(&[("delete", "added.txt"), ("metadata", "."), ("metadata", "sub")]),
+        set(&[
+            ("delete", "added.txt"),
+            ("metadata", "."),
+            ("metadata", "sub")
+        ]),
         "{}",
         r.describe()
     );
@@ -261,7 +272,12 @@ fn restore_dry_run_on_an_existing_dst_touches_nothing_and_lists_what_a_restore_d
     let r = repo.restore(&id, &dst, &["-n"]);
     r.expect_code(3);
     let v = r.json();
-    assert_eq!(json_paths(&v, "failed"), ["was_file.txt"], "{}", r.describe());
+    assert_eq!(
+        json_paths(&v, "failed"),
+        ["was_file.txt"],
+        "{}",
+        r.describe()
+    );
     assert_eq!(json_count(&v, "deleted"), 0, "{}", r.describe());
     before.assert_unchanged("restore -n");
 
@@ -382,4 +398,45 @@ fn copy_dry_run_counts_what_the_real_run_does() {
     assert_eq!(json_count(&real, "deleted"), 3, "{}", r.describe());
     assert_eq!(change_set(&dry), change_set(&real), "{}", r.describe());
     assert_eq!(counts(&dry), counts(&real), "{}", r.describe());
+}
+
+#[test]
+fn dry_runs_relink_every_name_of_a_hardlinked_file_a_real_run_rewrites() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fixture::write_file(&src.join("h1"), b"linked\n");
+    fixture::hardlink(&src.join("h1"), &src.join("h2"));
+    let repo = Repo::new(t.path().join("repo"));
+    let id = repo.create_id(&[&src], &[]);
+    let rdst = t.path().join("restored");
+    repo.restore(&id, &rdst, &[]).expect_clean();
+    let cdst = t.path().join("copied");
+    haul_copy(&[], &src, &cdst).expect_clean();
+    let both = set(&[("update", "h1"), ("update", "h2")]);
+    for dst in [&rdst, &cdst] {
+        // Both names see the new content: the real run rewrites the first
+        // name as a new inode and links the second to it.
+        fixture::overwrite_in_place(&dst.join("h1"), b"changed, longer\n");
+        let before = Untouched::record(dst);
+        let run = |extra: &str| {
+            if dst == &rdst {
+                repo.restore(&id, dst, &[extra])
+            } else {
+                haul_copy(&[extra], &src, dst)
+            }
+        };
+        let dry = run("-n");
+        before.assert_unchanged("a dry run over a hardlinked pair");
+        let real = run("-v");
+        let (d, r) = (dry.expect_clean(), real.expect_clean());
+        let files = |v: &serde_json::Value| -> BTreeSet<(String, String)> {
+            change_set(v)
+                .into_iter()
+                .filter(|(_, p)| p != ".")
+                .collect()
+        };
+        assert_eq!(files(&d), both, "{}", dry.describe());
+        assert_eq!(files(&r), both, "{}", real.describe());
+        assert_eq!(read(&dst.join("h2")), b"linked\n");
+    }
 }

@@ -481,6 +481,7 @@ impl Run<'_> {
         } else {
             self.count_source(&st, false);
             self.restore_leaf(ctx, n, first, &st, dst, &name, &rel, fresh, acl)
+                .map(drop)
         };
         if let Err(e) = r {
             self.fail(&rel, e);
@@ -493,6 +494,7 @@ impl Run<'_> {
         self.apply_dir_meta(d, &node_stat(n), || Ok(node_xattrs(n, self)), existed, rel);
     }
 
+    /// A non-directory; returns whether the entry already in DST was kept.
     #[allow(clippy::too_many_arguments)]
     fn restore_leaf(
         &self,
@@ -505,7 +507,7 @@ impl Run<'_> {
         rel: &Path,
         fresh: bool,
         acl: bool,
-    ) -> Result<(), StepError> {
+    ) -> Result<bool, StepError> {
         // What is there now, and its directory (both `None` when nothing
         // can be there: a new directory, or in a dry run one not there yet).
         let (cur, dst) = match dst {
@@ -534,7 +536,9 @@ impl Run<'_> {
                 }
         });
         if let (true, Some(c), Some(d)) = (reusable, cur, dst) {
-            return self.fix_in_place(Target::At(d, name, kind), st, &want_x, &c, rel);
+            return self
+                .fix_in_place(Target::At(d, name, kind), st, &want_x, &c, rel)
+                .map(|()| true);
         }
         let outcome = if cur.is_some() {
             Outcome::Updated
@@ -553,7 +557,7 @@ impl Run<'_> {
                     }
                 }
                 self.record(outcome, rel);
-                return Ok(());
+                return Ok(false);
             }
         };
         self.may_replace(dst, name, cur.as_ref())?;
@@ -583,7 +587,7 @@ impl Run<'_> {
         }
         self.record(outcome, rel);
         self.partial(rel, partial);
-        Ok(())
+        Ok(false)
     }
 
     /// Writes a file's chunks at their offsets (leaving holes as holes) and
