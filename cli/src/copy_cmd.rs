@@ -9,7 +9,7 @@ use haul_engine::{copy, CopyOptions, CopySummary, EntryIssue, Filter, IdMap, Wri
 use serde_json::json;
 
 use crate::exit;
-use crate::render::{action_word, escape_path, escape_str, json_path, ChangeSink, Reporter};
+use crate::render::{escape_path, escape_str, json_path, ChangeSink, Reporter};
 
 /// The most worker threads `-j` accepts: more only costs memory (each
 /// thread has a deep stack and, in a create, its own open bundles).
@@ -131,11 +131,7 @@ pub fn run(a: CopyArgs) -> Result<u8> {
             ids,
         },
     };
-    let sink = match (record, a.json) {
-        (false, _) => ChangeSink::None,
-        (true, true) => ChangeSink::Collect,
-        (true, false) => ChangeSink::Lines,
-    };
+    let sink = change_sink(record, a.json);
     let reporter = Reporter::new(!a.no_progress && !a.json, sink);
     let result = copy(&a.src, &a.dst, &opts, &reporter);
     let changes = reporter.finish();
@@ -144,10 +140,7 @@ pub fn run(a: CopyArgs) -> Result<u8> {
     let code = exit_code(&summary);
     if a.json {
         let mut v = summary_json(&summary, code)?;
-        v["changes"] = changes
-            .iter()
-            .map(|(act, p)| json!({"action": action_word(*act), "path": p}))
-            .collect();
+        changes.add_to(&mut v);
         let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
@@ -155,6 +148,16 @@ pub fn run(a: CopyArgs) -> Result<u8> {
         print_human(&summary, a.verbose, "-v")?;
     }
     Ok(code)
+}
+
+/// Where a copy's or a restore's changes go: nowhere unless they are
+/// recorded (`-n` or `-v`), else into the JSON summary or one line each.
+pub fn change_sink(record: bool, json: bool) -> ChangeSink {
+    match (record, json) {
+        (false, _) => ChangeSink::None,
+        (true, true) => ChangeSink::Collect,
+        (true, false) => ChangeSink::Lines,
+    }
 }
 
 /// A copy's or a restore's summary as JSON, with `ok` and `exit_code`.

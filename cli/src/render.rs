@@ -16,6 +16,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// short instead of wrapping the line.
 const BAR_TEMPLATE: &str = "{spinner} [{bar:20}] {bytes}/{total_bytes} {wide_msg}";
 
+/// At most this many changes are kept for a JSON summary; the rest are only
+/// counted (as failed and partial entries are), so memory stays bounded on
+/// a tree of millions of files.
+pub const MAX_CHANGES: usize = 100_000;
+
 /// How changes are shown as they happen.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum ChangeSink {
@@ -23,8 +28,29 @@ pub enum ChangeSink {
     None,
     /// One line per change on stdout.
     Lines,
-    /// Collected for the JSON summary.
+    /// Collected for the JSON summary (at most [`MAX_CHANGES`]).
     Collect,
+}
+
+/// The changes collected for a JSON summary.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The first ones, as (action, path as JSON shows it).
+    pub listed: Vec<(Action, String)>,
+    /// How many more there were.
+    pub not_listed: u64,
+}
+
+impl Changes {
+    /// Puts `changes` and `changes_not_listed` into a JSON summary.
+    pub fn add_to(&self, v: &mut serde_json::Value) {
+        v["changes"] = self
+            .listed
+            .iter()
+            .map(|(a, p)| serde_json::json!({"action": action_word(*a), "path": p}))
+            .collect();
+        v["changes_not_listed"] = serde_json::json!(self.not_listed);
+    }
 }
 
 #[derive(Default)]
@@ -44,7 +70,9 @@ pub struct Reporter {
     ticker: Option<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     sink: ChangeSink,
-    changes: Mutex<Vec<(Action, String)>>,
+    changes: Mutex<Changes>,
+    /// How many changes are listed ([`MAX_CHANGES`]).
+    cap: usize,
 }
 
 impl Reporter {
@@ -78,12 +106,13 @@ impl Reporter {
             ticker,
             stop,
             sink,
-            changes: Mutex::new(Vec::new()),
+            changes: Mutex::new(Changes::default()),
+            cap: MAX_CHANGES,
         }
     }
 
     /// Stops drawing and clears the bar; returns the collected changes.
-    pub fn finish(mut self) -> Vec<(Action, String)> {
+    pub fn finish(mut self) -> Changes {
         self.stop.store(true, Relaxed);
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
@@ -141,11 +170,14 @@ impl Progress for Reporter {
     fn change(&self, action: Action, path: &Path) {
         match self.sink {
             ChangeSink::None => {}
-            ChangeSink::Collect => self
-                .changes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((action, json_path(path))),
+            ChangeSink::Collect => {
+                let mut c = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+                if c.listed.len() < self.cap {
+                    c.listed.push((action, json_path(path)));
+                } else {
+                    c.not_listed += 1;
+                }
+            }
             ChangeSink::Lines => {
                 let line = format!("{} {}\n", action_word(action), escape_path(path));
                 match &self.bar {
@@ -219,6 +251,26 @@ pub fn escape_bytes(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_changes_are_capped_and_the_rest_counted() {
+        let mut r = Reporter::new(false, ChangeSink::Collect);
+        r.cap = 3;
+        for i in 0..10 {
+            r.change(Action::Create, Path::new(&format!("f{i}")));
+        }
+        r.change(Action::Delete, Path::new(""));
+        let c = r.finish();
+        let paths: Vec<&str> = c.listed.iter().map(|(_, p)| p.as_str()).collect();
+        assert_eq!(paths, ["f0", "f1", "f2"]);
+        assert_eq!(c.not_listed, 8);
+        let mut v = serde_json::json!({});
+        c.add_to(&mut v);
+        assert_eq!(v["changes"].as_array().unwrap().len(), 3);
+        assert_eq!(v["changes"][0]["action"], "create");
+        assert_eq!(v["changes_not_listed"], 8);
+        assert_eq!(MAX_CHANGES, 100_000);
+    }
 
     #[test]
     fn escapes_like_rsync() {

@@ -12,7 +12,8 @@ use haul_engine::{
 use serde_json::{json, Value};
 
 use crate::copy_cmd::{
-    exit_code, failed_json, failed_line, jobs_parser, parse_exclude, print_human, summary_json,
+    change_sink, exit_code, failed_json, failed_line, jobs_parser, parse_exclude, print_human,
+    summary_json,
 };
 use crate::exit;
 use crate::render::{escape_str, ChangeSink, Reporter};
@@ -147,10 +148,21 @@ pub enum SnapshotCommand {
         /// Do not restore POSIX ACLs.
         #[arg(long)]
         no_acls: bool,
-        /// Remove entries in DST that the snapshot does not have, and let a
-        /// non-directory replace a directory that has contents.
+        /// Remove entries in DST that the snapshot does not have (excluded
+        /// entries are kept), and let a non-directory replace a directory
+        /// that has contents.
         #[arg(long)]
         delete: bool,
+        /// Neither restore nor delete entries matching GLOB (as for copy,
+        /// matched against the path relative to DST).
+        #[arg(long, value_name = "GLOB", value_parser = parse_exclude)]
+        exclude: Vec<String>,
+        /// Show what would change; touch nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// List every change as it is made, and every entry not fully preserved.
+        #[arg(short = 'v', long)]
+        verbose: bool,
         /// Do not show a progress bar.
         #[arg(long)]
         no_progress: bool,
@@ -589,24 +601,31 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             no_xattrs,
             no_acls,
             delete,
+            exclude,
+            dry_run,
+            verbose,
             no_progress,
         } => {
             let r = open_read(&repo, &read)?;
+            let record = dry_run || verbose;
             let opts = RestoreOptions {
                 paths,
                 jobs: jobs.unwrap_or(0),
                 delete,
+                filter: Filter::new(&exclude)?,
+                record_changes: record,
                 write: WriteOptions {
+                    dry_run,
                     owner: !no_owner,
                     xattrs: !no_xattrs,
                     acls: !no_acls && !no_xattrs,
                     ..WriteOptions::default()
                 },
-                ..RestoreOptions::default()
             };
-            let reporter = Reporter::new(!no_progress && !repo.json, ChangeSink::None);
+            let reporter =
+                Reporter::new(!no_progress && !repo.json, change_sink(record, repo.json));
             let res = r.restore(&id, &dst, &opts, &reporter);
-            reporter.finish();
+            let changes = reporter.finish();
             let s = res?;
             if repo.json {
                 // A stale lock it broke is said on stderr, as every command
@@ -621,9 +640,11 @@ pub fn run(c: SnapshotCommand) -> Result<u8> {
             }
             let code = exit_code(&s);
             if repo.json {
-                print_json(&summary_json(&s, code)?)?;
+                let mut v = summary_json(&s, code)?;
+                changes.add_to(&mut v);
+                print_json(&v)?;
             } else {
-                print_human(&s, false, "--json")?;
+                print_human(&s, verbose, "-v")?;
             }
             Ok(code)
         }

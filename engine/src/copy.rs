@@ -282,7 +282,8 @@ pub fn copy(
             }
             pool.install(|| {
                 run.count_source(&src_st, false);
-                if !existed && dst_dir.is_some() {
+                // Also in a dry run, which must count what a real run does.
+                if !existed {
                     run.record(Outcome::Created, Path::new(""));
                 }
                 let acl_inherit = dst_dir.as_ref().is_some_and(has_default_acl);
@@ -597,7 +598,11 @@ impl<'a> Copier<'a> {
                     continue;
                 }
                 if self.opts.write.dry_run {
-                    self.deleted(!tmp, &rel);
+                    if !tmp {
+                        if let Err(err) = self.dry_remove_tree(dst, &e.name, &rel) {
+                            self.fail(&rel, format!("deleting: {err}"));
+                        }
+                    }
                     continue;
                 }
                 if let Err(err) = self.remove_tree(dst, &e.name, &rel, !tmp) {
@@ -671,7 +676,8 @@ impl<'a> Copier<'a> {
     }
 
     /// A file, symlink, fifo, socket or device, put through the
-    /// destination writer's one leaf function.
+    /// destination writer's one leaf function. Returns whether the entry
+    /// already in DST was kept.
     fn leaf(
         &self,
         dir: &DirPair<'_>,
@@ -679,7 +685,7 @@ impl<'a> Copier<'a> {
         dname: &CStr,
         rel: &Path,
         st: &Stat,
-    ) -> Result<(), StepError> {
+    ) -> Result<bool, StepError> {
         let src = LocalLeaf {
             run: self,
             dir: dir.src,

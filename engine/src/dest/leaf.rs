@@ -45,14 +45,16 @@ pub(crate) struct Place<'a> {
 impl DestWriter<'_> {
     /// Puts the leaf `src` at `name` in `at`: keeps what is there if it
     /// holds the same content (fixing metadata in place), else writes it
-    /// anew and names it only once complete. Records the outcome.
+    /// anew and names it only once complete. Records the outcome. Returns
+    /// whether the entry already in DST was kept (its metadata fixed in
+    /// place, if need be).
     pub(crate) fn put_leaf<S: LeafSource>(
         &self,
         at: Place<'_>,
         name: &CStr,
         rel: &Path,
         src: &S,
-    ) -> Result<(), StepError> {
+    ) -> Result<bool, StepError> {
         let st = src.stat();
         let cur = match at.dir {
             Some(d) if !at.fresh => sys::stat_at_opt(d, name).step("stat destination")?,
@@ -75,11 +77,16 @@ impl DestWriter<'_> {
                 };
             if reusable {
                 let x = src.xattrs()?;
-                return self.fix_in_place(Target::At(d, name, kind), st, &x, c, rel);
+                return self
+                    .fix_in_place(Target::At(d, name, kind), st, &x, c, rel)
+                    .map(|()| true);
             }
             self.may_replace(d, name, Some(c))?;
             if !self.opts.dry_run {
                 self.unlock(d, name, c)?;
+            } else if c.kind() == FileKind::Dir && self.delete {
+                // What a real run would remove is counted and listed.
+                self.dry_remove_tree(d, name, rel)?;
             }
         }
         let outcome = if cur.is_some() {
@@ -89,7 +96,7 @@ impl DestWriter<'_> {
         };
         let Some(d) = at.dir.filter(|_| !self.opts.dry_run) else {
             self.record(outcome, rel);
-            return Ok(());
+            return Ok(false);
         };
         // What a new entry carries before haul sets anything: no attributes,
         // unless the directory hands down a default ACL.
@@ -103,7 +110,7 @@ impl DestWriter<'_> {
         {
             self.record(Outcome::Created, rel);
             self.partial(rel, partial);
-            return Ok(());
+            return Ok(false);
         }
         if kind == FileKind::File {
             let mut wrote = *st;
@@ -137,7 +144,7 @@ impl DestWriter<'_> {
         }
         self.record(outcome, rel);
         self.partial(rel, partial);
-        Ok(())
+        Ok(false)
     }
 
     /// A new empty file is created under its final name: it has no content a

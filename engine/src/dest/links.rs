@@ -41,7 +41,8 @@ pub(crate) fn link_past_attrs(odir: &File, old: &CStr, ndir: &File, new: &CStr) 
 
 impl DestWriter<'_> {
     /// Hardlink groups, for any source: `key` names the inode. The first
-    /// name met is written by `write_first`; later names are linked to it.
+    /// name met is written by `write_first`, which says whether it kept the
+    /// inode already there; later names are linked to it.
     /// Returns (whether this was the first name, the write's result).
     #[allow(clippy::type_complexity)]
     pub(crate) fn linked(
@@ -50,7 +51,7 @@ impl DestWriter<'_> {
         dst: Option<&File>,
         dname: &CStr,
         rel: &Path,
-        write_first: impl FnOnce() -> Result<(), StepError>,
+        write_first: impl FnOnce() -> Result<bool, StepError>,
     ) -> Result<(bool, Result<(), StepError>), StepError> {
         // A later name must be linked while its directory is still being
         // processed (its metadata is applied afterwards), so it waits for the
@@ -85,14 +86,16 @@ impl DestWriter<'_> {
         }
         let r = write_first();
         let state = match (&r, dst) {
-            (Ok(_), Some(d)) => match sys::stat_at(d, dname) {
+            // In a dry run the first name still has its old inode, which
+            // the later names keep only if a real run would keep it too.
+            (Ok(kept), Some(d)) if *kept || !self.opts.dry_run => match sys::stat_at(d, dname) {
                 Ok(s) => Link::Done {
                     rel: rel.to_path_buf(),
                     dst: Some((s.dev, s.ino)),
                 },
                 Err(_) => Link::Failed,
             },
-            (Ok(_), None) => Link::Done {
+            (Ok(_), _) => Link::Done {
                 rel: rel.to_path_buf(),
                 dst: None,
             },
@@ -102,7 +105,7 @@ impl DestWriter<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, state);
-        Ok((true, r))
+        Ok((true, r.map(drop)))
     }
 
     /// Makes `dname` in `dst` another name of the destination inode first

@@ -4,7 +4,7 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use super::*;
 use crate::error::{Step, StepError};
@@ -21,8 +21,9 @@ pub(crate) fn not_empty() -> StepError {
 
 impl DestWriter<'_> {
     /// `--delete` for a source that is not a directory (a snapshot's tree):
-    /// removes every entry of `dst` for which `wanted` is false, and counts
-    /// it as deleted. Leftover temporary files go too, uncounted.
+    /// removes every entry of `dst` for which `wanted` is false and that the
+    /// filter does not protect, and counts it as deleted. Leftover
+    /// temporary files go too, uncounted. A dry run only counts and lists.
     pub(crate) fn remove_extraneous(&self, dst: &File, rel: &Path, wanted: impl Fn(&[u8]) -> bool) {
         let r = sys::each_batch(dst, |batch| -> io::Result<()> {
             for e in batch {
@@ -31,15 +32,31 @@ impl DestWriter<'_> {
                     continue;
                 }
                 let crel = rel.join(name_of(&e.name));
-                let tmp = is_tmp_name(name)
-                    && sys::stat_at(dst, &e.name).is_ok_and(|st| st.kind() != FileKind::Dir);
-                if self.opts.dry_run {
-                    if !tmp {
-                        self.c.deleted.fetch_add(1, Relaxed);
-                    }
+                let is_dir = match e.d_type {
+                    sys::DT_DIR => true,
+                    sys::DT_UNKNOWN => match sys::stat_at_opt(dst, &e.name) {
+                        Ok(Some(st)) => st.kind() == FileKind::Dir,
+                        Ok(None) => continue,
+                        Err(err) => {
+                            self.fail(&crel, format!("stat destination: {err}"));
+                            continue;
+                        }
+                    },
+                    _ => false,
+                };
+                let tmp = is_tmp_name(name) && !is_dir;
+                if !tmp && self.protect.excluded(&crel, is_dir) {
                     continue;
                 }
-                if let Err(err) = self.remove_tree(dst, &e.name, &crel, !tmp) {
+                let r = if self.opts.dry_run {
+                    if tmp {
+                        continue;
+                    }
+                    self.dry_remove_tree(dst, &e.name, &crel)
+                } else {
+                    self.remove_tree(dst, &e.name, &crel, !tmp)
+                };
+                if let Err(err) = r {
                     self.fail(&crel, format!("deleting: {err}"));
                 }
             }
@@ -48,6 +65,66 @@ impl DestWriter<'_> {
         if let Err(e) = r {
             self.fail(rel, format!("reading destination directory: {e}"));
         }
+    }
+
+    /// A dry run's [`DestWriter::remove_tree`]: counts and lists as deleted
+    /// what it would remove, and touches nothing. Like it, it stops with an
+    /// error at an entry the filter protects (what was counted before stays
+    /// counted, as what was removed before stays removed). Depth first from
+    /// a list of directories still to read, each named by its parent's
+    /// handle: no recursion.
+    pub(crate) fn dry_remove_tree(
+        &self,
+        dir: &File,
+        name: &CStr,
+        rel: &Path,
+    ) -> Result<(), StepError> {
+        let st = sys::stat_at(dir, name).step("stat")?;
+        if st.kind() != FileKind::Dir {
+            self.deleted(true, rel);
+            return Ok(());
+        }
+        let mut todo: Vec<(Arc<File>, CString, PathBuf)> = Vec::new();
+        let first = sys::open_dir_at(dir, name).step("open directory")?;
+        let mut next = Some((first, rel.to_path_buf()));
+        loop {
+            let (d, drel) = match next.take() {
+                Some(x) => x,
+                None => {
+                    let Some((parent, name, crel)) = todo.pop() else {
+                        break;
+                    };
+                    let d = sys::open_dir_at(&parent, &name).step("open directory")?;
+                    (d, crel)
+                }
+            };
+            let d = Arc::new(d);
+            let mut excluded = false;
+            sys::each_batch(&d, |batch| -> io::Result<()> {
+                for e in batch {
+                    let crel = drel.join(name_of(&e.name));
+                    let is_dir = sys::stat_at(&d, &e.name)?.kind() == FileKind::Dir;
+                    if self.protect.excluded(&crel, is_dir) {
+                        excluded = true;
+                        break;
+                    }
+                    if is_dir {
+                        todo.push((d.clone(), e.name.clone(), crel.clone()));
+                    }
+                    self.deleted(true, &crel);
+                }
+                Ok(())
+            })
+            .step("read directory")?;
+            if excluded {
+                return Err(StepError {
+                    op: "cannot remove directory holding excluded entries",
+                    err: io::Error::from_raw_os_error(libc::ENOTEMPTY),
+                });
+            }
+        }
+        self.deleted(true, rel);
+        Ok(())
     }
 
     /// Removes `name` in `dir` and everything below it, never following a

@@ -15,7 +15,9 @@ use haul_formats::{IndexEntry, Node, NodeKind, Xattr, MAX_DATA_BLOB_LEN};
 use super::index::MasterIndex;
 use super::Repository;
 use crate::dest::leaf::{LeafSource, Place};
-use crate::dest::{has_default_acl, open_or_create_root, CopySummary, DestWriter, WriteOptions};
+use crate::dest::{
+    has_default_acl, open_or_create_root, CopySummary, DestWriter, Outcome, WriteOptions,
+};
 use crate::error::{Error, Step, StepError};
 use crate::meta::{FileKind, Xattrs};
 use crate::progress::Progress;
@@ -146,6 +148,7 @@ impl Repository {
                 .collect();
             nodes.push((rel, node));
         }
+        let dry = opts.write.dry_run;
         let mut run = DestWriter::new(
             &opts.write,
             opts.delete,
@@ -153,12 +156,17 @@ impl Repository {
             opts.record_changes,
             progress,
         );
-        let (root, existed) = open_or_create_root(dst, false)?;
-        let root = root.expect("not a dry run");
-        run.dst_root = Some(
-            root.try_clone()
-                .map_err(|e| Error::io("opening destination", dst, e))?,
-        );
+        // In a dry run a missing DST stays missing: `root` is then `None`,
+        // and everything below it would be created.
+        let (root, existed) = open_or_create_root(dst, dry)?;
+        let clone = |f: &File| {
+            f.try_clone()
+                .map_err(|e| Error::io("opening destination", dst, e))
+        };
+        run.dst_root = root.as_ref().map(clone).transpose()?;
+        if !existed {
+            run.record(Outcome::Created, Path::new(""));
+        }
         let run = &run;
         let restored = pool.install(|| -> Result<(), Error> {
             for (rel, node) in &nodes {
@@ -171,10 +179,8 @@ impl Repository {
                     };
                     let children = self.load_tree(&index, subtree)?;
                     let dir = RestoreDir {
-                        acl: has_default_acl(&root),
-                        dst: root
-                            .try_clone()
-                            .map_err(|e| Error::io("opening destination", dst, e))?,
+                        acl: root.as_ref().is_some_and(has_default_acl),
+                        dst: root.as_ref().map(clone).transpose()?,
                         rel: PathBuf::new(),
                         fresh: !existed,
                         existed,
@@ -184,14 +190,14 @@ impl Repository {
                     let listing = run.restore_listing(&ctx, &dir, children);
                     walk(&RestoreWalk(run, &ctx), (dir, Some((listing, ()))));
                 } else {
-                    let (parent, _) = open_parents(&root, &rel)
+                    let parent = open_parents(root.as_ref(), &rel, !dry)
                         .map_err(|e| Error::io("creating parents", dst.join(&rel), e))?;
-                    let acl = has_default_acl(&parent);
+                    let acl = parent.as_ref().is_none_or(has_default_acl);
                     let at = RestoreDir {
+                        fresh: parent.is_none(),
+                        existed: parent.is_some(),
                         dst: parent,
                         rel: rel.parent().map(Path::to_path_buf).unwrap_or_default(),
-                        fresh: false,
-                        existed: true,
                         acl,
                         node: None,
                     };
@@ -207,7 +213,7 @@ impl Repository {
             Ok(())
         });
         if let Err(e) = restored {
-            if !existed {
+            if !existed && !dry {
                 // Only if still empty: a refused restore leaves no DST behind.
                 let _ = std::fs::remove_dir(dst);
             }
@@ -236,16 +242,24 @@ impl Repository {
         start: std::time::Instant,
         lock: &super::LockGuard<'_>,
     ) -> Result<CopySummary, Error> {
+        let dry = opts.write.dry_run;
         let (dir, name) = match sys::stat_path(dst, true) {
             Ok(st) if st.kind() == FileKind::Dir => (dst.to_path_buf(), node.name.clone()),
             _ => {
                 let (dir, name) = crate::dest::split_parent(dst)?;
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| Error::io("creating destination", &dir, e))?;
+                if !dry {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| Error::io("creating destination", &dir, e))?;
+                }
                 (dir, name.into_bytes())
             }
         };
-        let d = sys::open_dir_path(&dir).map_err(|e| Error::io("opening destination", &dir, e))?;
+        let d = match sys::open_dir_path(&dir) {
+            Ok(d) => Some(d),
+            // A dry run creates no parents: the file would be new.
+            Err(e) if dry && e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("opening destination", &dir, e)),
+        };
         let cname = CString::new(name.clone()).map_err(|_| Error::invalid(dst, "NUL in name"))?;
         let mut run = DestWriter::new(
             &opts.write,
@@ -254,16 +268,17 @@ impl Repository {
             opts.record_changes,
             progress,
         );
-        run.dst_root = Some(
-            d.try_clone()
-                .map_err(|e| Error::io("opening destination", &dir, e))?,
-        );
-        let acl = has_default_acl(&d);
+        run.dst_root = d
+            .as_ref()
+            .map(File::try_clone)
+            .transpose()
+            .map_err(|e| Error::io("opening destination", &dir, e))?;
+        let acl = d.as_ref().is_none_or(has_default_acl);
         let at = RestoreDir {
+            fresh: d.is_none(),
+            existed: d.is_some(),
             dst: d,
             rel: PathBuf::new(),
-            fresh: false,
-            existed: true,
             acl,
             node: None,
         };
@@ -290,31 +305,37 @@ impl Repository {
     }
 }
 
-/// Opens (creating as needed) the directories above `rel` inside `root`,
-/// one component at a time without following symlinks.
-fn open_parents(root: &File, rel: &Path) -> io::Result<(File, CString)> {
-    let name = rel
-        .file_name()
-        .ok_or_else(|| io::Error::other("empty path"))?;
+/// Opens the directories above `rel` inside `root`, one component at a
+/// time without following symlinks, creating them as needed if `create`.
+/// `None` (only without `create`): one does not exist (or `root` does not).
+fn open_parents(root: Option<&File>, rel: &Path, create: bool) -> io::Result<Option<File>> {
+    let Some(root) = root else { return Ok(None) };
     let mut d = root.try_clone()?;
     if let Some(parent) = rel.parent() {
         for c in parent.components() {
             let c = CString::new(c.as_os_str().as_bytes())?;
-            match sys::mkdir_at(&d, &c, 0o755) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
+            if create {
+                match sys::mkdir_at(&d, &c, 0o755) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
             }
-            d = sys::open_dir_at(&d, &c)?;
+            d = match sys::open_dir_at(&d, &c) {
+                Ok(d) => d,
+                Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
         }
     }
-    Ok((d, CString::new(name.as_bytes())?))
+    Ok(Some(d))
 }
 
 /// A directory being restored, kept by the walk until everything below it
 /// is done, when its metadata (that of `node`) is applied.
 struct RestoreDir {
-    dst: File,
+    /// `None` in a dry run below a directory that does not exist yet.
+    dst: Option<File>,
     rel: PathBuf,
     fresh: bool,
     existed: bool,
@@ -408,9 +429,10 @@ impl TreeVisitor for RestoreWalk<'_, '_, '_> {
         let NodeKind::Dir { subtree } = &node.kind else {
             return None;
         };
-        let (d, existed) = match run.ensure_dir(Some(&parent.dst), parent.fresh, &name, &rel) {
-            Ok((Some(d), e)) => (d, e),
-            Ok((None, _)) => return None,
+        // In a dry run a directory that is not there yet has no handle
+        // (`None`), and everything below it is walked as new.
+        let (d, existed) = match run.ensure_dir(parent.dst.as_ref(), parent.fresh, &name, &rel) {
+            Ok(x) => x,
             Err(e) => {
                 run.fail(&rel, e);
                 return None;
@@ -418,10 +440,9 @@ impl TreeVisitor for RestoreWalk<'_, '_, '_> {
         };
         let children = self.1.repo.load_tree(self.1.index, subtree);
         let dir = RestoreDir {
-            acl: if existed {
-                has_default_acl(&d)
-            } else {
-                parent.acl
+            acl: match &d {
+                Some(d) if existed => has_default_acl(d),
+                _ => parent.acl,
             },
             dst: d,
             rel,
@@ -442,8 +463,8 @@ impl TreeVisitor for RestoreWalk<'_, '_, '_> {
     }
 
     fn finish(&self, dir: &RestoreDir, _: Option<&RestoreDir>) {
-        if let Some(n) = &dir.node {
-            self.0.restore_dir_meta(n, &dir.dst, dir.existed, &dir.rel);
+        if let (Some(n), Some(d)) = (&dir.node, &dir.dst) {
+            self.0.restore_dir_meta(n, d, dir.existed, &dir.rel);
         }
         if !dir.rel.as_os_str().is_empty() {
             self.0.progress.entry_done();
@@ -455,8 +476,8 @@ impl DestWriter<'_> {
     /// With `--delete`, clears what the snapshot lacks from an existing
     /// directory, and orders its entries for restoring.
     fn restore_listing(&self, ctx: &BlobSource<'_>, dir: &RestoreDir, nodes: Vec<Node>) -> Listing {
-        if !dir.fresh && self.delete {
-            self.remove_extraneous(&dir.dst, &dir.rel, |name| {
+        if let (false, true, Some(d)) = (dir.fresh, self.delete, &dir.dst) {
+            self.remove_extraneous(d, &dir.rel, |name| {
                 nodes
                     .binary_search_by(|n| n.name.as_slice().cmp(name))
                     .is_ok()
@@ -499,9 +520,13 @@ impl DestWriter<'_> {
             return None;
         };
         let rel = dir.rel.join(OsStr::from_bytes(&n.name));
+        let is_dir = matches!(n.kind, NodeKind::Dir { .. });
+        if self.protect.excluded(&rel, is_dir) {
+            return None;
+        }
         let st = node_stat(n);
         self.check_owner_map(&st, &rel);
-        if let NodeKind::Dir { .. } = &n.kind {
+        if is_dir {
             self.count_source(&st, false);
             return Some(RestoreSub {
                 node: n.clone(),
@@ -509,10 +534,10 @@ impl DestWriter<'_> {
                 rel,
             });
         }
-        let (dst, fresh, acl) = (&dir.dst, dir.fresh, dir.acl);
+        let (dst, fresh, acl) = (dir.dst.as_ref(), dir.fresh, dir.acl);
         let first = first.as_ref();
         let r = if let Some(g) = n.hardlink_group {
-            match self.linked((u64::MAX, g), Some(dst), &name, &rel, || {
+            match self.linked((u64::MAX, g), dst, &name, &rel, || {
                 self.restore_leaf(ctx, n, first, &st, dst, &name, &rel, fresh, acl)
             }) {
                 Ok((leader, r)) => {
@@ -524,6 +549,7 @@ impl DestWriter<'_> {
         } else {
             self.count_source(&st, false);
             self.restore_leaf(ctx, n, first, &st, dst, &name, &rel, fresh, acl)
+                .map(drop)
         };
         if let Err(e) = r {
             self.fail(&rel, e);
@@ -543,12 +569,12 @@ impl DestWriter<'_> {
         n: &Node,
         first: Option<&IndexEntry>,
         st: &Stat,
-        dst: &File,
+        dst: Option<&File>,
         name: &CStr,
         rel: &Path,
         fresh: bool,
         acl: bool,
-    ) -> Result<(), StepError> {
+    ) -> Result<bool, StepError> {
         let src = NodeLeaf {
             w: self,
             ctx,
@@ -557,7 +583,7 @@ impl DestWriter<'_> {
             first,
         };
         let at = Place {
-            dir: Some(dst),
+            dir: dst,
             fresh,
             acl_inherit: acl,
         };
