@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::chunk::{data_regions, is_sparse, read_full_at};
 use crate::dest::leaf::{LeafSource, Place};
 use crate::dest::{
     has_default_acl, is_tmp_name, name_of, open_or_create_root, split_parent, CopySummary,
@@ -798,9 +799,7 @@ impl<'a> Copier<'a> {
         if size == 0 {
             return Ok(());
         }
-        // Fewer allocated blocks than the size implies holes worth preserving.
-        let sparse = st.blocks.saturating_mul(512) < size;
-        if !sparse {
+        if !is_sparse(st) {
             if self.reflink_ok.load(Relaxed) {
                 match sys::reflink(src, dst) {
                     Ok(()) => {
@@ -813,17 +812,8 @@ impl<'a> Copier<'a> {
             }
             return self.copy_extent(src, dst, 0, size);
         }
-        let mut off = 0;
-        while off < size {
-            let Some(start) = sys::seek_data(src, off)? else {
-                break;
-            };
-            if start >= size {
-                break;
-            }
-            let end = sys::seek_hole(src, start)?.min(size);
-            self.copy_extent(src, dst, start, end - start)?;
-            off = end;
+        for (off, len) in data_regions(src, size)? {
+            self.copy_extent(src, dst, off, len)?;
         }
         sys::truncate_fd(dst, size)
     }
@@ -1023,18 +1013,6 @@ fn files_equal(a: &File, b: &File) -> io::Result<bool> {
             off += n as u64;
         }
     })
-}
-
-/// Fills `buf` from `off` unless the file ends first; returns the bytes read.
-fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], off + got as u64)? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    Ok(got)
 }
 
 /// blake3 of a file's content, read through a fixed-size buffer.

@@ -15,6 +15,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod chunk;
 mod copy;
 mod dest;
 mod error;

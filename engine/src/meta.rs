@@ -30,6 +30,33 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    /// Its name, as `--json` and `snapshot ls` spell it (serde's too).
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::File => "file",
+            FileKind::Dir => "dir",
+            FileKind::Symlink => "symlink",
+            FileKind::Fifo => "fifo",
+            FileKind::Socket => "socket",
+            FileKind::CharDev => "chardev",
+            FileKind::BlockDev => "blockdev",
+        }
+    }
+
+    /// The kind a snapshot node records.
+    pub(crate) fn of_node(k: &haul_formats::NodeKind) -> FileKind {
+        use haul_formats::NodeKind;
+        match k {
+            NodeKind::File { .. } => FileKind::File,
+            NodeKind::Dir { .. } => FileKind::Dir,
+            NodeKind::Symlink { .. } => FileKind::Symlink,
+            NodeKind::Fifo => FileKind::Fifo,
+            NodeKind::Socket => FileKind::Socket,
+            NodeKind::CharDevice { .. } => FileKind::CharDev,
+            NodeKind::BlockDevice { .. } => FileKind::BlockDev,
+        }
+    }
+
     /// The kind encoded in a `st_mode`.
     pub fn from_mode(mode: u32) -> FileKind {
         match mode & libc::S_IFMT {

@@ -2,9 +2,8 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
@@ -19,6 +18,7 @@ use serde::Serialize;
 use super::index::MasterIndex;
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::{hostname, username, Repository};
+use crate::chunk::{chunk_region, data_regions, is_sparse, ChunkError};
 use crate::dest::EntryIssue;
 use crate::error::Error;
 use crate::filter::Filter;
@@ -370,25 +370,6 @@ impl TreeVisitor for CreateWalk<'_, '_> {
     }
 }
 
-/// A file region read through `pread`, as a `Read` for the chunker.
-struct Section<'f> {
-    f: &'f File,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for Section<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.f.read_at(&mut buf[..want], self.pos)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 fn ts(t: (i64, i64)) -> Timestamp {
     Timestamp::new(t.0, t.1.clamp(0, 999_999_999) as u32).unwrap_or(Timestamp::EPOCH)
 }
@@ -702,7 +683,7 @@ impl SnapshotWriter<'_> {
                 Ok(node)
             }
             other => {
-                if let Some(o) = same.filter(|o| o.kind_name() == kind_name(other)) {
+                if let Some(o) = same.filter(|o| o.kind_name() == other.name()) {
                     return Ok(o.clone());
                 }
                 let kind = match other {
@@ -746,25 +727,14 @@ impl SnapshotWriter<'_> {
         if size == 0 {
             return Ok((None, chunks));
         }
-        let sparse = st.blocks.saturating_mul(512) < size;
-        let extents = if sparse {
-            let mut v = Vec::new();
-            let mut off = 0;
-            while off < size {
-                let Some(start) = sys::seek_data(f, off).ctx("seek data")? else {
-                    break;
-                };
-                if start >= size {
-                    break;
-                }
-                let end = sys::seek_hole(f, start).ctx("seek hole")?.min(size);
-                v.push(Extent {
-                    offset: start,
-                    len: end - start,
-                });
-                off = end;
-            }
-            Some(v)
+        let extents = if is_sparse(st) {
+            let regions = data_regions(f, size).ctx("seek data")?;
+            Some(
+                regions
+                    .into_iter()
+                    .map(|(offset, len)| Extent { offset, len })
+                    .collect::<Vec<_>>(),
+            )
         } else {
             None
         };
@@ -773,37 +743,20 @@ impl SnapshotWriter<'_> {
             None => vec![(0, size)],
         };
         for (off, len) in regions {
-            let mut got = 0u64;
-            if len <= u64::from(self.chunker.min_size) {
-                // Small regions are one chunk: one read into an exact buffer,
-                // no chunker and its max-size buffer.
-                let mut buf = vec![0u8; len as usize];
-                let n = read_full_at(f, &mut buf, off).ctx("read")?;
-                buf.truncate(n);
-                got += n as u64;
-                self.bytes_read.fetch_add(got, Relaxed);
-                self.progress.bytes(got);
-                if n > 0 {
-                    chunks.push(self.store(BlobKind::Data, &buf)?);
+            let got = chunk_region(f, off, len, &self.chunker, |data| {
+                let n = data.len() as u64;
+                self.bytes_read.fetch_add(n, Relaxed);
+                self.progress.bytes(n);
+                chunks.push(self.store(BlobKind::Data, data)?);
+                Ok::<(), Error>(())
+            })
+            .map_err(|e| match e {
+                ChunkError::Read(m) => NodeError::Entry(format!("read: {m}")),
+                ChunkError::Params(m) => {
+                    NodeError::Repo(Error::corrupt("chunker", self.repo.location(), m))
                 }
-            } else {
-                let section = Section {
-                    f,
-                    pos: off,
-                    end: off + len,
-                };
-                let it = self
-                    .chunker
-                    .stream_chunks(section)
-                    .map_err(|e| Error::corrupt("chunker", self.repo.location(), e))?;
-                for c in it {
-                    let c = c.map_err(|e| NodeError::Entry(format!("read: {e}")))?;
-                    got += c.data.len() as u64;
-                    self.bytes_read.fetch_add(c.data.len() as u64, Relaxed);
-                    self.progress.bytes(c.data.len() as u64);
-                    chunks.push(self.store(BlobKind::Data, &c.data)?);
-                }
-            }
+                ChunkError::Consumer(e) => NodeError::Repo(e),
+            })?;
             if got != len {
                 return Err(NodeError::Entry(format!(
                     "file changed while it was read: expected {len} bytes at offset {off}, got {got}"
@@ -822,29 +775,6 @@ fn display_rel(rel: &Path) -> String {
     }
 }
 
-fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], off + got as u64)? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    Ok(got)
-}
-
-fn kind_name(k: FileKind) -> &'static str {
-    match k {
-        FileKind::File => "file",
-        FileKind::Dir => "dir",
-        FileKind::Symlink => "symlink",
-        FileKind::Fifo => "fifo",
-        FileKind::Socket => "socket",
-        FileKind::CharDev => "chardev",
-        FileKind::BlockDev => "blockdev",
-    }
-}
-
 /// Node kinds by the same names as [`FileKind`].
 pub(crate) trait KindName {
     fn kind_name(&self) -> &'static str;
@@ -852,15 +782,7 @@ pub(crate) trait KindName {
 
 impl KindName for Node {
     fn kind_name(&self) -> &'static str {
-        match self.kind {
-            NodeKind::File { .. } => "file",
-            NodeKind::Dir { .. } => "dir",
-            NodeKind::Symlink { .. } => "symlink",
-            NodeKind::Fifo => "fifo",
-            NodeKind::Socket => "socket",
-            NodeKind::CharDevice { .. } => "chardev",
-            NodeKind::BlockDevice { .. } => "blockdev",
-        }
+        FileKind::of_node(&self.kind).name()
     }
 }
 

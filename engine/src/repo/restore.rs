@@ -49,14 +49,10 @@ struct BlobSource<'r> {
 }
 
 fn node_stat(n: &Node) -> Stat {
-    let (kind, rdev) = match &n.kind {
-        NodeKind::File { .. } => (FileKind::File, 0),
-        NodeKind::Dir { .. } => (FileKind::Dir, 0),
-        NodeKind::Symlink { .. } => (FileKind::Symlink, 0),
-        NodeKind::Fifo => (FileKind::Fifo, 0),
-        NodeKind::Socket => (FileKind::Socket, 0),
-        NodeKind::CharDevice { rdev } => (FileKind::CharDev, *rdev),
-        NodeKind::BlockDevice { rdev } => (FileKind::BlockDev, *rdev),
+    let kind = FileKind::of_node(&n.kind);
+    let rdev = match &n.kind {
+        NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } => *rdev,
+        _ => 0,
     };
     let t = |t: haul_formats::Timestamp| (t.secs(), i64::from(t.nanos()));
     Stat {
