@@ -1,24 +1,22 @@
 //! `snapshot create`: walk, read, chunk, hash, compress, pack, in parallel.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use haul_formats::{
-    encode_blob_with_id, encode_tree, BlobKind, ChunkerParams, Extent, Id, Node, NodeKind,
-    RepoFile, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
+    Id, Node, NodeKind, RepoFile, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
 };
 use serde::Serialize;
 
-use super::index::MasterIndex;
-use super::packer::{Packer, BUNDLE_MEMBER_MAX};
+use super::packer::Packer;
+use super::writer::{ts, EntryCtx, NodeError, SnapshotWriter};
 use super::{hostname, username, Repository};
-use crate::chunk::{chunk_region, data_regions, is_sparse, ChunkError};
 use crate::dest::EntryIssue;
 use crate::error::Error;
 use crate::filter::Filter;
@@ -98,74 +96,6 @@ pub(crate) fn hex_opt<S: serde::Serializer>(id: &Option<Id>, s: S) -> Result<S::
         Some(id) => s.serialize_str(&id.to_hex()),
         None => s.serialize_none(),
     }
-}
-
-/// A per-entry problem, or one that stops the whole run.
-enum NodeError {
-    Entry(String),
-    Repo(Error),
-}
-
-impl From<Error> for NodeError {
-    fn from(e: Error) -> NodeError {
-        NodeError::Repo(e)
-    }
-}
-
-trait EntryCtx<T> {
-    fn ctx(self, op: &str) -> Result<T, NodeError>;
-}
-
-impl<T> EntryCtx<T> for io::Result<T> {
-    fn ctx(self, op: &str) -> Result<T, NodeError> {
-        self.map_err(|e| NodeError::Entry(format!("{op}: {e}")))
-    }
-}
-
-/// (is a user, id) → name, as looked up on this host.
-type NameCache = HashMap<(bool, u32), Option<Vec<u8>>>;
-
-struct SnapshotWriter<'a> {
-    repo: &'a Repository,
-    index: &'a MasterIndex,
-    packer: Packer<'a>,
-    pending: Mutex<HashSet<Id>>,
-    filter: &'a Filter,
-    chunker: ChunkerParams,
-    level: i32,
-    progress: &'a dyn Progress,
-    flush_every: usize,
-    /// First recorded node of each hardlinked inode, by (dev, ino).
-    linked: Mutex<HashMap<(u64, u64), Node>>,
-    files: AtomicU64,
-    dirs: AtomicU64,
-    bytes: AtomicU64,
-    bytes_read: AtomicU64,
-    bytes_new: AtomicU64,
-    failed: Mutex<Vec<EntryIssue>>,
-    names: RwLock<NameCache>,
-    /// (dev, ino) of the repository's directory, which is never recorded
-    /// (a repository inside the source would otherwise hold itself, and
-    /// double with each run).
-    repo_dir: Option<(u64, u64)>,
-    notices: Mutex<Vec<String>>,
-    /// Recorded symlinks, devices, fifos and sockets, and further names of
-    /// a hardlinked inode (files and bytes count each inode once).
-    symlinks: AtomicU64,
-    specials: AtomicU64,
-    hardlinks: AtomicU64,
-    /// Hardlinked inodes counted so far.
-    counted: Mutex<HashSet<(u64, u64)>>,
-    /// Entries whose chattr flags a snapshot does not keep: how many, and
-    /// the first few.
-    attrs_lost: Mutex<(u64, Vec<String>)>,
-    /// Failures past the listed ones.
-    failed_more: AtomicU64,
-    /// An error that stops the run (the repository, not an entry); the walk
-    /// winds down once it is set.
-    fatal: Mutex<Option<Error>>,
-    /// The node of the directory a walk started at, once it is finished.
-    root_done: Mutex<Option<Node>>,
 }
 
 /// What one directory entry turned out to be.
@@ -370,15 +300,6 @@ impl TreeVisitor for CreateWalk<'_, '_> {
     }
 }
 
-fn ts(t: (i64, i64)) -> Timestamp {
-    Timestamp::new(t.0, t.1.clamp(0, 999_999_999) as u32).unwrap_or(Timestamp::EPOCH)
-}
-
-/// A stable key shared by all names of one inode within a snapshot.
-fn link_key(st: &Stat) -> u64 {
-    st.dev.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ st.ino
-}
-
 fn unchanged(old: &Node, st: &Stat) -> bool {
     old.size == st.size
         && old.inode == st.ino
@@ -387,123 +308,6 @@ fn unchanged(old: &Node, st: &Stat) -> bool {
 }
 
 impl SnapshotWriter<'_> {
-    fn fail(&self, rel: &Path, reason: String) {
-        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        if f.len() < 100_000 {
-            f.push(EntryIssue {
-                path: rel.to_path_buf(),
-                reason,
-            });
-        } else {
-            self.failed_more.fetch_add(1, Relaxed);
-        }
-    }
-
-    fn name_of(&self, user: bool, id: u32) -> Option<Vec<u8>> {
-        if let Some(n) = self
-            .names
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(user, id))
-        {
-            return n.clone();
-        }
-        let n = if user {
-            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id))
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-        } else {
-            nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id))
-                .ok()
-                .flatten()
-                .map(|g| g.name)
-        }
-        .map(String::into_bytes);
-        self.names
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((user, id), n.clone());
-        n
-    }
-
-    /// Writes an index file for the packs finished so far and forgets their
-    /// blobs from the in-memory set: memory stays flat however much new data
-    /// one run adds, and an interrupted run leaves those packs indexed.
-    fn flush_index(&self) -> Result<(), Error> {
-        let entries = self.packer.take_written();
-        let ids: Vec<Id> = entries.iter().map(|e| e.id).collect();
-        if let Some((name, id)) = self.repo.write_index(entries)? {
-            // Into the lookups first, out of `pending` second: a concurrent
-            // store sees the blob in one or the other (at worst in neither,
-            // which stores a harmless duplicate).
-            self.index.add(self.repo.load_index_file(&name, id)?);
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            for id in &ids {
-                pending.remove(id);
-            }
-            pending.shrink_to_fit();
-        }
-        Ok(())
-    }
-
-    /// Stores a blob unless the repository (or this run) already has it.
-    fn store(&self, kind: BlobKind, data: &[u8]) -> Result<Id, Error> {
-        let id = Id::hash(data);
-        if self.index.contains(&id)
-            || !self
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id)
-        {
-            return Ok(id);
-        }
-        // Small files and the tails of large ones are bundled; the chunks
-        // FastCDC cut from a large file (min_size or more) are stored alone,
-        // so restoring that file decodes only its own data.
-        if data.len() < BUNDLE_MEMBER_MAX.min(self.chunker.min_size as usize) {
-            self.packer.add_small(kind, id, data)?;
-        } else {
-            let blob = encode_blob_with_id(kind, data, id, self.level)
-                .map_err(|e| Error::corrupt("encoding blob", self.repo.location(), e))?;
-            self.packer.add(&blob)?;
-        }
-        if self.packer.written_len() >= self.flush_every {
-            self.flush_index()?;
-        }
-        if kind == BlobKind::Data {
-            self.bytes_new.fetch_add(data.len() as u64, Relaxed);
-        }
-        Ok(id)
-    }
-
-    fn node(&self, name: &[u8], st: &Stat, kind: NodeKind, xattrs: Vec<Xattr>) -> Node {
-        let is_dir = matches!(kind, NodeKind::Dir { .. });
-        Node {
-            name: name.to_vec(),
-            mode: st.perm(),
-            uid: st.uid,
-            gid: st.gid,
-            user: self.name_of(true, st.uid),
-            group: self.name_of(false, st.gid),
-            mtime: ts(st.mtime),
-            atime: ts(st.atime),
-            ctime: ts(st.ctime),
-            inode: st.ino,
-            device: st.dev,
-            nlink: st.nlink,
-            size: if matches!(kind, NodeKind::File { .. }) {
-                st.size
-            } else {
-                0
-            },
-            hardlink_group: (st.nlink > 1 && !is_dir).then(|| link_key(st)),
-            xattrs,
-            kind,
-        }
-    }
-
     fn xattrs(&self, t: &XTarget<'_>) -> Result<Vec<Xattr>, NodeError> {
         let policy = XattrPolicy {
             xattrs: true,
@@ -517,12 +321,6 @@ impl SnapshotWriter<'_> {
                 value: v,
             })
             .collect())
-    }
-
-    fn store_tree(&self, nodes: Vec<Node>) -> Result<Id, Error> {
-        let bytes = encode_tree(nodes)
-            .map_err(|e| Error::corrupt("encoding tree", self.repo.location(), e))?;
-        self.store(BlobKind::Tree, &bytes)
     }
 
     /// One entry of a directory: recorded here, or, for a directory, handed
@@ -563,40 +361,6 @@ impl SnapshotWriter<'_> {
         self.count(&node, &st, rel);
         self.progress.entry_done();
         Ok(Entry::Node(node))
-    }
-
-    /// Counts an entry once it is recorded (a failed one is not in the
-    /// snapshot, so it is not in its totals either), by kind as copy and
-    /// restore count: a hardlinked inode's data once, at its first name.
-    /// Flags a snapshot cannot keep are noted here too.
-    fn count(&self, n: &Node, st: &Stat, rel: &Path) {
-        if st.attrs != 0 {
-            let mut lost = self.attrs_lost.lock().unwrap_or_else(|e| e.into_inner());
-            lost.0 += 1;
-            if lost.1.len() < 3 {
-                lost.1.push(rel.display().to_string());
-            }
-        }
-        if st.nlink > 1 && st.kind() != FileKind::Dir {
-            let first = self
-                .counted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert((st.dev, st.ino));
-            if !first {
-                self.hardlinks.fetch_add(1, Relaxed);
-                return;
-            }
-        }
-        match n.kind {
-            NodeKind::Dir { .. } => self.dirs.fetch_add(1, Relaxed),
-            NodeKind::File { .. } => {
-                self.bytes.fetch_add(n.size, Relaxed);
-                self.files.fetch_add(1, Relaxed)
-            }
-            NodeKind::Symlink { .. } => self.symlinks.fetch_add(1, Relaxed),
-            _ => self.specials.fetch_add(1, Relaxed),
-        };
     }
 
     fn node_for(
@@ -714,56 +478,6 @@ impl SnapshotWriter<'_> {
                 ))
             })
             .ok()
-    }
-
-    /// Reads a file's data regions and stores their chunks.
-    fn file_chunks(
-        &self,
-        f: &File,
-        st: &Stat,
-    ) -> Result<(Option<Vec<Extent>>, Vec<Id>), NodeError> {
-        let size = st.size;
-        let mut chunks = Vec::new();
-        if size == 0 {
-            return Ok((None, chunks));
-        }
-        let extents = if is_sparse(st) {
-            let regions = data_regions(f, size).ctx("seek data")?;
-            Some(
-                regions
-                    .into_iter()
-                    .map(|(offset, len)| Extent { offset, len })
-                    .collect::<Vec<_>>(),
-            )
-        } else {
-            None
-        };
-        let regions: Vec<(u64, u64)> = match &extents {
-            Some(v) => v.iter().map(|e| (e.offset, e.len)).collect(),
-            None => vec![(0, size)],
-        };
-        for (off, len) in regions {
-            let got = chunk_region(f, off, len, &self.chunker, |data| {
-                let n = data.len() as u64;
-                self.bytes_read.fetch_add(n, Relaxed);
-                self.progress.bytes(n);
-                chunks.push(self.store(BlobKind::Data, data)?);
-                Ok::<(), Error>(())
-            })
-            .map_err(|e| match e {
-                ChunkError::Read(m) => NodeError::Entry(format!("read: {m}")),
-                ChunkError::Params(m) => {
-                    NodeError::Repo(Error::corrupt("chunker", self.repo.location(), m))
-                }
-                ChunkError::Consumer(e) => NodeError::Repo(e),
-            })?;
-            if got != len {
-                return Err(NodeError::Entry(format!(
-                    "file changed while it was read: expected {len} bytes at offset {off}, got {got}"
-                )));
-            }
-        }
-        Ok((extents, chunks))
     }
 }
 

@@ -32,6 +32,7 @@ mod read;
 mod repair;
 mod restore;
 pub(crate) mod retention;
+mod writer;
 
 pub use check::{CheckOptions, CheckReport};
 pub use create::{CreateOptions, CreateSummary};
