@@ -276,7 +276,7 @@ pub fn copy(
             if progress.wants_totals() {
                 s.spawn(|| {
                     if let Ok(d) = sys::open_dir_path(src) {
-                        scan(d, &opts.filter, progress);
+                        crate::walk::scan(d, &opts.filter, progress);
                     }
                     progress.discovery_done();
                 });
@@ -379,55 +379,6 @@ pub fn copy(
         });
     }
     Ok(run.summary(start))
-}
-
-/// Counting-only walk for progress totals (entries and bytes), run on its
-/// own thread beside the real work so a progress bar can show an ETA.
-/// Depth first from a list of directories still to read, each named by its
-/// parent's handle: no recursion, and a handle stays open only while
-/// entries below it wait.
-pub(crate) fn scan(root: File, filter: &Filter, progress: &dyn Progress) {
-    let mut todo: Vec<(Arc<File>, CString, PathBuf)> = Vec::new();
-    let mut next = Some((root, PathBuf::new()));
-    loop {
-        let (dir, rel) = match next.take() {
-            Some(d) => d,
-            None => {
-                let Some((parent, name, rel)) = todo.pop() else {
-                    break;
-                };
-                // A scan is only an estimate for the bar: unreadable parts
-                // are skipped.
-                match sys::open_dir_at(&parent, &name) {
-                    Ok(d) => (d, rel),
-                    Err(_) => continue,
-                }
-            }
-        };
-        let dir = Arc::new(dir);
-        let _ = sys::each_batch(&dir, |batch| -> io::Result<()> {
-            let (mut files, mut bytes) = (0, 0);
-            for e in batch {
-                let Ok(st) = sys::stat_at(&dir, &e.name) else {
-                    continue;
-                };
-                let crel = rel.join(name_of(&e.name));
-                let is_dir = st.kind() == FileKind::Dir;
-                if filter.excluded(&crel, is_dir) {
-                    continue;
-                }
-                files += 1;
-                if st.kind() == FileKind::File {
-                    bytes += st.size;
-                }
-                if is_dir {
-                    todo.push((dir.clone(), e.name.clone(), crel));
-                }
-            }
-            progress.discovered(files, bytes);
-            Ok(())
-        });
-    }
 }
 
 /// Refuses a DST that is SRC or lies inside it, judged on the path DST

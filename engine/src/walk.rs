@@ -15,6 +15,7 @@
 //! is a real attack on a nightly backup), and a directory being worked on
 //! holds only what its visitor keeps for it until it is finished.
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -195,6 +196,94 @@ fn release<V: TreeVisitor>(v: &V, node: Arc<Node<V::Dir>>) {
         drop(cur);
         cur = parent;
     }
+}
+
+/// The progress scan's [`TreeVisitor`]: counts entries and bytes.
+struct ScanWalk<'a> {
+    filter: &'a crate::filter::Filter,
+    progress: &'a dyn crate::progress::Progress,
+}
+
+/// A directory found by the scan, opened when its turn comes.
+struct ScanSub {
+    parent: Arc<std::fs::File>,
+    name: std::ffi::CString,
+    rel: std::path::PathBuf,
+}
+
+impl TreeVisitor for ScanWalk<'_> {
+    type Dir = std::path::PathBuf;
+    type Listing = crate::sys::DirStream;
+    type Shared = Arc<std::fs::File>;
+    type Item = crate::sys::RawEntry;
+    type Sub = ScanSub;
+
+    fn next_batch(
+        &self,
+        _: &std::path::PathBuf,
+        listing: &mut crate::sys::DirStream,
+        out: &mut Vec<crate::sys::RawEntry>,
+    ) -> bool {
+        // A scan is only an estimate for the bar: unreadable parts are skipped.
+        next_dir_batch(listing, out, drop)
+    }
+
+    fn visit(
+        &self,
+        rel: &std::path::PathBuf,
+        dir: &Arc<std::fs::File>,
+        e: &crate::sys::RawEntry,
+    ) -> Option<ScanSub> {
+        use crate::meta::FileKind;
+        let st = crate::sys::stat_at(dir, &e.name).ok()?;
+        let crel = rel.join(std::ffi::OsStr::from_bytes(e.name.to_bytes()));
+        let is_dir = st.kind() == FileKind::Dir;
+        if self.filter.excluded(&crel, is_dir) {
+            return None;
+        }
+        let bytes = if st.kind() == FileKind::File {
+            st.size
+        } else {
+            0
+        };
+        self.progress.discovered(1, bytes);
+        is_dir.then(|| ScanSub {
+            parent: dir.clone(),
+            name: e.name.clone(),
+            rel: crel,
+        })
+    }
+
+    fn open(&self, _: &std::path::PathBuf, sub: ScanSub) -> Option<Opened<Self>> {
+        let d = crate::sys::open_dir_at(&sub.parent, &sub.name).ok()?;
+        let l = crate::sys::DirStream::new(&d).ok()?;
+        Some((sub.rel, Some((l, Arc::new(d)))))
+    }
+
+    fn finish(&self, _: &std::path::PathBuf, _: Option<&std::path::PathBuf>) {}
+}
+
+/// Counting-only walk for progress totals (entries and bytes), run on a
+/// thread of its own beside the real work so a progress bar can show an
+/// ETA: the same walk as the work's, on a pool of one.
+pub(crate) fn scan(
+    root: std::fs::File,
+    filter: &crate::filter::Filter,
+    progress: &dyn crate::progress::Progress,
+) {
+    let Ok(pool) = worker_pool(1, "scan") else {
+        return;
+    };
+    let Ok(listing) = crate::sys::DirStream::new(&root) else {
+        return;
+    };
+    let v = ScanWalk { filter, progress };
+    pool.install(|| {
+        walk(
+            &v,
+            (std::path::PathBuf::new(), Some((listing, Arc::new(root)))),
+        )
+    });
 }
 
 #[cfg(test)]

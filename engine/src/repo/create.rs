@@ -611,7 +611,7 @@ impl Repository {
                 sc.spawn(move || {
                     for p in paths {
                         match sys::open_dir_path(p) {
-                            Ok(d) => crate::copy::scan(d, filter, progress),
+                            Ok(d) => crate::walk::scan(d, filter, progress),
                             Err(_) => progress
                                 .discovered(1, std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)),
                         }
