@@ -530,17 +530,13 @@ impl<'a> Copier<'a> {
                         continue;
                     }
                 }
-                let is_dir = match e.d_type {
-                    sys::DT_DIR => true,
-                    sys::DT_UNKNOWN => match sys::stat_at_opt(dst, &e.name) {
-                        Ok(Some(st)) => st.kind() == FileKind::Dir,
-                        Ok(None) => continue,
-                        Err(err) => {
-                            self.fail(&rel, format!("stat destination: {err}"));
-                            continue;
-                        }
-                    },
-                    _ => false,
+                let is_dir = match sys::is_dir_entry(dst, e) {
+                    Ok(Some(d)) => d,
+                    Ok(None) => continue,
+                    Err(err) => {
+                        self.fail(&rel, format!("stat destination: {err}"));
+                        continue;
+                    }
                 };
                 // Only what haul itself could have left is a leftover: a
                 // non-directory under a temporary name. A directory of that

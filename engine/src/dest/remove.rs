@@ -32,17 +32,13 @@ impl DestWriter<'_> {
                     continue;
                 }
                 let crel = rel.join(name_of(&e.name));
-                let is_dir = match e.d_type {
-                    sys::DT_DIR => true,
-                    sys::DT_UNKNOWN => match sys::stat_at_opt(dst, &e.name) {
-                        Ok(Some(st)) => st.kind() == FileKind::Dir,
-                        Ok(None) => continue,
-                        Err(err) => {
-                            self.fail(&crel, format!("stat destination: {err}"));
-                            continue;
-                        }
-                    },
-                    _ => false,
+                let is_dir = match sys::is_dir_entry(dst, e) {
+                    Ok(Some(d)) => d,
+                    Ok(None) => continue,
+                    Err(err) => {
+                        self.fail(&crel, format!("stat destination: {err}"));
+                        continue;
+                    }
                 };
                 let tmp = is_tmp_name(name) && !is_dir;
                 if !tmp && self.protect.excluded(&crel, is_dir) {

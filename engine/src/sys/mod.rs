@@ -53,3 +53,15 @@ pub(crate) fn each_batch<E: From<io::Error>>(
         f(&batch)?;
     }
 }
+
+/// Whether the entry `e` of `dir` is a directory, from its `d_type` or,
+/// where the filesystem leaves that unknown, an lstat; `None` if it is gone.
+pub(crate) fn is_dir_entry(dir: &File, e: &RawEntry) -> io::Result<Option<bool>> {
+    match e.d_type {
+        DT_DIR => Ok(Some(true)),
+        DT_UNKNOWN => {
+            Ok(stat_at_opt(dir, &e.name)?.map(|st| st.mode & libc::S_IFMT == libc::S_IFDIR))
+        }
+        _ => Ok(Some(false)),
+    }
+}
