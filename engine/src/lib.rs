@@ -38,6 +38,6 @@ pub use progress::{Action, NoProgress, Progress};
 pub use repo::retention::{parse_duration, parse_interval};
 pub use repo::{
     Bucket, CheckOptions, CheckReport, CreateOptions, CreateSummary, DamagedSnapshot, DiffChange,
-    InitOptions, KeepPolicy, LockGuard, LsEntry, PruneSummary, RepairOptions, RepairSummary,
-    RepairedSnapshot, Repository, RestoreOptions, RetentionError, SnapshotInfo,
+    InitOptions, KeepPolicy, Location, LockGuard, LsEntry, PruneSummary, RepairOptions,
+    RepairSummary, RepairedSnapshot, Repository, RestoreOptions, RetentionError, SnapshotInfo,
 };

@@ -40,8 +40,54 @@ pub(crate) trait Backend: Send + Sync {
     fn list(&self, dir: &str) -> io::Result<Vec<String>>;
     /// Deletes a file; a missing file is not an error.
     fn remove(&self, name: &str) -> io::Result<()>;
-    /// A local path for the file, when the backend has one (used to memory-map indexes).
-    fn local_path(&self, name: &str) -> Option<PathBuf>;
+    /// The file memory-mapped, when the backend is local (index files,
+    /// which are immutable once written); `None` elsewhere.
+    fn map(&self, name: &str) -> Option<io::Result<memmap2::Mmap>>;
+    /// Whether a file exists.
+    fn exists(&self, name: &str) -> io::Result<bool>;
+    /// Creates a new, empty repository: the `dirs` and the `files`, all at
+    /// once (a crash leaves a complete repository or none). Refuses a
+    /// location that already holds something.
+    fn create(&self, dirs: &[&str], files: &[(&str, &[u8])]) -> io::Result<()>;
+}
+
+/// Where a repository lives, as the user names it. A local directory
+/// today; ssh hosts and object storage come with their backends, and are
+/// refused until then rather than taken for a directory of that name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A directory on this host.
+    Local(PathBuf),
+}
+
+impl Location {
+    /// Parses what the user gave (`--repo`, `HAUL_REPO`).
+    pub fn parse(s: &Path) -> Result<Location, crate::Error> {
+        let text = s.to_string_lossy();
+        for scheme in ["ssh://", "sftp:", "s3:", "azure:", "rest:"] {
+            if text.starts_with(scheme) {
+                return Err(crate::Error::invalid(
+                    s,
+                    format!("{scheme} repositories are not supported yet; give a local directory"),
+                ));
+            }
+        }
+        Ok(Location::Local(s.to_path_buf()))
+    }
+
+    /// How it is shown in messages.
+    pub fn display_path(&self) -> &Path {
+        match self {
+            Location::Local(p) => p,
+        }
+    }
+
+    /// The backend that reaches it.
+    pub(crate) fn backend(&self) -> Arc<dyn Backend> {
+        match self {
+            Location::Local(p) => Arc::new(LocalBackend::new(p)),
+        }
+    }
 }
 
 /// A repository in a local directory.
@@ -205,7 +251,62 @@ impl Backend for LocalBackend {
         }
     }
 
-    fn local_path(&self, name: &str) -> Option<PathBuf> {
-        Some(self.path(name))
+    fn map(&self, name: &str) -> Option<io::Result<memmap2::Mmap>> {
+        Some(File::open(self.path(name)).and_then(|f| crate::sys::map_readonly(&f)))
+    }
+
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        match fs::symlink_metadata(self.path(name)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Assembled under a temporary name beside the root and renamed into
+    /// place; an existing empty directory is replaced.
+    fn create(&self, dirs: &[&str], files: &[(&str, &[u8])]) -> io::Result<()> {
+        let path = &self.root;
+        if let Ok(mut rd) = fs::read_dir(path) {
+            if rd.next().is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "already exists and is not empty",
+                ));
+            }
+        }
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent)?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::other("no final component"))?;
+        let tmp = parent.join(format!(
+            ".{}{}{}",
+            name.to_string_lossy(),
+            TMP_MARK,
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&tmp);
+        let build = || -> io::Result<()> {
+            fs::create_dir(&tmp)?;
+            for d in dirs {
+                fs::create_dir(tmp.join(d))?;
+            }
+            for (name, bytes) in files {
+                write_atomic(&tmp.join(name), bytes)?;
+            }
+            for d in dirs {
+                File::open(tmp.join(d))?.sync_all()?;
+            }
+            File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, path)?;
+            File::open(&parent)?.sync_all()
+        };
+        build().inspect_err(|_| {
+            let _ = fs::remove_dir_all(&tmp);
+        })
     }
 }

@@ -11,7 +11,6 @@ use haul_formats::{
 
 use super::Repository;
 use crate::error::Error;
-use crate::sys;
 
 enum Bytes {
     Mapped(memmap2::Mmap),
@@ -340,14 +339,8 @@ impl Repository {
     /// Loads (memory-maps, where the backend is local) and verifies one index file.
     pub(crate) fn load_index_file(&self, name: &str, id: Id) -> Result<IndexFile, Error> {
         let path = self.file_path(name);
-        let bytes = match self.backend().local_path(name) {
-            Some(p) => {
-                let f =
-                    std::fs::File::open(&p).map_err(|e| Error::io("opening index", &path, e))?;
-                Bytes::Mapped(
-                    sys::map_readonly(&f).map_err(|e| Error::io("mapping index", &path, e))?,
-                )
-            }
+        let bytes = match self.backend().map(name) {
+            Some(m) => Bytes::Mapped(m.map_err(|e| Error::io("mapping index", &path, e))?),
             None => Bytes::Owned(
                 self.backend()
                     .get(name, u64::MAX)

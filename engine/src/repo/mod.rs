@@ -43,7 +43,8 @@ pub use repair::{RepairOptions, RepairSummary, RepairedSnapshot};
 pub use restore::RestoreOptions;
 pub use retention::{Bucket, KeepPolicy, RetentionError};
 
-use backend::{Backend, LocalBackend};
+use backend::Backend;
+pub use backend::Location;
 
 /// A snapshot record together with its id.
 #[derive(Clone, Debug)]
@@ -137,26 +138,7 @@ impl Repository {
     /// so `path` is either a complete repository or absent. An existing empty
     /// directory is replaced; a non-empty one is an error.
     pub fn init(path: &Path, opts: &InitOptions) -> Result<Repository, Error> {
-        if let Ok(mut rd) = std::fs::read_dir(path) {
-            if rd.next().is_some() {
-                return Err(Error::invalid(path, "already exists and is not empty"));
-            }
-        }
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io("creating parent", &parent, e))?;
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::invalid(path, "no final component"))?;
-        let tmp = parent.join(format!(
-            ".{}{}{}",
-            name.to_string_lossy(),
-            backend::TMP_MARK,
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&tmp);
+        let location = Location::parse(path)?;
         let mut config = RepoConfig::new(random_id(), Timestamp::now());
         if let Some(l) = opts.zstd_level {
             config.zstd_level = l;
@@ -167,30 +149,25 @@ impl Repository {
         config
             .validate()
             .map_err(|e| Error::corrupt("checking config", path, e))?;
-        let build = || -> std::io::Result<()> {
-            std::fs::create_dir(&tmp)?;
-            for d in [DATA_DIR, INDEX_DIR, SNAPSHOTS_DIR, LOCKS_DIR, KEYS_DIR] {
-                std::fs::create_dir(tmp.join(d))?;
-            }
-            let bytes = config.to_json().map_err(std::io::Error::from)?;
-            backend::write_atomic(&tmp.join(CONFIG_FILE), &bytes)?;
-            for d in [DATA_DIR, INDEX_DIR, SNAPSHOTS_DIR, LOCKS_DIR, KEYS_DIR] {
-                std::fs::File::open(tmp.join(d))?.sync_all()?;
-            }
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            std::fs::File::open(&parent)?.sync_all()
-        };
-        if let Err(e) = build() {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(Error::io("creating repository", path, e));
-        }
+        let bytes = config
+            .to_json()
+            .map_err(|e| Error::corrupt("encoding config", path, e))?;
+        let dirs = [DATA_DIR, INDEX_DIR, SNAPSHOTS_DIR, LOCKS_DIR, KEYS_DIR];
+        location
+            .backend()
+            .create(&dirs, &[(CONFIG_FILE, &bytes)])
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => {
+                    Error::invalid(path, "already exists and is not empty")
+                }
+                _ => Error::io("creating repository", path, e),
+            })?;
         Repository::open(path)
     }
 
     /// Opens an existing repository, refusing a format version it does not know.
     pub fn open(path: &Path) -> Result<Repository, Error> {
-        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::new(path));
+        let backend = Location::parse(path)?.backend();
         let bytes =
             backend
                 .get(CONFIG_FILE, MAX_CONFIG_LEN as u64)
@@ -229,11 +206,9 @@ impl Repository {
     /// Opens the repository at `path`, creating it first if nothing is there.
     /// Returns whether it was created.
     pub fn open_or_init(path: &Path) -> Result<(Repository, bool), Error> {
-        match std::fs::symlink_metadata(path.join(CONFIG_FILE)) {
-            Ok(_) => Ok((Repository::open(path)?, false)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok((Repository::init(path, &InitOptions::default())?, true))
-            }
+        match Location::parse(path)?.backend().exists(CONFIG_FILE) {
+            Ok(true) => Ok((Repository::open(path)?, false)),
+            Ok(false) => Ok((Repository::init(path, &InitOptions::default())?, true)),
             Err(e) => Err(Error::io("opening repository", path, e)),
         }
     }
