@@ -18,6 +18,8 @@ use haul_tests::{
     CompareOpts, Kind, Tree, Untouched,
 };
 
+mod safety;
+
 /// The unprivileged user the tests run haul as (nobody:nogroup).
 const NOBODY: (u32, u32) = (65534, 65534);
 

@@ -20,6 +20,10 @@ use haul_tests::{
     Kind, Tree, Untouched, ROOT,
 };
 
+mod damage;
+mod edges;
+mod restore_modes;
+
 /// The unprivileged user the tests run haul as (nobody:nogroup).
 const NOBODY: (u32, u32) = (65534, 65534);
 
