@@ -492,7 +492,7 @@ fn restore_over_an_older_restore_updates_everything() {
     let victim_before = walk(&victim_dir);
 
     // A directory that became a file is only replaced with --delete
-    // (tests/tests/copy_safety.rs has the refusal without it), which also
+    // (tests/tests/e2e/copy/safety.rs has the refusal without it), which also
     // removes what the snapshot does not have.
     restore_clean(&repo, &id2, &dst, &["--delete"]);
     let s = walk(&src);
