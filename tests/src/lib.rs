@@ -6,6 +6,7 @@
 
 pub mod fixture;
 pub mod repo;
+pub mod util;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};

@@ -16,10 +16,8 @@ use haul_tests::fixture;
 use haul_tests::repo::{
     file_name, index_records, jarr, jstr, jstrs, os, pack_blobs, stdout_json, PackBlob, Repo,
 };
-use haul_tests::{assert_trees_equal, read, require_root, walk, without, CompareOpts, RunResult};
-
-/// The unprivileged user haul runs as (nobody:nogroup).
-const NOBODY: (u32, u32) = (65534, 65534);
+use haul_tests::util::{all, flip_byte, short, tmp_for_nobody, NOBODY};
+use haul_tests::{assert_trees_equal, read, require_root, walk, without, RunResult};
 
 /// Root files of the first snapshot: random, so stored raw, and each one blob (no larger
 /// than the 256 KiB minimum chunk) whose id is blake3 of its content. With one worker
@@ -30,25 +28,6 @@ const ROOT_FILES: usize = 12;
 const FILE_LEN: usize = 200_000;
 const VICTIM: &str = "v03.bin";
 
-fn tmp_for_nobody() -> tempfile::TempDir {
-    let t = tempfile::Builder::new()
-        .prefix("haul-damage-")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp");
-    fixture::lchown(t.path(), NOBODY.0, NOBODY.1);
-    t
-}
-
-fn all() -> CompareOpts {
-    CompareOpts::default()
-}
-
-fn flip_byte(path: &Path, offset: u64) {
-    let mut b = read(path);
-    b[offset as usize] ^= 0x5a;
-    fs::write(path, b).unwrap();
-}
-
 fn truncate(path: &Path, len: u64) {
     fs::OpenOptions::new()
         .write(true)
@@ -56,10 +35,6 @@ fn truncate(path: &Path, len: u64) {
         .unwrap()
         .set_len(len)
         .unwrap();
-}
-
-fn short(id: &str) -> &str {
-    &id[..8]
 }
 
 /// A run of haul that may fail, but only with a message.

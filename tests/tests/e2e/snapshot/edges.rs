@@ -12,18 +12,8 @@ use haul_tests::fixture;
 use haul_tests::repo::{
     jstr, ju64, os, pack_blobs, rfc3339, stdout_json, write_named_by_hash, Repo,
 };
+use haul_tests::util::{ci_contains, tmp, NOBODY};
 use haul_tests::{exists, read, require_root};
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("haul-edge-")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
-}
-
-fn ci_contains(hay: &str, needle: &str) -> bool {
-    hay.to_lowercase().contains(&needle.to_lowercase())
-}
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -96,9 +86,6 @@ fn help_names_calendar_months_and_years() {
 // ---------------------------------------------------------------------------------------
 // Read-only repositories: --no-lock
 // ---------------------------------------------------------------------------------------
-
-/// The unprivileged user the tests run haul as (nobody:nogroup).
-const NOBODY: (u32, u32) = (65534, 65534);
 
 /// `chmod -R a+rX,a-w`: everyone may read, nobody but root may write.
 fn make_read_only(root: &Path) {

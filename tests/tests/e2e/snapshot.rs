@@ -15,33 +15,17 @@ use haul_tests::repo::{
     dead_pid, expected_keep, file_name, hostname, index_records, is_id, jarr, jstr, jstrs, ju64,
     os, pack_blobs, parse_rfc3339, rfc3339, stdout_json, write_lock, Calendar, Policy, Repo,
 };
+use haul_tests::util::{
+    all, ci_contains, flip_byte, kill9, short, tmp, tmp_for_nobody, MIB, NOBODY,
+};
 use haul_tests::{
     assert_trees_equal, exists, json_paths, read, require_root, spawn_haul, walk, CompareOpts,
     Kind, Tree, Untouched, ROOT,
 };
 
-/// The unprivileged user the tests run haul as (nobody:nogroup).
-const NOBODY: (u32, u32) = (65534, 65534);
-
-const MIB: u64 = 1 << 20;
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("haul-snap-")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
-}
-
-/// A temp dir owned by nobody, so that haul running as nobody can create things in it.
-fn tmp_for_nobody() -> tempfile::TempDir {
-    let t = tmp();
-    fixture::lchown(t.path(), NOBODY.0, NOBODY.1);
-    t
-}
-
-fn all() -> CompareOpts {
-    CompareOpts::default()
-}
+mod damage;
+mod edges;
+mod restore_modes;
 
 /// Restore that must be clean (exit 0, ok, nothing failed or partial).
 fn restore_clean(repo: &Repo, id: &str, dst: &Path, extra: &[&str]) -> serde_json::Value {
@@ -109,24 +93,6 @@ fn find_blob(repo: &Repo, id: &str) -> (PathBuf, haul_tests::repo::PackBlob) {
         repo.root.display()
     );
     found.pop().unwrap()
-}
-
-fn flip_byte(path: &Path, offset: u64) {
-    let mut b = read(path);
-    b[offset as usize] ^= 0x5a;
-    fs::write(path, b).unwrap();
-}
-
-fn kill9(pid: u32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-}
-
-fn ci_contains(hay: &str, needle: &str) -> bool {
-    hay.to_lowercase().contains(&needle.to_lowercase())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -526,7 +492,7 @@ fn restore_over_an_older_restore_updates_everything() {
     let victim_before = walk(&victim_dir);
 
     // A directory that became a file is only replaced with --delete
-    // (tests/tests/copy_safety.rs has the refusal without it), which also
+    // (tests/tests/e2e/copy/safety.rs has the refusal without it), which also
     // removes what the snapshot does not have.
     restore_clean(&repo, &id2, &dst, &["--delete"]);
     let s = walk(&src);
@@ -1771,10 +1737,6 @@ fn damage_index_record(repo: &Repo, blob: &str) -> PathBuf {
     let (f, at) = hits.pop().unwrap();
     flip_byte(&f, (at + 31) as u64);
     f
-}
-
-fn short(id: &str) -> &str {
-    &id[..8]
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::process::Command;
 
 use haul_tests::fixture;
 use haul_tests::repo::{assert_no_panic, jarr, jstr, ju64, os, Repo};
+use haul_tests::util::tmp;
 use haul_tests::{
     assert_trees_equal, haul_copy, require_root, walk, CompareOpts, Kind, RunResult, Tree,
 };
@@ -62,13 +63,6 @@ fn mount(args: &[&str], at: &Path) {
         at.display(),
         String::from_utf8_lossy(&out.stderr).trim()
     );
-}
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("haul-full-src-")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
 }
 
 /// The full fixture (every kind of entry and metadata) plus `bulk/`: `n` random files of

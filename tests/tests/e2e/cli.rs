@@ -12,32 +12,16 @@ use std::process::Stdio;
 
 use haul_tests::fixture;
 use haul_tests::repo::{jstr, os, stdout_json, Repo};
+use haul_tests::util::{tmp, tmp_for_nobody, NOBODY};
 use haul_tests::{
     assert_trees_equal, exists, haul_command, json_changes, json_paths, run_haul, run_haul_as,
     walk, CompareOpts, RunResult,
 };
 
-/// The unprivileged user the tests run haul as (nobody:nogroup).
-const NOBODY: (u32, u32) = (65534, 65534);
-
 /// A name that, printed raw, clears the screen and forges a line.
 const EVIL: &[u8] = b"evil\x1b[2J\rforged\nhaul: ok";
 /// How it must look in human output.
 const EVIL_ESCAPED: &str = "evil\\#033[2J\\#015forged\\#012haul: ok";
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("haul-cli-")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
-}
-
-/// A temp dir owned by nobody, so that haul running as nobody can create DST in it.
-fn tmp_for_nobody() -> tempfile::TempDir {
-    let t = tmp();
-    fixture::lchown(t.path(), NOBODY.0, NOBODY.1);
-    t
-}
 
 fn name(b: &[u8]) -> &Path {
     Path::new(OsStr::from_bytes(b))

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 
 use haul_tests::fixture::{self, paths};
 use haul_tests::repo::{is_id, jstr, os, stdout_json, Repo};
+use haul_tests::util::{tmp, MIB};
 use haul_tests::{
     assert_trees_equal, command_as, copy_args, require_root, run_to_end, walk, CompareOpts, Kind,
     RunResult, Tree,
 };
 
 const KIB: u64 = 1 << 10;
-const MIB: u64 = 1 << 20;
 
 /// The engine's userspace copy buffer (`BUF` in engine/src/copy.rs).
 const BUF: u64 = 256 * KIB;
@@ -37,13 +37,6 @@ const SWITCH: &str = "HAUL_FORCE_FALLBACKS";
 const BIG: &str = "fallbacks/big";
 const HOLES: &str = "fallbacks/holes";
 const HOLES_SIZE: u64 = 8 * MIB;
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("haul-fallbacks-")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
-}
 
 /// The full fixture as root, plus [`BIG`] and [`HOLES`].
 fn build_source(src: &Path) {

@@ -12,35 +12,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use haul_tests::fixture::{self, paths, FixtureOpts};
+use haul_tests::util::{all, kill9, tmp, tmp_for_nobody, NOBODY};
 use haul_tests::{
     assert_trees_equal, compare, ctimes, exists, haul_copy, haul_copy_as, inode, is_acl_xattr,
     json_changes, json_count, json_paths, read, require_root, run_haul, spawn_haul, walk, without,
     CompareOpts, Kind, Tree, Untouched,
 };
 
-/// The unprivileged user the tests run haul as (nobody:nogroup).
-const NOBODY: (u32, u32) = (65534, 65534);
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("haul-e2e-")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
-}
-
-/// A temp dir owned by nobody, so that haul running as nobody can create DST in it.
-fn tmp_for_nobody() -> tempfile::TempDir {
-    let t = tmp();
-    fixture::lchown(t.path(), NOBODY.0, NOBODY.1);
-    t
-}
+mod safety;
 
 fn full_fixture(src: &Path) {
     fixture::build_full_as_root(src);
-}
-
-fn all() -> CompareOpts {
-    CompareOpts::default()
 }
 
 /// `path/` as an argument.
@@ -1035,11 +1017,7 @@ fn kill_9_mid_copy_leaves_no_truncated_files_and_rerun_completes() {
         }
         match finished_early {
             None => {
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .unwrap();
+                kill9(child.id());
                 let st = child.wait().unwrap();
                 eprintln!(
                     "round {round}: killed haul after {:?}: {st:?}",

@@ -11,16 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use haul_tests::util::tmp;
 use haul_tests::{haul_copy, json_count};
 
 const DEPTH: usize = 10_000;
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("haul-deep-")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
-}
 
 /// `name` inside the directory `dir` is open on, as a path through
 /// /proc, so that no path is ever longer than a few dozen bytes.

@@ -13,16 +13,8 @@ use std::sync::Arc;
 
 use haul_tests::fixture::{self, write_file};
 use haul_tests::repo::Repo;
+use haul_tests::util::{tmp, NOBODY};
 use haul_tests::{exists, haul_copy, haul_copy_as, json_count, json_paths, read, run_haul};
-
-const NOBODY: (u32, u32) = (65534, 65534);
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("haul-safety-")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
-}
 
 /// The reason recorded for `path` in the `failed` list of a JSON report.
 fn failed_reason(v: &serde_json::Value, path: &str) -> Option<String> {

@@ -12,21 +12,11 @@ use std::path::Path;
 
 use haul_tests::fixture;
 use haul_tests::repo::{os, Repo};
+use haul_tests::util::{all, tmp};
 use haul_tests::{
     assert_trees_equal, exists, haul_copy, json_changes, json_count, json_paths, read, walk,
-    CompareOpts, RunResult, Untouched,
+    RunResult, Untouched,
 };
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("haul-rmodes-")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
-}
-
-fn all() -> CompareOpts {
-    CompareOpts::default()
-}
 
 /// The counts a run reports: created, updated, metadata_only, unchanged, deleted.
 fn counts(v: &serde_json::Value) -> [u64; 5] {

@@ -3,14 +3,8 @@
 use std::path::Path;
 
 use haul_tests::fixture::{self, paths};
+use haul_tests::util::tmp;
 use haul_tests::{compare, require_root, walk, CompareOpts, Kind, ROOT};
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("haul-walker-")
-        .tempdir_in("/tmp")
-        .expect("tempdir in /tmp")
-}
 
 #[test]
 fn fixture_has_every_kind_and_metadata() {
