@@ -9,17 +9,14 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::chunk::{data_regions, is_sparse, read_full_at};
-use crate::dest::leaf::{LeafSource, Place};
 use crate::dest::{
     has_default_acl, is_tmp_name, name_of, open_or_create_root, split_parent, CopySummary,
-    DestWriter, EntryIssue, Outcome, WriteOptions, MAX_ISSUES,
+    DestWriter, EntryIssue, Outcome, WriteOptions,
 };
 use crate::error::{Error, Step, StepError};
 use crate::filter::Filter;
@@ -28,8 +25,10 @@ use crate::progress::Progress;
 use crate::sys::{self, Stat};
 use crate::walk::{next_dir_batch, walk, worker_pool, Opened, TreeVisitor};
 
-/// Size of the per-thread buffer for the userspace copy and hashing paths.
-const BUF: usize = 256 * 1024;
+mod data;
+mod verify;
+
+use verify::VerifyWalk;
 
 /// How a copy decides what to write; what it keeps is the writer's.
 #[derive(Debug, Default)]
@@ -160,85 +159,6 @@ impl<'a> TreeVisitor for CopyWalk<'_, 'a> {
             self.0.progress.entry_done();
         }
     }
-}
-
-/// `--verify`'s [`TreeVisitor`]: a directory holds nothing once listed.
-struct VerifyWalk<'r, 'a>(&'r Copier<'a>);
-
-/// A directory pair found by `--verify`, opened when its turn comes.
-struct VerifySub {
-    parents: Arc<(File, File)>,
-    name: CString,
-    rel: PathBuf,
-}
-
-impl TreeVisitor for VerifyWalk<'_, '_> {
-    type Dir = PathBuf;
-    type Listing = sys::DirStream;
-    type Shared = Arc<(File, File)>;
-    type Item = sys::RawEntry;
-    type Sub = VerifySub;
-
-    fn next_batch(
-        &self,
-        rel: &PathBuf,
-        listing: &mut sys::DirStream,
-        out: &mut Vec<sys::RawEntry>,
-    ) -> bool {
-        next_dir_batch(listing, out, |e| {
-            self.0.mismatch(rel, format!("reading directory: {e}"))
-        })
-    }
-
-    fn visit(
-        &self,
-        rel: &PathBuf,
-        dirs: &Arc<(File, File)>,
-        e: &sys::RawEntry,
-    ) -> Option<VerifySub> {
-        let crel = rel.join(name_of(&e.name));
-        let descend = self
-            .0
-            .verify_entry(&dirs.0, &dirs.1, &e.name, &e.name, crel.clone());
-        descend.then(|| VerifySub {
-            parents: dirs.clone(),
-            name: e.name.clone(),
-            rel: crel,
-        })
-    }
-
-    fn open(&self, _: &PathBuf, sub: VerifySub) -> Option<Opened<Self>> {
-        let r = (|| -> Result<_, StepError> {
-            let s = sys::open_dir_at(&sub.parents.0, &sub.name).step("open directory")?;
-            let d =
-                sys::open_dir_at(&sub.parents.1, &sub.name).step("open destination directory")?;
-            let l = sys::DirStream::new(&s).step("read directory")?;
-            Ok((l, Arc::new((s, d))))
-        })();
-        match r {
-            Ok(listing) => Some((sub.rel, Some(listing))),
-            Err(e) => {
-                self.0.mismatch(&sub.rel, e.to_string());
-                None
-            }
-        }
-    }
-
-    fn finish(&self, _: &PathBuf, _: Option<&PathBuf>) {}
-}
-
-thread_local! {
-    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn with_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
-    BUFFER.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.len() < BUF {
-            b.resize(BUF, 0);
-        }
-        f(&mut b)
-    })
 }
 
 /// Copies SRC to DST; see the module docs. Returns `Err` only when the run
@@ -430,45 +350,6 @@ fn planned_path(p: &Path) -> io::Result<PathBuf> {
     Ok(out)
 }
 
-/// A leaf of SRC, as the destination writer asks for it.
-struct LocalLeaf<'r, 'a> {
-    run: &'r Copier<'a>,
-    dir: &'r File,
-    name: &'r CStr,
-    st: Stat,
-    rel: &'r Path,
-}
-
-impl LeafSource for LocalLeaf<'_, '_> {
-    fn stat(&self) -> &Stat {
-        &self.st
-    }
-
-    fn same_content(&self, d: &File, name: &CStr, cur: &Stat) -> Result<bool, StepError> {
-        self.run
-            .same_content(self.dir, self.name, d, name, &self.st, cur)
-    }
-
-    fn target(&self) -> Result<Vec<u8>, StepError> {
-        sys::readlink_at(self.dir, self.name).step("readlink")
-    }
-
-    fn xattrs(&self) -> Result<Xattrs, StepError> {
-        // By name: a leaf with no data to read is not opened at all (a tree
-        // of a million empty files is a real case).
-        read_xattrs(&XTarget::At(self.dir, self.name), self.run.policy).step("read xattrs")
-    }
-
-    fn fill(&self, out: &File) -> Result<(Stat, Xattrs), StepError> {
-        let mut want = self.st;
-        let src = self
-            .run
-            .copy_stable(self.dir, self.name, out, &mut want, self.rel)?;
-        let x = read_xattrs(&XTarget::Fd(&src), self.run.policy).step("read xattrs")?;
-        Ok((want, x))
-    }
-}
-
 impl<'a> Copier<'a> {
     pub(crate) fn new(opts: &'a CopyOptions, progress: &'a dyn Progress) -> Copier<'a> {
         Copier {
@@ -623,185 +504,6 @@ impl<'a> Copier<'a> {
         r
     }
 
-    /// A file, symlink, fifo, socket or device, put through the
-    /// destination writer's one leaf function. Returns whether the entry
-    /// already in DST was kept.
-    fn leaf(
-        &self,
-        dir: &DirPair<'_>,
-        sname: &CStr,
-        dname: &CStr,
-        rel: &Path,
-        st: &Stat,
-    ) -> Result<bool, StepError> {
-        let src = LocalLeaf {
-            run: self,
-            dir: dir.src,
-            name: sname,
-            st: *st,
-            rel,
-        };
-        let at = Place {
-            dir: dir.dst,
-            fresh: dir.fresh,
-            acl_inherit: dir.acl_inherit,
-        };
-        self.put_leaf(at, dname, rel, &src)
-    }
-
-    /// Copies the data of `sname` (last seen as `want`) into `out`, and
-    /// makes sure it did not change while it was read: its inode, size,
-    /// mtime and ctime are checked again afterwards, from the open file. A
-    /// change means the copy may be torn (a file truncated mid-copy would
-    /// otherwise arrive with a size it never had): the file is read once
-    /// more, and if it changes again it fails by name. A file that only grew
-    /// (a log being appended to) keeps what was read, its size and mtime as
-    /// first seen, with a notice; the next run brings the rest. Returns the
-    /// source file read; `want` is left as the state that was copied.
-    fn copy_stable(
-        &self,
-        sdir: &File,
-        sname: &CStr,
-        out: &File,
-        want: &mut Stat,
-        rel: &Path,
-    ) -> Result<File, StepError> {
-        let mut retried = false;
-        loop {
-            let src = sys::open_read_at(sdir, sname).step("open")?;
-            if retried {
-                *want = sys::stat_fd(&src).step("stat")?;
-                if want.kind() != FileKind::File {
-                    return Err(StepError {
-                        op: "source changed while being read",
-                        err: io::Error::other("it is no longer a regular file"),
-                    });
-                }
-                sys::truncate_fd(out, 0).step("truncate")?;
-            }
-            self.copy_data(&src, out, want).step("copy data")?;
-            let now = sys::stat_fd(&src).step("stat after reading")?;
-            let same = |a: &Stat, b: &Stat| {
-                (a.dev, a.ino, a.size, a.mtime, a.ctime) == (b.dev, b.ino, b.size, b.mtime, b.ctime)
-            };
-            if same(want, &now) {
-                return Ok(src);
-            }
-            if (now.dev, now.ino) == (want.dev, want.ino) && now.size > want.size {
-                self.notice(
-                    rel,
-                    format!(
-                        "grew while being read ({} -> {} bytes): copied the first {}",
-                        want.size, now.size, want.size
-                    ),
-                );
-                return Ok(src);
-            }
-            if retried {
-                return Err(StepError {
-                    op: "source changed while being read, twice; not copied",
-                    err: io::Error::other(format!(
-                        "size {} -> {} bytes, mtime {}.{:09} -> {}.{:09}",
-                        want.size, now.size, want.mtime.0, want.mtime.1, now.mtime.0, now.mtime.1
-                    )),
-                });
-            }
-            retried = true;
-        }
-    }
-
-    /// Whether an existing destination file already holds SRC's content.
-    fn same_content(
-        &self,
-        sdir: &File,
-        sname: &CStr,
-        d: &File,
-        dname: &CStr,
-        st: &Stat,
-        cur: &Stat,
-    ) -> Result<bool, StepError> {
-        if cur.size != st.size {
-            return Ok(false);
-        }
-        if !self.opts.checksum && cur.mtime == st.mtime {
-            return Ok(true);
-        }
-        let src = sys::open_read_at(sdir, sname).step("open")?;
-        let dst = sys::open_rw_at(d, dname).step("open destination")?;
-        if self.opts.checksum {
-            let a = hash_file(&src).step("read")?;
-            return Ok(a == hash_file(&dst).step("read destination")?);
-        }
-        // Same size, different mtime: the content may well be unchanged
-        // (`touch`, a restore, an editor that saved without changes). Comparing
-        // costs the same reads as copying but no writes, and keeps the inode
-        // and any other names of it; the first difference ends it.
-        files_equal(&src, &dst).step("compare")
-    }
-
-    /// Copies file data, keeping holes: reflink if possible, else
-    /// `copy_file_range` per data extent, else a fixed-size userspace buffer.
-    fn copy_data(&self, src: &File, dst: &File, st: &Stat) -> io::Result<()> {
-        let size = st.size;
-        if size == 0 {
-            return Ok(());
-        }
-        if !is_sparse(st) {
-            if self.reflink_ok.load(Relaxed) {
-                match sys::reflink(src, dst) {
-                    Ok(()) => {
-                        self.copied(size);
-                        return Ok(());
-                    }
-                    Err(e) if sys::is_unsupported(&e) => self.reflink_ok.store(false, Relaxed),
-                    Err(e) => return Err(e),
-                }
-            }
-            return self.copy_extent(src, dst, 0, size);
-        }
-        for (off, len) in data_regions(src, size)? {
-            self.copy_extent(src, dst, off, len)?;
-        }
-        sys::truncate_fd(dst, size)
-    }
-
-    fn copy_extent(&self, src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
-        let mut done = 0u64;
-        if self.cfr_ok.load(Relaxed) {
-            while done < len {
-                let want = (len - done).min(1 << 30) as usize;
-                match sys::copy_range(src, off + done, dst, off + done, want) {
-                    Ok(0) => return Ok(()), // source shrank under us
-                    Ok(n) => {
-                        done += n as u64;
-                        self.copied(n as u64);
-                    }
-                    Err(e) if done == 0 && sys::is_unsupported(&e) => {
-                        self.cfr_ok.store(false, Relaxed);
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if done == len {
-                return Ok(());
-            }
-        }
-        with_buffer(|buf| {
-            while done < len {
-                let want = (len - done).min(buf.len() as u64) as usize;
-                let n = src.read_at(&mut buf[..want], off + done)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                dst.write_all_at(&buf[..n], off + done)?;
-                done += n as u64;
-                self.copied(n as u64);
-            }
-            Ok(())
-        })
-    }
-
     /// Opens a subdirectory for the walk: its source, and in DST a real
     /// directory (replacing a symlink or file, never following it), cleaned
     /// of leftovers (and, with `--delete`, of what SRC lacks).
@@ -863,118 +565,4 @@ impl<'a> Copier<'a> {
         };
         self.apply_dir_meta(d, &dir.st, src_x, dir.existed, &dir.rel);
     }
-
-    /// `--verify`: compares one entry of DST with SRC; returns true for a
-    /// directory on both sides, which the walk then goes into.
-    fn verify_entry(
-        &self,
-        sdir: &File,
-        ddir: &File,
-        sname: &CStr,
-        dname: &CStr,
-        rel: PathBuf,
-    ) -> bool {
-        let r = (|| -> Result<Result<bool, String>, StepError> {
-            let st = sys::stat_at(sdir, sname).step("stat")?;
-            if self.opts.filter.excluded(&rel, st.kind() == FileKind::Dir) {
-                return Ok(Ok(false));
-            }
-            let Some(dt) = sys::stat_at_opt(ddir, dname).step("stat destination")? else {
-                return Ok(Err("missing from destination".into()));
-            };
-            if dt.kind() != st.kind() {
-                return Ok(Err(format!(
-                    "type differs: {:?} vs {:?}",
-                    st.kind(),
-                    dt.kind()
-                )));
-            }
-            match st.kind() {
-                FileKind::Dir => return Ok(Ok(true)),
-                FileKind::File => {
-                    if dt.size != st.size {
-                        return Ok(Err(format!("size differs: {} vs {}", st.size, dt.size)));
-                    }
-                    let a =
-                        hash_file(&sys::open_read_at(sdir, sname).step("open")?).step("read")?;
-                    let b = hash_file(&sys::open_read_at(ddir, dname).step("open destination")?)
-                        .step("read destination")?;
-                    if a != b {
-                        return Ok(Err(format!(
-                            "content differs: blake3 {} vs {}",
-                            a.to_hex(),
-                            b.to_hex()
-                        )));
-                    }
-                }
-                FileKind::Symlink => {
-                    let same = sys::readlink_at(sdir, sname).step("readlink")?
-                        == sys::readlink_at(ddir, dname).step("readlink destination")?;
-                    if !same {
-                        return Ok(Err("symlink target differs".into()));
-                    }
-                }
-                _ => {}
-            }
-            Ok(Ok(false))
-        })();
-        match r {
-            Ok(Ok(descend)) => descend,
-            Ok(Err(m)) => {
-                self.mismatch(&rel, m);
-                false
-            }
-            Err(e) => {
-                self.mismatch(&rel, e.to_string());
-                false
-            }
-        }
-    }
-
-    fn mismatch(&self, rel: &Path, reason: String) {
-        let mut m = self.mismatches.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() < MAX_ISSUES {
-            m.push(EntryIssue {
-                path: rel.to_path_buf(),
-                reason,
-            });
-        }
-    }
-}
-
-/// Whether two files hold the same bytes, read side by side through the
-/// per-thread buffer; stops at the first difference.
-fn files_equal(a: &File, b: &File) -> io::Result<bool> {
-    with_buffer(|buf| {
-        let (x, y) = buf.split_at_mut(BUF / 2);
-        let mut off = 0u64;
-        loop {
-            let n = read_full_at(a, x, off)?;
-            let m = read_full_at(b, &mut y[..x.len()], off)?;
-            if n != m || x[..n] != y[..n] {
-                return Ok(false);
-            }
-            if n == 0 {
-                return Ok(true);
-            }
-            off += n as u64;
-        }
-    })
-}
-
-/// blake3 of a file's content, read through a fixed-size buffer.
-pub(crate) fn hash_file(f: &File) -> io::Result<blake3::Hash> {
-    let mut h = blake3::Hasher::new();
-    with_buffer(|buf| {
-        let mut off = 0u64;
-        loop {
-            let n = f.read_at(buf, off)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            off += n as u64;
-        }
-        Ok(h.finalize())
-    })
 }
