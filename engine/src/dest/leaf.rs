@@ -55,6 +55,7 @@ impl DestWriter<'_> {
         rel: &Path,
         src: &S,
     ) -> Result<bool, StepError> {
+        super::check_name(name)?;
         let st = src.stat();
         let cur = match at.dir {
             Some(d) if !at.fresh => sys::stat_at_opt(d, name).step("stat destination")?,

@@ -166,15 +166,27 @@ impl DestWriter<'_> {
             .as_ref()
             .ok_or_else(|| io::Error::other("no destination root"))?;
         let mut d = root.try_clone()?;
-        let name = rel
-            .file_name()
-            .ok_or_else(|| io::Error::other("empty path"))?;
-        if let Some(parent) = rel.parent() {
-            for comp in parent.components() {
-                let c = CString::new(comp.as_os_str().as_bytes())?;
-                d = sys::open_dir_at(&d, &c)?;
+        // A link key that names an earlier path (a tar hardlink, later)
+        // comes from outside: only plain components, each opened without
+        // following a symlink, so it cannot lead out of the root.
+        let mut comps = Vec::new();
+        for comp in rel.components() {
+            match comp {
+                std::path::Component::Normal(c) => comps.push(CString::new(c.as_bytes())?),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("link target {} leaves the destination", rel.display()),
+                    ))
+                }
             }
         }
-        Ok((d, CString::new(name.as_bytes())?))
+        let name = comps
+            .pop()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty link target"))?;
+        for c in &comps {
+            d = sys::open_dir_at(&d, c)?;
+        }
+        Ok((d, name))
     }
 }

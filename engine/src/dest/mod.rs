@@ -32,10 +32,14 @@ mod links;
 mod meta;
 mod place;
 mod remove;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use links::Link;
 pub(crate) use meta::{has_default_acl, Target};
-pub(crate) use place::{is_tmp_name, name_of, open_or_create_root, split_parent, tmp_name};
+pub(crate) use place::{
+    check_name, is_tmp_name, name_of, open_or_create_root, split_parent, tmp_name,
+};
 
 /// At most this many failed (and, separately, partial) entries are kept with
 /// their reasons; the rest are only counted, so memory stays bounded.

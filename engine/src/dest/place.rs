@@ -53,6 +53,21 @@ pub(crate) fn flink_refused(e: &io::Error) -> bool {
     )
 }
 
+/// Refuses a name that is not one plain component: empty, `.`, `..`, or
+/// holding a `/`. Names from readdir never are; names from a snapshot are
+/// checked when decoded; this guards every other source (archives, the
+/// wire) at the one place all names pass.
+pub(crate) fn check_name(name: &CStr) -> Result<(), StepError> {
+    let b = name.to_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(StepError {
+            op: "refusing a name that is not one path component",
+            err: io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn is_tmp_name(name: &[u8]) -> bool {
     name.len() == TMP_PREFIX.len() + 16
         && name.starts_with(TMP_PREFIX)
@@ -305,6 +320,7 @@ impl DestWriter<'_> {
         dname: &CStr,
         rel: &Path,
     ) -> Result<(Option<File>, bool), StepError> {
+        check_name(dname)?;
         let Some(pd) = parent else {
             self.record(Outcome::Created, rel);
             return Ok((None, false));

@@ -1,0 +1,188 @@
+//! Unit tests of the destination writer on its own: the metadata order, a
+//! hostile name, a link key outside the root, and removal of what the
+//! source no longer has.
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::leaf::{LeafSource, Place};
+use super::*;
+use crate::error::StepError;
+use crate::meta::Xattrs;
+use crate::sys::{self, Stat};
+
+/// A leaf made up in memory: a regular file with `data`, or a symlink.
+struct Fake {
+    st: Stat,
+    data: Vec<u8>,
+    xattrs: Xattrs,
+}
+
+impl LeafSource for Fake {
+    fn stat(&self) -> &Stat {
+        &self.st
+    }
+    fn same_content(&self, _: &File, _: &CStr, _: &Stat) -> Result<bool, StepError> {
+        Ok(false)
+    }
+    fn target(&self) -> Result<Vec<u8>, StepError> {
+        Ok(self.data.clone())
+    }
+    fn xattrs(&self) -> Result<Xattrs, StepError> {
+        Ok(self.xattrs.clone())
+    }
+    fn fill(&self, out: &File) -> Result<(Stat, Xattrs), StepError> {
+        use std::os::unix::fs::FileExt;
+        out.write_all_at(&self.data, 0).map_err(StepError::from)?;
+        Ok((self.st, self.xattrs.clone()))
+    }
+}
+
+fn file_stat(mode: u32, uid: u32, size: u64) -> Stat {
+    Stat {
+        dev: 1,
+        ino: 1,
+        mode: libc::S_IFREG | mode,
+        nlink: 1,
+        uid,
+        gid: uid,
+        rdev: 0,
+        size,
+        blocks: size.div_ceil(512),
+        atime: (1_600_000_000, 5),
+        mtime: (1_600_000_100, 7),
+        ctime: (0, 0),
+        attrs: 0,
+    }
+}
+
+fn writer_parts() -> (WriteOptions, Filter) {
+    (WriteOptions::default(), Filter::default())
+}
+
+fn place(d: &File) -> Place<'_> {
+    Place {
+        dir: Some(d),
+        fresh: false,
+        acl_inherit: false,
+    }
+}
+
+#[test]
+fn metadata_goes_owner_xattrs_mode_then_times() {
+    assert_eq!(
+        sys::euid(),
+        0,
+        "this test sets foreign owners: run it as root (CI does)"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let d = sys::open_dir_path(t.path()).unwrap();
+    let (opts, protect) = writer_parts();
+    let w = DestWriter::new(&opts, false, &protect, false, &crate::NoProgress);
+    let mut xattrs = Xattrs::new();
+    xattrs.push(("user.order".into(), b"after chown".to_vec()));
+    let src = Fake {
+        st: file_stat(0o6755, 1234, 3),
+        data: b"abc".to_vec(),
+        xattrs,
+    };
+    let name = CString::new("suid").unwrap();
+    w.put_leaf(place(&d), &name, Path::new("suid"), &src)
+        .unwrap();
+    let md = std::fs::symlink_metadata(t.path().join("suid")).unwrap();
+    // chown before chmod: the setuid and setgid bits a chown clears survive.
+    assert_eq!(md.permissions().mode() & 0o7777, 0o6755);
+    assert_eq!((md.uid(), md.gid()), (1234, 1234));
+    // xattrs after chown (which would clear a capability), times last.
+    assert_eq!(
+        xattr::get(t.path().join("suid"), "user.order")
+            .unwrap()
+            .unwrap(),
+        b"after chown"
+    );
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_600_000_100, 7));
+    assert_eq!(std::fs::read(t.path().join("suid")).unwrap(), b"abc");
+    let s = w.summary(std::time::Instant::now());
+    assert_eq!((s.created, s.failed.len(), s.partial.len()), (1, 0, 0));
+}
+
+#[test]
+fn a_hostile_name_is_refused_and_nothing_lands_outside() {
+    let t = tempfile::tempdir().unwrap();
+    let inside = t.path().join("inside");
+    std::fs::create_dir(&inside).unwrap();
+    let d = sys::open_dir_path(&inside).unwrap();
+    let (opts, protect) = writer_parts();
+    let w = DestWriter::new(&opts, false, &protect, false, &crate::NoProgress);
+    let src = Fake {
+        st: file_stat(0o644, sys::euid(), 4),
+        data: b"evil".to_vec(),
+        xattrs: Xattrs::new(),
+    };
+    for bad in ["../escaped", "..", ".", "a/b", ""] {
+        let name = CString::new(bad).unwrap();
+        assert!(
+            w.put_leaf(place(&d), &name, Path::new(bad), &src).is_err(),
+            "{bad:?} accepted"
+        );
+        assert!(w
+            .ensure_dir(Some(&d), false, &name, Path::new(bad))
+            .is_err());
+    }
+    assert!(!t.path().join("escaped").exists());
+    assert_eq!(std::fs::read_dir(&inside).unwrap().count(), 0);
+}
+
+#[test]
+fn a_link_key_outside_the_root_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(t.path().join("secret"), b"outside").unwrap();
+    let (opts, protect) = writer_parts();
+    let mut w = DestWriter::new(&opts, false, &protect, false, &crate::NoProgress);
+    w.dst_root = Some(sys::open_dir_path(&root).unwrap());
+    for key in ["../secret", "/etc/passwd", "a/../../secret"] {
+        assert!(w.open_dst_parent(Path::new(key)).is_err(), "{key} opened");
+    }
+    // A later name of a group whose first name is outside is not linked.
+    let d = sys::open_dir_path(&root).unwrap();
+    let name = CString::new("second").unwrap();
+    let r = w.make_link(&d, &name, Path::new("second"), Path::new("../secret"), None);
+    assert!(r.is_err());
+    assert!(!root.join("second").exists());
+}
+
+#[test]
+fn removal_takes_what_the_source_lacks_and_keeps_the_rest() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    for p in [
+        "keep",
+        "gone",
+        "olddir/deep/f",
+        "protected/x",
+        ".haul-tmp.0123456789abcdef",
+    ] {
+        let p = root.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"x").unwrap();
+    }
+    let opts = WriteOptions::default();
+    let protect = Filter::new(&["protected/"]).unwrap();
+    let w = DestWriter::new(&opts, true, &protect, false, &crate::NoProgress);
+    let d = sys::open_dir_path(root).unwrap();
+    w.remove_extraneous(&d, Path::new(""), |n| n == b"keep");
+    let mut left: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["keep", "protected"]);
+    let s = w.summary(std::time::Instant::now());
+    // gone, olddir, olddir/deep, olddir/deep/f; the leftover temporary
+    // file goes uncounted.
+    assert_eq!(s.deleted, 4);
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+}
