@@ -80,8 +80,7 @@ fn metadata_goes_owner_xattrs_mode_then_times() {
     let d = sys::open_dir_path(t.path()).unwrap();
     let (opts, protect) = writer_parts();
     let w = DestWriter::new(&opts, false, &protect, false, &crate::NoProgress);
-    let mut xattrs = Xattrs::new();
-    xattrs.push(("user.order".into(), b"after chown".to_vec()));
+    let xattrs: Xattrs = vec![("user.order".into(), b"after chown".to_vec())];
     let src = Fake {
         st: file_stat(0o6755, 1234, 3),
         data: b"abc".to_vec(),
