@@ -15,10 +15,10 @@ use haul_formats::{
 use serde::Serialize;
 
 use super::packer::Packer;
-use super::writer::{ts, EntryCtx, NodeError, SnapshotWriter};
+use super::writer::{entry_failed, ts, NodeError, SnapshotWriter};
 use super::{hostname, username, Repository};
 use crate::dest::EntryIssue;
-use crate::error::Error;
+use crate::error::{Error, Step, StepError};
 use crate::filter::Filter;
 use crate::meta::{read_xattrs, FileKind, XTarget, XattrPolicy};
 use crate::progress::Progress;
@@ -141,7 +141,12 @@ impl CreateWalk<'_, '_> {
         let b = self.0;
         let d = match sys::open_dir_at(&sub.parent, &sub.name) {
             Ok(d) => d,
-            Err(e) => return Err(NodeError::Entry(format!("opening directory: {e}"))),
+            Err(e) => {
+                return Err(NodeError::Entry(StepError {
+                    op: "opening directory",
+                    err: e,
+                }))
+            }
         };
         drop(sub.parent);
         let same = sub.old.as_ref().filter(|o| unchanged(o, &sub.st)).cloned();
@@ -152,7 +157,7 @@ impl CreateWalk<'_, '_> {
         let xattrs = match same {
             Some(_) => None,
             None => Some(b.xattrs(&XTarget::Fd(&d)).map_err(|f| match f {
-                NodeError::Entry(m) => m,
+                NodeError::Entry(m) => m.to_string(),
                 NodeError::Repo(e) => e.to_string(),
             })),
         };
@@ -243,7 +248,7 @@ impl TreeVisitor for CreateWalk<'_, '_> {
                 })
             }
             Ok(Entry::Skip) => {}
-            Err(NodeError::Entry(msg)) => self.0.fail(&rel, msg),
+            Err(NodeError::Entry(e)) => self.0.fail(&rel, e.to_string()),
             Err(NodeError::Repo(e)) => self.stop(e),
         }
         None
@@ -256,8 +261,8 @@ impl TreeVisitor for CreateWalk<'_, '_> {
         let rel = sub.rel.clone();
         match self.open_dir(sub) {
             Ok(o) => o,
-            Err(NodeError::Entry(msg)) => {
-                self.0.fail(&rel, msg);
+            Err(NodeError::Entry(e)) => {
+                self.0.fail(&rel, e.to_string());
                 None
             }
             Err(NodeError::Repo(e)) => {
@@ -314,7 +319,7 @@ impl SnapshotWriter<'_> {
             acls: true,
         };
         Ok(read_xattrs(t, policy)
-            .ctx("reading xattrs")?
+            .step("reading xattrs")?
             .into_iter()
             .map(|(n, v)| Xattr {
                 name: n.into_vec(),
@@ -335,7 +340,7 @@ impl SnapshotWriter<'_> {
         let st = match sys::stat_at(dir, name) {
             Ok(st) => st,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Entry::Skip),
-            Err(e) => return Err(NodeError::Entry(format!("stat: {e}"))),
+            Err(e) => return Err(NodeError::Entry(StepError { op: "stat", err: e })),
         };
         let kind = st.kind();
         if self.filter.excluded(rel, kind == FileKind::Dir) {
@@ -378,7 +383,7 @@ impl SnapshotWriter<'_> {
         let same = old.filter(|o| unchanged(o, st));
         match st.kind() {
             FileKind::Dir => {
-                let parent = Arc::new(dir.try_clone().ctx("opening directory")?);
+                let parent = Arc::new(dir.try_clone().step("opening directory")?);
                 let sub = CreateSub {
                     parent,
                     name: name.to_owned(),
@@ -388,7 +393,7 @@ impl SnapshotWriter<'_> {
                 };
                 let walker = CreateWalk(self);
                 let Some(root) = walker.open_dir(sub)? else {
-                    return Err(NodeError::Entry("opening directory failed".into()));
+                    return Err(entry_failed("opening directory", "it could not be opened"));
                 };
                 walk(&walker, root);
                 if let Some(e) = self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -398,7 +403,9 @@ impl SnapshotWriter<'_> {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .take()
-                    .ok_or_else(|| NodeError::Entry("its tree could not be recorded".into()))
+                    .ok_or_else(|| {
+                        entry_failed("recording directory", "its tree could not be recorded")
+                    })
             }
             FileKind::File => {
                 // Reuse also requires every chunk to be indexed: a damaged or
@@ -434,7 +441,7 @@ impl SnapshotWriter<'_> {
                         });
                     }
                 }
-                let f = sys::open_read_at(dir, name).ctx("open")?;
+                let f = sys::open_read_at(dir, name).step("open")?;
                 let (data_map, chunks) = self.file_chunks(&f, st)?;
                 let x = self.xattrs(&XTarget::Fd(&f))?;
                 let node = self.node(bname, st, NodeKind::File { data_map, chunks }, x);
@@ -452,7 +459,7 @@ impl SnapshotWriter<'_> {
                 }
                 let kind = match other {
                     FileKind::Symlink => NodeKind::Symlink {
-                        target: sys::readlink_at(dir, name).ctx("readlink")?,
+                        target: sys::readlink_at(dir, name).step("readlink")?,
                     },
                     FileKind::Fifo => NodeKind::Fifo,
                     FileKind::Socket => NodeKind::Socket,
@@ -658,8 +665,12 @@ impl Repository {
                             roots.push(n);
                         }
                         Err(NodeError::Repo(e)) => return Err(e),
-                        Err(NodeError::Entry(msg)) => {
-                            return Err(Error::io("reading source", p, io::Error::other(msg)))
+                        Err(NodeError::Entry(e)) => {
+                            return Err(Error::io(
+                                "reading source",
+                                p,
+                                io::Error::other(e.to_string()),
+                            ))
                         }
                     }
                 }

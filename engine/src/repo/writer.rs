@@ -19,7 +19,7 @@ use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
 use crate::chunk::{chunk_region, data_regions, is_sparse, ChunkError};
 use crate::dest::EntryIssue;
-use crate::error::Error;
+use crate::error::{Error, Step, StepError};
 use crate::filter::Filter;
 use crate::meta::FileKind;
 use crate::progress::Progress;
@@ -27,7 +27,8 @@ use crate::sys::Stat;
 
 /// A per-entry problem, or one that stops the whole run.
 pub(super) enum NodeError {
-    Entry(String),
+    /// This entry failed, as copy's and restore's entries fail.
+    Entry(StepError),
     Repo(Error),
 }
 
@@ -37,14 +38,18 @@ impl From<Error> for NodeError {
     }
 }
 
-pub(super) trait EntryCtx<T> {
-    fn ctx(self, op: &str) -> Result<T, NodeError>;
+impl From<StepError> for NodeError {
+    fn from(e: StepError) -> NodeError {
+        NodeError::Entry(e)
+    }
 }
 
-impl<T> EntryCtx<T> for io::Result<T> {
-    fn ctx(self, op: &str) -> Result<T, NodeError> {
-        self.map_err(|e| NodeError::Entry(format!("{op}: {e}")))
-    }
+/// An entry's failure that has a message rather than an OS error.
+pub(super) fn entry_failed(op: &'static str, msg: impl Into<String>) -> NodeError {
+    NodeError::Entry(StepError {
+        op,
+        err: io::Error::other(msg.into()),
+    })
 }
 
 /// (is a user, id) → name, as looked up on this host.
@@ -277,7 +282,7 @@ impl SnapshotWriter<'_> {
             return Ok((None, chunks));
         }
         let extents = if is_sparse(st) {
-            let regions = data_regions(f, size).ctx("seek data")?;
+            let regions = data_regions(f, size).step("seek data")?;
             Some(
                 regions
                     .into_iter()
@@ -300,16 +305,17 @@ impl SnapshotWriter<'_> {
                 Ok::<(), Error>(())
             })
             .map_err(|e| match e {
-                ChunkError::Read(m) => NodeError::Entry(format!("read: {m}")),
+                ChunkError::Read(m) => entry_failed("read", m),
                 ChunkError::Params(m) => {
                     NodeError::Repo(Error::corrupt("chunker", self.repo.location(), m))
                 }
                 ChunkError::Consumer(e) => NodeError::Repo(e),
             })?;
             if got != len {
-                return Err(NodeError::Entry(format!(
-                    "file changed while it was read: expected {len} bytes at offset {off}, got {got}"
-                )));
+                return Err(entry_failed(
+                    "file changed while it was read",
+                    format!("expected {len} bytes at offset {off}, got {got}"),
+                ));
             }
         }
         Ok((extents, chunks))
