@@ -91,7 +91,7 @@ pub(crate) struct MasterIndex {
     /// directory's unchanged files by an old one, its changed ones by a new
     /// one), and a repository may have many index files. See [`Recent`].
     recent: std::sync::atomic::AtomicU64,
-    /// Index files written during this run (see `Backup::flush_index`).
+    /// Index files written during this run (see `SnapshotWriter::flush_index`).
     added: std::sync::RwLock<Vec<IndexFile>>,
     /// Packs the index names that the repository no longer has: a lookup
     /// passes over their entries to another copy, or finds the blob absent,
