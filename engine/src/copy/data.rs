@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::*;
 use crate::chunk::{data_regions, is_sparse, read_full_at};
+use crate::dest::entry::Entry;
 use crate::dest::leaf::{LeafSource, Place};
 use crate::error::{Step, StepError};
 use crate::meta::{read_xattrs, FileKind, XTarget, Xattrs};
@@ -37,13 +38,16 @@ pub(super) struct LocalLeaf<'r, 'a> {
     run: &'r Copier<'a>,
     dir: &'r File,
     name: &'r CStr,
+    /// As `lstat` saw it (copy_stable checks the file against it) ...
     st: Stat,
+    /// ... and as the writer wants it.
+    entry: Entry,
     rel: &'r Path,
 }
 
 impl LeafSource for LocalLeaf<'_, '_> {
-    fn stat(&self) -> &Stat {
-        &self.st
+    fn entry(&self) -> &Entry {
+        &self.entry
     }
 
     fn same_content(&self, d: &File, name: &CStr, cur: &Stat) -> Result<bool, StepError> {
@@ -61,13 +65,15 @@ impl LeafSource for LocalLeaf<'_, '_> {
         read_xattrs(&XTarget::At(self.dir, self.name), self.run.policy).step("read xattrs")
     }
 
-    fn fill(&self, out: &File) -> Result<(Stat, Xattrs), StepError> {
+    fn fill(&self, out: &File) -> Result<(Entry, Xattrs), StepError> {
         let mut want = self.st;
         let src = self
             .run
             .copy_stable(self.dir, self.name, out, &mut want, self.rel)?;
         let x = read_xattrs(&XTarget::Fd(&src), self.run.policy).step("read xattrs")?;
-        Ok((want, x))
+        let mut e = Entry::from_stat(&want);
+        e.link = self.entry.link.clone();
+        Ok((e, x))
     }
 }
 
@@ -119,12 +125,14 @@ impl Copier<'_> {
         dname: &CStr,
         rel: &Path,
         st: &Stat,
+        entry: Entry,
     ) -> Result<bool, StepError> {
         let src = LocalLeaf {
             run: self,
             dir: dir.src,
             name: sname,
             st: *st,
+            entry,
             rel,
         };
         let at = Place {

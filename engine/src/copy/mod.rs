@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::dest::entry::{Entry, LinkKey};
 use crate::dest::{
     has_default_acl, is_tmp_name, name_of, open_or_create_root, split_parent, CopySummary,
     DestWriter, EntryIssue, Outcome, WriteOptions,
@@ -202,7 +203,7 @@ pub fn copy(
                 });
             }
             pool.install(|| {
-                run.count_source(&src_st, false);
+                run.count_source(&Entry::from_stat(&src_st), false);
                 // Also in a dry run, which must count what a real run does.
                 if !existed {
                     run.record(Outcome::Created, Path::new(""));
@@ -468,16 +469,18 @@ impl<'a> Copier<'a> {
         if self.opts.filter.excluded(&rel, kind == FileKind::Dir) {
             return None;
         }
-        self.check_owner_map(&st, &rel);
+        let e = Entry::from_stat(&st);
+        self.check_owner_map(&e, &rel);
         if kind == FileKind::Dir {
-            self.count_source(&st, false);
+            self.count_source(&e, false);
             return Some((rel, st));
         }
-        let r = if st.nlink > 1 {
-            self.linked_leaf(dir, sname, dname, &rel, &st)
-        } else {
-            self.count_source(&st, false);
-            self.leaf(dir, sname, dname, &rel, &st).map(|_| ())
+        let r = match e.link.clone() {
+            Some(key) => self.linked_leaf(dir, sname, dname, &rel, &st, e, key),
+            None => {
+                self.count_source(&e, false);
+                self.leaf(dir, sname, dname, &rel, &st, e).map(|_| ())
+            }
         };
         if let Err(e) = r {
             self.fail(&rel, e);
@@ -488,6 +491,7 @@ impl<'a> Copier<'a> {
 
     /// A non-directory with several names: the first name seen is copied,
     /// later ones become hardlinks to it.
+    #[allow(clippy::too_many_arguments)]
     fn linked_leaf(
         &self,
         dir: &DirPair<'_>,
@@ -495,12 +499,15 @@ impl<'a> Copier<'a> {
         dname: &CStr,
         rel: &Path,
         st: &Stat,
+        e: Entry,
+        key: LinkKey,
     ) -> Result<(), StepError> {
-        let first = self.linked((st.dev, st.ino), dir.dst, dname, rel, || {
-            self.leaf(dir, sname, dname, rel, st)
+        let counted = e.clone();
+        let first = self.linked(key, dir.dst, dname, rel, || {
+            self.leaf(dir, sname, dname, rel, st, e)
         });
         let (first, r) = first?;
-        self.count_source(st, !first);
+        self.count_source(&counted, !first);
         r
     }
 
@@ -563,6 +570,6 @@ impl<'a> Copier<'a> {
                 .take()
                 .unwrap_or_else(|| Ok(Xattrs::new()))
         };
-        self.apply_dir_meta(d, &dir.st, src_x, dir.existed, &dir.rel);
+        self.apply_dir_meta(d, &Entry::from_stat(&dir.st), src_x, dir.existed, &dir.rel);
     }
 }

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+use super::entry::Entry;
 use super::{DestWriter, Fresh, Outcome, Target};
 use crate::error::{Step, StepError};
 use crate::meta::{FileKind, Xattrs};
@@ -15,9 +16,8 @@ use crate::sys::{self, Stat};
 /// snapshot's node and blobs; later, archives and the wire. Generic, so the
 /// hot path is monomorphised.
 pub(crate) trait LeafSource {
-    /// The entry as it should be: kind, permission bits, owner, times,
-    /// size, rdev, chattr flags.
-    fn stat(&self) -> &Stat;
+    /// The entry as it should be.
+    fn entry(&self) -> &Entry;
     /// Whether the regular file `name` in `d` (last seen as `cur`, of the
     /// same size) already holds this content.
     fn same_content(&self, d: &File, name: &CStr, cur: &Stat) -> Result<bool, StepError>;
@@ -28,7 +28,7 @@ pub(crate) trait LeafSource {
     /// Writes a regular file's data into the new, empty `out`. Returns the
     /// state the data is of (a source may have read it again) and the
     /// attributes, which a source may read alongside the data.
-    fn fill(&self, out: &File) -> Result<(Stat, Xattrs), StepError>;
+    fn fill(&self, out: &File) -> Result<(Entry, Xattrs), StepError>;
 }
 
 /// Where a leaf goes: its directory in DST (absent in a dry run below a
@@ -56,7 +56,7 @@ impl DestWriter<'_> {
         src: &S,
     ) -> Result<bool, StepError> {
         super::check_name(name)?;
-        let st = src.stat();
+        let st = src.entry();
         let cur = match at.dir {
             Some(d) if !at.fresh => sys::stat_at_opt(d, name).step("stat destination")?,
             _ => None,
@@ -66,7 +66,7 @@ impl DestWriter<'_> {
             // A destination inode that other names share can only be kept
             // if the source entry is hardlinked too; otherwise fixing it in
             // place would change those other names, so it is replaced.
-            let same_type = c.kind() == kind && (c.nlink == 1 || st.nlink > 1);
+            let same_type = c.kind() == kind && (c.nlink == 1 || st.link.is_some());
             let reusable = same_type
                 && match kind {
                     FileKind::File => c.size == st.size && src.same_content(d, name, c)?,
@@ -114,20 +114,20 @@ impl DestWriter<'_> {
             return Ok(false);
         }
         if kind == FileKind::File {
-            let mut wrote = *st;
+            let mut wrote = st.clone();
             let f = self.put_new_file(d, name, st.perm() & 0o777, cur, rel, |out| {
                 let (got, x) = src.fill(out)?;
-                wrote = got;
                 let have = sys::stat_fd(out).step("stat new file")?;
-                self.sync_meta(
+                let r = self.sync_meta(
                     Target::Fd(out),
                     &got,
                     &x,
                     &have,
                     Fresh::Yes(have_x),
                     &mut partial,
-                )
-                .map(drop)
+                );
+                wrote = got;
+                r.map(drop)
             })?;
             self.set_new_attrs(&f, &wrote, &mut partial);
         } else {
@@ -159,7 +159,7 @@ impl DestWriter<'_> {
         &self,
         d: &File,
         name: &CStr,
-        st: &Stat,
+        st: &Entry,
         src: &S,
         have_x: Option<&Xattrs>,
         partial: &mut Vec<String>,

@@ -47,7 +47,7 @@ impl DestWriter<'_> {
     #[allow(clippy::type_complexity)]
     pub(crate) fn linked(
         &self,
-        key: (u64, u64),
+        key: super::entry::LinkKey,
         dst: Option<&File>,
         dname: &CStr,
         rel: &Path,
@@ -62,7 +62,7 @@ impl DestWriter<'_> {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
             match links.get(&key) {
                 None | Some(Link::Failed) => {
-                    links.insert(key, Link::Pending);
+                    links.insert(key.clone(), Link::Pending);
                     break None;
                 }
                 Some(Link::Pending) => {

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+use super::entry::Entry;
 use super::*;
 use crate::error::{Step, StepError};
 use crate::meta::{read_xattrs, sync_xattrs, FileKind, XTarget, Xattrs};
@@ -44,7 +45,7 @@ impl Target<'_> {
             Target::At(d, n, _) => sys::chmod_at(d, n, mode),
         }
     }
-    pub(crate) fn times(&self, st: &Stat) -> io::Result<()> {
+    pub(crate) fn times(&self, st: &Entry) -> io::Result<()> {
         match *self {
             Target::Fd(f) => sys::set_times_fd(f, st.atime, st.mtime),
             Target::At(d, n, _) => sys::set_times_at(d, n, st.atime, st.mtime),
@@ -81,7 +82,7 @@ pub(crate) fn attrs_word(attrs: u32) -> String {
 impl DestWriter<'_> {
     /// Gives a new file, now under its final name, the source's `chattr`
     /// flags (a failure to is reported as partial).
-    pub(crate) fn set_new_attrs(&self, f: &File, st: &Stat, partial: &mut Vec<String>) {
+    pub(crate) fn set_new_attrs(&self, f: &File, st: &Entry, partial: &mut Vec<String>) {
         if st.attrs != 0 && !self.opts.dry_run {
             if let Err(e) = sys::set_attrs_fd(f, st.attrs) {
                 partial.push(format!(
@@ -109,7 +110,7 @@ impl DestWriter<'_> {
     pub(crate) fn fix_in_place(
         &self,
         t: Target<'_>,
-        want: &Stat,
+        want: &Entry,
         want_x: &Xattrs,
         have: &Stat,
         rel: &Path,
@@ -137,7 +138,7 @@ impl DestWriter<'_> {
     pub(crate) fn sync_meta(
         &self,
         t: Target<'_>,
-        src: &Stat,
+        src: &Entry,
         src_x: &Xattrs,
         have: &Stat,
         fresh: Fresh<'_>,
@@ -271,7 +272,7 @@ impl DestWriter<'_> {
     pub(crate) fn apply_dir_meta(
         &self,
         d: &File,
-        st: &Stat,
+        st: &Entry,
         want_x: impl FnOnce() -> Result<Xattrs, StepError>,
         existed: bool,
         rel: &Path,

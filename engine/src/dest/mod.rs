@@ -25,8 +25,9 @@ use crate::filter::Filter;
 use crate::idmap::IdMap;
 use crate::meta::{FileKind, XattrPolicy, Xattrs};
 use crate::progress::{Action, Progress};
-use crate::sys::{self, Stat};
+use crate::sys;
 
+pub(crate) mod entry;
 pub(crate) mod leaf;
 mod links;
 mod meta;
@@ -88,7 +89,7 @@ pub(crate) struct DestWriter<'a> {
     pub(crate) is_root: bool,
     c: Counters,
     issues: Mutex<Issues>,
-    links: Mutex<HashMap<(u64, u64), Link>>,
+    links: Mutex<HashMap<entry::LinkKey, Link>>,
     /// Whether new files can be `O_TMPFILE` inodes linked into place:
     /// `TMPFILE_UNKNOWN` until the first one is tried.
     tmpfile: AtomicU8,
@@ -346,7 +347,7 @@ impl<'a> DestWriter<'a> {
 
     /// Warns when a map or `--chown` hands a setuid file that root does
     /// not own to root: it will run as root on the destination.
-    pub(crate) fn check_owner_map(&self, st: &Stat, rel: &Path) {
+    pub(crate) fn check_owner_map(&self, st: &entry::Entry, rel: &Path) {
         if self.opts.owner
             && st.kind() == FileKind::File
             && st.perm() & 0o4000 != 0
@@ -363,7 +364,7 @@ impl<'a> DestWriter<'a> {
         }
     }
 
-    pub(crate) fn count_source(&self, st: &Stat, follower: bool) {
+    pub(crate) fn count_source(&self, st: &entry::Entry, follower: bool) {
         let c = &self.c;
         match st.kind() {
             _ if follower => c.hardlinks.fetch_add(1, Relaxed),

@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 
+use super::entry::Entry;
 use super::*;
 use crate::error::{Error, Step, StepError};
 use crate::meta::FileKind;
@@ -139,7 +140,7 @@ impl DestWriter<'_> {
         &self,
         d: &File,
         tmp: &CStr,
-        st: &Stat,
+        st: &Entry,
         target: Option<&[u8]>,
     ) -> Result<Stat, StepError> {
         let kind = st.kind();

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use super::entry::Entry;
 use super::leaf::{LeafSource, Place};
 use super::*;
 use crate::error::StepError;
@@ -14,13 +15,13 @@ use crate::sys::{self, Stat};
 
 /// A leaf made up in memory: a regular file with `data`, or a symlink.
 struct Fake {
-    st: Stat,
+    st: Entry,
     data: Vec<u8>,
     xattrs: Xattrs,
 }
 
 impl LeafSource for Fake {
-    fn stat(&self) -> &Stat {
+    fn entry(&self) -> &Entry {
         &self.st
     }
     fn same_content(&self, _: &File, _: &CStr, _: &Stat) -> Result<bool, StepError> {
@@ -32,28 +33,25 @@ impl LeafSource for Fake {
     fn xattrs(&self) -> Result<Xattrs, StepError> {
         Ok(self.xattrs.clone())
     }
-    fn fill(&self, out: &File) -> Result<(Stat, Xattrs), StepError> {
+    fn fill(&self, out: &File) -> Result<(Entry, Xattrs), StepError> {
         use std::os::unix::fs::FileExt;
         out.write_all_at(&self.data, 0).map_err(StepError::from)?;
-        Ok((self.st, self.xattrs.clone()))
+        Ok((self.st.clone(), self.xattrs.clone()))
     }
 }
 
-fn file_stat(mode: u32, uid: u32, size: u64) -> Stat {
-    Stat {
-        dev: 1,
-        ino: 1,
-        mode: libc::S_IFREG | mode,
-        nlink: 1,
+fn file_stat(mode: u32, uid: u32, size: u64) -> Entry {
+    Entry {
+        kind: crate::meta::FileKind::File,
+        perm: mode,
         uid,
         gid: uid,
-        rdev: 0,
         size,
-        blocks: size.div_ceil(512),
+        rdev: 0,
         atime: (1_600_000_000, 5),
         mtime: (1_600_000_100, 7),
-        ctime: (0, 0),
         attrs: 0,
+        link: None,
     }
 }
 

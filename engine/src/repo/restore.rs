@@ -14,6 +14,7 @@ use haul_formats::{IndexEntry, Node, NodeKind, Xattr, MAX_DATA_BLOB_LEN};
 
 use super::index::MasterIndex;
 use super::Repository;
+use crate::dest::entry::{Entry, LinkKey};
 use crate::dest::leaf::{LeafSource, Place};
 use crate::dest::{
     has_default_acl, open_or_create_root, CopySummary, DestWriter, Outcome, WriteOptions,
@@ -48,34 +49,26 @@ struct BlobSource<'r> {
     index: &'r MasterIndex,
 }
 
-fn node_stat(n: &Node) -> Stat {
-    let kind = FileKind::of_node(&n.kind);
+/// A snapshot node as the destination writer wants it; a hardlink group is
+/// its link key.
+fn node_entry(n: &Node) -> Entry {
     let rdev = match &n.kind {
         NodeKind::CharDevice { rdev } | NodeKind::BlockDevice { rdev } => *rdev,
         _ => 0,
     };
     let t = |t: haul_formats::Timestamp| (t.secs(), i64::from(t.nanos()));
-    Stat {
-        // Hardlink groups are keyed by (u64::MAX, group) in the link table,
-        // which no real (dev, ino) pair from a copy can equal.
-        dev: u64::MAX,
-        ino: n.hardlink_group.unwrap_or(0),
-        mode: kind.type_bits() | n.mode,
-        nlink: if n.hardlink_group.is_some() {
-            n.nlink.max(2)
-        } else {
-            1
-        },
+    Entry {
+        kind: FileKind::of_node(&n.kind),
+        perm: n.mode & 0o7777,
         uid: n.uid,
         gid: n.gid,
-        rdev,
         size: n.size,
-        blocks: 0,
+        rdev,
         atime: t(n.atime),
         mtime: t(n.mtime),
-        ctime: t(n.ctime),
         // Snapshots do not record chattr flags (create reports them).
         attrs: 0,
+        link: n.hardlink_group.map(LinkKey::Group),
     }
 }
 
@@ -182,7 +175,7 @@ impl Repository {
                         existed,
                         node: single.then(|| node.clone()),
                     };
-                    run.count_source(&node_stat(node), false);
+                    run.count_source(&node_entry(node), false);
                     let listing = run.restore_listing(&ctx, &dir, children);
                     walk(&RestoreWalk(run, &ctx), (dir, Some((listing, ()))));
                 } else {
@@ -350,12 +343,12 @@ struct NodeLeaf<'r, 'a, 'c> {
     w: &'r DestWriter<'a>,
     ctx: &'r BlobSource<'c>,
     n: &'r Node,
-    st: Stat,
+    st: Entry,
     first: Option<&'r IndexEntry>,
 }
 
 impl LeafSource for NodeLeaf<'_, '_, '_> {
-    fn stat(&self) -> &Stat {
+    fn entry(&self) -> &Entry {
         &self.st
     }
 
@@ -378,7 +371,7 @@ impl LeafSource for NodeLeaf<'_, '_, '_> {
         Ok(node_xattrs(self.n, self.w))
     }
 
-    fn fill(&self, out: &File) -> Result<(Stat, Xattrs), StepError> {
+    fn fill(&self, out: &File) -> Result<(Entry, Xattrs), StepError> {
         if let NodeKind::File { data_map, chunks } = &self.n.kind {
             self.w.write_chunks(
                 self.ctx,
@@ -389,7 +382,7 @@ impl LeafSource for NodeLeaf<'_, '_, '_> {
                 self.first,
             )?;
         }
-        Ok((self.st, node_xattrs(self.n, self.w)))
+        Ok((self.st.clone(), node_xattrs(self.n, self.w)))
     }
 }
 
@@ -520,7 +513,7 @@ impl DestWriter<'_> {
         if self.protect.excluded(&rel, is_dir) {
             return None;
         }
-        let st = node_stat(n);
+        let st = node_entry(n);
         self.check_owner_map(&st, &rel);
         if is_dir {
             self.count_source(&st, false);
@@ -533,7 +526,7 @@ impl DestWriter<'_> {
         let (dst, fresh, acl) = (dir.dst.as_ref(), dir.fresh, dir.acl);
         let first = first.as_ref();
         let r = if let Some(g) = n.hardlink_group {
-            match self.linked((u64::MAX, g), dst, &name, &rel, || {
+            match self.linked(LinkKey::Group(g), dst, &name, &rel, || {
                 self.restore_leaf(ctx, n, first, &st, dst, &name, &rel, fresh, acl)
             }) {
                 Ok((leader, r)) => {
@@ -555,7 +548,7 @@ impl DestWriter<'_> {
     }
 
     fn restore_dir_meta(&self, n: &Node, d: &File, existed: bool, rel: &Path) {
-        self.apply_dir_meta(d, &node_stat(n), || Ok(node_xattrs(n, self)), existed, rel);
+        self.apply_dir_meta(d, &node_entry(n), || Ok(node_xattrs(n, self)), existed, rel);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -564,7 +557,7 @@ impl DestWriter<'_> {
         ctx: &BlobSource<'_>,
         n: &Node,
         first: Option<&IndexEntry>,
-        st: &Stat,
+        st: &Entry,
         dst: Option<&File>,
         name: &CStr,
         rel: &Path,
@@ -575,7 +568,7 @@ impl DestWriter<'_> {
             w: self,
             ctx,
             n,
-            st: *st,
+            st: st.clone(),
             first,
         };
         let at = Place {
