@@ -27,6 +27,7 @@ use crate::meta::{FileKind, XattrPolicy, Xattrs};
 use crate::progress::{Action, Progress};
 use crate::sys;
 
+pub(crate) mod bypath;
 pub(crate) mod entry;
 pub(crate) mod leaf;
 mod links;

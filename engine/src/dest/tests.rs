@@ -183,3 +183,84 @@ fn removal_takes_what_the_source_lacks_and_keeps_the_rest() {
     assert_eq!(s.deleted, 4);
     assert!(s.failed.is_empty(), "{:?}", s.failed);
 }
+
+/// A stream in the worst order a tar can have: a file before its directory,
+/// the directory read-only, a hardlink by path, a symlink planted by the
+/// stream itself, and hostile paths. Nothing may land outside the root.
+#[test]
+fn by_path_mode_takes_any_order_and_never_leaves_the_root() {
+    use super::bypath::PathWriter;
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let (opts, protect) = writer_parts();
+    let mut w = DestWriter::new(&opts, false, &protect, false, &crate::NoProgress);
+    w.dst_root = Some(sys::open_dir_path(&root).unwrap());
+    let mut pw = PathWriter::new(&w, sys::open_dir_path(&root).unwrap());
+    let me = sys::euid();
+
+    // A file before the directory that holds it; the directory comes later,
+    // read-only, with an old mtime.
+    let file = Fake {
+        st: file_stat(0o640, me, 5),
+        data: b"hello".to_vec(),
+        xattrs: Xattrs::new(),
+    };
+    pw.put_leaf(Path::new("a/b/f"), &file).unwrap();
+    pw.put_link(Path::new("a/b/g"), Path::new("a/b/f")).unwrap();
+    let mut dir = file_stat(0o555, me, 0);
+    dir.kind = crate::meta::FileKind::Dir;
+    dir.mtime = (1_500_000_000, 1);
+    pw.put_dir(Path::new("a/b"), dir.clone(), Xattrs::new())
+        .unwrap();
+    pw.put_dir(Path::new("a"), dir, Xattrs::new()).unwrap();
+
+    // A symlink in the stream pointing outside, then entries through it.
+    let link = Fake {
+        st: Entry {
+            kind: crate::meta::FileKind::Symlink,
+            ..file_stat(0o777, me, 0)
+        },
+        data: outside.as_os_str().as_encoded_bytes().to_vec(),
+        xattrs: Xattrs::new(),
+    };
+    pw.put_leaf(Path::new("evil"), &link).unwrap();
+    assert!(pw.put_leaf(Path::new("evil/x"), &file).is_err());
+    let mut d2 = file_stat(0o755, me, 0);
+    d2.kind = crate::meta::FileKind::Dir;
+    assert!(pw
+        .put_dir(Path::new("evil/sub"), d2, Xattrs::new())
+        .is_err());
+    // Hostile paths and link targets.
+    for bad in ["../x", "/etc/x", "a/../../x", ""] {
+        assert!(pw.put_leaf(Path::new(bad), &file).is_err(), "{bad:?}");
+    }
+    assert!(pw
+        .put_link(Path::new("h"), Path::new("../outside/y"))
+        .is_err());
+    pw.finish();
+
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert_eq!(std::fs::read(root.join("a/b/f")).unwrap(), b"hello");
+    let (f, g) = (
+        std::fs::metadata(root.join("a/b/f")).unwrap(),
+        std::fs::metadata(root.join("a/b/g")).unwrap(),
+    );
+    assert_eq!(f.ino(), g.ino());
+    for d in ["a", "a/b"] {
+        let md = std::fs::metadata(root.join(d)).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o555, "{d}");
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_500_000_000, 1), "{d}");
+    }
+    assert!(std::fs::symlink_metadata(root.join("evil"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // Read-only directories would stop the tempdir's cleanup.
+    for d in ["a/b", "a"] {
+        std::fs::set_permissions(root.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}

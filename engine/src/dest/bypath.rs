@@ -1,0 +1,178 @@
+//! The destination writer's by-path mode, for sources that arrive as one
+//! stream in any order (a tar or zip file, the wire), each entry naming its
+//! path from the root. Directory handles are kept in a small cache, and
+//! opened one component at a time without following a symlink, so a
+//! symlink planted earlier in the stream (or already in DST) never leads a
+//! later entry out of the root (tar-rs CVE-2026-33056, zip CVE-2025-29787).
+//! Parents the stream did not name are created. Directory metadata is
+//! deferred to [`PathWriter::finish`] and applied deepest first, so a
+//! directory's mtime and a read-only mode stick whatever the order.
+//!
+//! Its users, archive extraction and the ssh receiver, come next; until
+//! then only its tests call it.
+#![cfg_attr(not(test), allow(dead_code))]
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+
+use super::entry::Entry;
+use super::leaf::{LeafSource, Place};
+use super::DestWriter;
+use crate::error::{Step, StepError};
+use crate::meta::Xattrs;
+use crate::sys;
+
+/// Directory handles kept open at most; the cache is emptied when full.
+const MAX_OPEN_DIRS: usize = 64;
+
+/// A stream's writer into the tree below `root`.
+pub(crate) struct PathWriter<'w, 'a> {
+    w: &'w DestWriter<'a>,
+    root: Rc<File>,
+    dirs: HashMap<PathBuf, Rc<File>>,
+    /// Directories whose metadata waits for the end: path, wanted entry and
+    /// attributes, and whether it was there before.
+    deferred: Vec<(PathBuf, Entry, Xattrs, bool)>,
+}
+
+/// A path from the stream split into its plain components, or refused.
+fn components(rel: &Path) -> Result<Vec<CString>, StepError> {
+    let mut v = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(n) => v.push(CString::new(n.as_bytes()).map_err(|_| refused())?),
+            Component::CurDir => {}
+            _ => return Err(refused()),
+        }
+    }
+    if v.is_empty() {
+        return Err(refused());
+    }
+    Ok(v)
+}
+
+fn refused() -> StepError {
+    StepError {
+        op: "refusing a path that is absolute, empty or holds '..'",
+        err: io::Error::from_raw_os_error(libc::EINVAL),
+    }
+}
+
+impl<'w, 'a> PathWriter<'w, 'a> {
+    pub(crate) fn new(w: &'w DestWriter<'a>, root: File) -> PathWriter<'w, 'a> {
+        PathWriter {
+            w,
+            root: Rc::new(root),
+            dirs: HashMap::new(),
+            deferred: Vec::new(),
+        }
+    }
+
+    /// The directory `comps` names below the root, opened component by
+    /// component without following a symlink; missing ones are created.
+    fn dir(&mut self, comps: &[CString]) -> Result<Rc<File>, StepError> {
+        let rel: PathBuf = comps
+            .iter()
+            .map(|c| std::ffi::OsStr::from_bytes(c.to_bytes()))
+            .collect();
+        if let Some(d) = self.dirs.get(&rel) {
+            return Ok(d.clone());
+        }
+        let mut d = self.root.clone();
+        let mut at = PathBuf::new();
+        for c in comps {
+            at.push(std::ffi::OsStr::from_bytes(c.to_bytes()));
+            if let Some(cached) = self.dirs.get(&at) {
+                d = cached.clone();
+                continue;
+            }
+            let next = match sys::open_dir_at(&d, c) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !self.w.opts.dry_run => {
+                    match sys::mkdir_at(&d, c, 0o755) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(e).step("mkdir"),
+                    }
+                    sys::open_dir_at(&d, c).step("open new directory")?
+                }
+                // A symlink or a file where a directory should be: never
+                // followed, never replaced on the way to another entry.
+                Err(e) => return Err(e).step("open parent directory"),
+            };
+            if self.dirs.len() >= MAX_OPEN_DIRS {
+                self.dirs.clear();
+            }
+            let next = Rc::new(next);
+            self.dirs.insert(at.clone(), next.clone());
+            d = next;
+        }
+        Ok(d)
+    }
+
+    /// A directory entry of the stream: made a real directory (replacing a
+    /// non-directory there, never following it); its metadata is applied
+    /// by [`PathWriter::finish`].
+    pub(crate) fn put_dir(
+        &mut self,
+        rel: &Path,
+        entry: Entry,
+        xattrs: Xattrs,
+    ) -> Result<(), StepError> {
+        let comps = components(rel)?;
+        let (name, parents) = comps.split_last().expect("not empty");
+        let parent = self.dir(parents)?;
+        let (d, existed) = self.w.ensure_dir(Some(&parent), false, name, rel)?;
+        if let Some(d) = d {
+            self.dirs.remove(rel);
+            if self.dirs.len() < MAX_OPEN_DIRS {
+                self.dirs.insert(rel.to_path_buf(), Rc::new(d));
+            }
+        }
+        self.deferred
+            .push((rel.to_path_buf(), entry, xattrs, existed));
+        Ok(())
+    }
+
+    /// A leaf of the stream, through the writer's one leaf function.
+    pub(crate) fn put_leaf<S: LeafSource>(&mut self, rel: &Path, src: &S) -> Result<(), StepError> {
+        let comps = components(rel)?;
+        let (name, parents) = comps.split_last().expect("not empty");
+        let parent = self.dir(parents)?;
+        let at = Place {
+            dir: Some(&parent),
+            fresh: false,
+            acl_inherit: true,
+        };
+        self.w.put_leaf(at, name, rel, src).map(drop)
+    }
+
+    /// A hardlink of the stream: `rel` becomes another name of the entry
+    /// already written at `target` (a path of the same stream).
+    pub(crate) fn put_link(&mut self, rel: &Path, target: &Path) -> Result<(), StepError> {
+        let comps = components(rel)?;
+        components(target)?;
+        let (name, parents) = comps.split_last().expect("not empty");
+        let parent = self.dir(parents)?;
+        self.w.make_link(&parent, name, rel, target, None)
+    }
+
+    /// Applies the deferred directory metadata, deepest directory first.
+    pub(crate) fn finish(mut self) {
+        let mut deferred = std::mem::take(&mut self.deferred);
+        deferred.sort_by_key(|(rel, ..)| std::cmp::Reverse(rel.components().count()));
+        for (rel, entry, xattrs, existed) in deferred {
+            let d = components(&rel).and_then(|c| self.dir(&c));
+            match d {
+                Ok(d) => self
+                    .w
+                    .apply_dir_meta(&d, &entry, || Ok(xattrs), existed, &rel),
+                Err(e) => self.w.fail(&rel, e),
+            }
+        }
+    }
+}
