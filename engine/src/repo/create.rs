@@ -1,4 +1,9 @@
-//! `snapshot create`: walk, read, chunk, hash, compress, pack, in parallel.
+//! `snapshot create`: the local walk that feeds the snapshot writer
+//! (`writer.rs`), with parent reuse: an entry unchanged since the parent
+//! snapshot is recorded from it unread. One file on purpose: the walk's
+//! visitor, the per-entry decision and `create_snapshot` (which sets up the
+//! walk, its progress and the record) share the reuse rules and are read
+//! together.
 use std::collections::HashSet;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;

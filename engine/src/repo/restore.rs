@@ -1,8 +1,9 @@
-//! `snapshot restore`: the copy engine's destination side, fed from a
-//! snapshot's trees instead of a source directory. Everything copy promises
-//! about the destination holds here too: fd-relative writes that never follow
-//! a symlink, temp-name-then-rename, metadata after contents, hardlink groups,
-//! and only differences written when restoring over an existing tree.
+//! `snapshot restore`: a snapshot's trees walked as a source of entries
+//! (`NodeLeaf`, a `LeafSource` over nodes and their blobs) into the
+//! destination writer (`dest/`), so everything copy promises about the
+//! destination holds here too. One file on purpose: where a restore lands
+//! (a tree, a `--path`, a single file, a dry run's missing DST), its walk
+//! and its leaves are one story.
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
