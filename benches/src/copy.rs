@@ -15,23 +15,30 @@ use crate::tree;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tool {
     Haul,
+    /// The `--baseline` haul binary, run exactly like haul.
+    HaulBase,
     Rsync,
     Cp,
 }
 
 impl Tool {
+    /// The default tools; haul-base joins them only with `--baseline`.
     pub const ALL: [Tool; 3] = [Tool::Haul, Tool::Rsync, Tool::Cp];
 
     pub fn name(self) -> &'static str {
         match self {
             Tool::Haul => "haul",
+            Tool::HaulBase => "haul-base",
             Tool::Rsync => "rsync",
             Tool::Cp => "cp",
         }
     }
 
     pub fn parse(s: &str) -> Option<Tool> {
-        Tool::ALL.into_iter().find(|t| t.name() == s)
+        [Tool::HaulBase]
+            .into_iter()
+            .chain(Tool::ALL)
+            .find(|t| t.name() == s)
     }
 
     /// cp has no incremental mode: a re-run rewrites everything.
@@ -43,6 +50,8 @@ impl Tool {
 /// The exact command lines being compared.
 struct Commands {
     haul: PathBuf,
+    /// The `--baseline` binary, when haul-base runs.
+    haul_base: Option<PathBuf>,
     haul_args: Vec<String>,
 }
 
@@ -54,8 +63,12 @@ impl Commands {
             os
         };
         match tool {
-            Tool::Haul => {
-                let mut c = Command::new(&self.haul);
+            Tool::Haul | Tool::HaulBase => {
+                let program = match (tool, &self.haul_base) {
+                    (Tool::HaulBase, Some(base)) => base,
+                    _ => &self.haul,
+                };
+                let mut c = Command::new(program);
                 c.arg("copy")
                     .arg("--no-progress")
                     .args(&self.haul_args)
@@ -106,8 +119,18 @@ fn preflight(opts: &CopyOpts) -> Result<Commands> {
     if opts.tools.contains(&Tool::Haul) {
         session::require_haul(&haul, &["copy"], "haul copy is", "rsync,cp")?;
     }
+    let haul_base = session::haul_base_binary(common, opts.tools.contains(&Tool::HaulBase))?;
+    if let Some(base) = &haul_base {
+        session::require_haul(
+            base,
+            &["copy"],
+            "the --baseline haul's copy is",
+            "haul,rsync,cp",
+        )?;
+    }
     Ok(Commands {
         haul,
+        haul_base,
         haul_args: common.haul_args.clone(),
     })
 }
@@ -283,11 +306,16 @@ pub fn run(opts: CopyOpts) -> Result<bool> {
     let common = &opts.common;
     let commands = preflight(&opts)?;
     let versions = opts.tools.iter().map(|&tool| {
-        let program = match tool {
-            Tool::Haul => commands.haul.to_string_lossy().into_owned(),
+        let program = match (tool, &commands.haul_base) {
+            (Tool::Haul, _) => commands.haul.to_string_lossy().into_owned(),
+            (Tool::HaulBase, Some(base)) => base.to_string_lossy().into_owned(),
             _ => tool.name().to_owned(),
         };
         let version = crate::machine::first_line(&program, &["--version"]);
+        let version = match tool {
+            Tool::HaulBase => format!("{version} (`{program}`)"),
+            _ => version,
+        };
         (tool.name().to_owned(), version, commands.describe(tool))
     });
     let mut run_info = RunInfo::start("copy");

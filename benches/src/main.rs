@@ -39,13 +39,17 @@ options (copy, snapshot, corpus):
   --rounds N         interleaved rounds per tool (default 3)
   --scale F          scale the corpora's file counts and sizes (default 1; e.g. 0.02 to try)
   --corpora LIST     comma-separated: kernel,empty1m (default both; snapshot: kernel)
-  --tools LIST       copy: haul,rsync,cp; snapshot: haul,restic,tar (default all)
+  --tools LIST       copy: haul,rsync,cp; snapshot: haul,restic,tar (default all);
+                     haul-base too, with --baseline BINARY (added if left out)
   --keep-corpus      keep the corpora for the next run (rebuilt only if parameters change)
   --seed N           corpus seed (default 1)
   --root DIR         scratch directory, should be tmpfs (default /dev/shm/haul-bench)
   --out DIR          where results files go (default benches/results)
   --no-write         print the tables but write no results file
-  --baseline FILE    also compare with an earlier results file
+  --baseline PATH    an executable: a second haul binary, run as one more tool
+                     (\"haul-base\") in every round, reported as haul / haul-base;
+                     any other file: an earlier results file to compare with.
+                     May be given twice, once of each kind
   --haul PATH        haul binary to use (default: build target/release/haul)
   --haul-arg ARG     extra argument for `haul copy` (snapshot: for `haul snapshot create`
                      and `restore`) (repeatable)
@@ -92,6 +96,7 @@ fn run(argv: Vec<String>) -> Result<bool> {
                 tools = parse_list(&value(args, flag)?, copy::Tool::parse, "tool")?;
                 Ok(true)
             })?;
+            let tools = with_base(tools, copy::Tool::HaulBase, &common)?;
             copy::run(copy::CopyOpts { common, tools })
         }
         "snapshot" => {
@@ -109,6 +114,7 @@ fn run(argv: Vec<String>) -> Result<bool> {
             if !corpora_given {
                 common.corpora = vec![Kind::Kernel];
             }
+            let tools = with_base(tools, snapshot::Tool::HaulBase, &common)?;
             snapshot::run(snapshot::SnapshotOpts { common, tools })
         }
         "corpus" => {
@@ -147,6 +153,22 @@ fn run(argv: Vec<String>) -> Result<bool> {
     }
 }
 
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Puts `base` (the haul-base tool) in `tools` when `--baseline` named a haul
+/// binary, and refuses it when none was named.
+fn with_base<T: PartialEq>(mut tools: Vec<T>, base: T, common: &Common) -> Result<Vec<T>> {
+    match (&common.haul_base, tools.contains(&base)) {
+        (Some(_), false) => tools.push(base),
+        (None, true) => bail!("tool `haul-base` needs `--baseline PATH` naming a haul binary"),
+        _ => {}
+    }
+    Ok(tools)
+}
+
 fn value(args: &mut VecDeque<String>, flag: &str) -> Result<String> {
     args.pop_front()
         .ok_or_else(|| error::Error::msg(format!("{flag} needs a value")))
@@ -181,6 +203,7 @@ fn parse_common(
         write_results: true,
         baseline: None,
         haul: None,
+        haul_base: None,
         haul_args: Vec::new(),
         wait_idle: false,
         argv,
@@ -201,7 +224,17 @@ fn parse_common(
             "--root" => c.root = value(args, &flag)?.into(),
             "--out" => c.out_dir = value(args, &flag)?.into(),
             "--no-write" => c.write_results = false,
-            "--baseline" => c.baseline = Some(value(args, &flag)?.into()),
+            "--baseline" => {
+                // A haul binary to race against, or an earlier results file
+                // to compare with: told apart by the execute bit, since
+                // results files are Markdown.
+                let path = PathBuf::from(value(args, &flag)?);
+                if is_executable(&path) {
+                    c.haul_base = Some(path);
+                } else {
+                    c.baseline = Some(path);
+                }
+            }
             "--haul" => c.haul = Some(value(args, &flag)?.into()),
             "--haul-arg" => c.haul_args.push(value(args, &flag)?),
             "--wait-idle" => c.wait_idle = true,

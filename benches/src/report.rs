@@ -47,10 +47,16 @@ impl Cell {
 /// `None` unless both ran the same number of rounds (a tool skipped in some
 /// round leaves nothing to pair).
 pub fn per_round_median(a: &Cell, b: &Cell) -> Option<f64> {
+    median(per_round_ratios(a, b)?)
+}
+
+/// `a`'s wall time over `b`'s, round by round; `None` unless both ran the
+/// same number of rounds.
+pub fn per_round_ratios(a: &Cell, b: &Cell) -> Option<Vec<f64>> {
     if a.runs.len() != b.runs.len() {
         return None;
     }
-    median(
+    Some(
         a.runs
             .iter()
             .zip(&b.runs)
@@ -58,6 +64,128 @@ pub fn per_round_median(a: &Cell, b: &Cell) -> Option<f64> {
             .map(|(x, y)| x.wall_secs / y.wall_secs)
             .collect(),
     )
+}
+
+/// haul against the `--baseline` binary (the tool "haul-base") in one
+/// scenario: the ratio read both ways, as for goals, and the rounds' spread.
+pub struct BaseRatio {
+    pub corpus: String,
+    pub scenario: String,
+    pub haul_s: Option<f64>,
+    pub base_s: Option<f64>,
+    /// Ratio of the two medians.
+    pub of_medians: Option<f64>,
+    /// Median of the per-round ratios.
+    pub of_rounds: Option<f64>,
+    /// Smallest and largest per-round ratio.
+    pub spread: Option<(f64, f64)>,
+    pub valid: bool,
+}
+
+/// The name the `--baseline` haul binary runs under.
+pub const HAUL_BASE: &str = "haul-base";
+
+impl BaseRatio {
+    /// Every scenario in which both haul and haul-base ran, in table order.
+    pub fn all(r: &Results) -> Vec<BaseRatio> {
+        r.cells
+            .iter()
+            .filter(|c| c.tool == HAUL_BASE)
+            .filter_map(|b| {
+                let a = r.get(&b.corpus, &b.scenario, "haul")?;
+                let ratios = per_round_ratios(a, b).filter(|v| !v.is_empty());
+                let (haul_s, base_s) = (a.median_wall(), b.median_wall());
+                Some(BaseRatio {
+                    corpus: b.corpus.clone(),
+                    scenario: b.scenario.clone(),
+                    haul_s,
+                    base_s,
+                    of_medians: haul_s
+                        .zip(base_s)
+                        .filter(|&(_, y)| y > 0.0)
+                        .map(|(x, y)| x / y),
+                    of_rounds: ratios.clone().and_then(median),
+                    spread: ratios.map(|v| {
+                        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                        (lo, v.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+                    }),
+                    valid: a.valid() && b.valid(),
+                })
+            })
+            .collect()
+    }
+
+    /// No slowdown: the median of the rounds' ratios is at most 1, or the
+    /// rounds' spread reaches down to 1 (the difference is inside the noise).
+    /// Without rounds to pair, only the ratio of medians is there to judge.
+    pub fn no_slowdown(&self) -> Option<bool> {
+        match (self.of_rounds, self.spread, self.of_medians) {
+            (Some(p), Some((lo, _)), _) => Some(p <= 1.0 || lo <= 1.0),
+            (_, _, Some(m)) => Some(m <= 1.0),
+            _ => None,
+        }
+    }
+
+    /// The verdict column and the sentence that explains it.
+    pub fn verdict(&self) -> (&'static str, String) {
+        let head = format!("{} {}: haul / haul-base", self.corpus, self.scenario);
+        let read = match (self.of_medians, self.of_rounds, self.spread) {
+            (Some(m), Some(p), Some((lo, hi))) => {
+                let where_one = if lo <= 1.0 && 1.0 <= hi {
+                    "1 is within the spread"
+                } else if hi < 1.0 {
+                    "every round faster"
+                } else {
+                    "every round slower"
+                };
+                format!("{m:.3} (rounds {p:.3}), spread {lo:.3}-{hi:.3}: {where_one}")
+            }
+            (Some(m), _, _) => format!("{m:.3} (no rounds to pair)"),
+            _ => "-".into(),
+        };
+        let verdict = if !self.valid {
+            "INVALID"
+        } else {
+            match self.no_slowdown() {
+                Some(true) => "no slowdown",
+                Some(false) => "SLOWER beyond the spread",
+                None => "not run",
+            }
+        };
+        (verdict, format!("{head} {read}: {verdict}"))
+    }
+
+    /// A table of every scenario's ratio, and the sentence per scenario.
+    pub fn rows(r: &Results) -> (Vec<&'static str>, Vec<Vec<String>>, Vec<String>) {
+        let header = vec![
+            "corpus",
+            "scenario",
+            "haul s",
+            "haul-base s",
+            "of medians",
+            "rounds",
+            "spread",
+            "verdict",
+        ];
+        let ratio = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.3}"));
+        let (mut rows, mut lines) = (Vec::new(), Vec::new());
+        for b in BaseRatio::all(r) {
+            let (verdict, line) = b.verdict();
+            rows.push(vec![
+                b.corpus.clone(),
+                b.scenario.clone(),
+                secs(b.haul_s),
+                secs(b.base_s),
+                ratio(b.of_medians),
+                ratio(b.of_rounds),
+                b.spread
+                    .map_or("-".into(), |(lo, hi)| format!("{lo:.3}-{hi:.3}")),
+                verdict.to_owned(),
+            ]);
+            lines.push(line);
+        }
+        (header, rows, lines)
+    }
 }
 
 pub fn median(mut xs: Vec<f64>) -> Option<f64> {
@@ -711,6 +839,36 @@ mod tests {
         let g = Goal::ratio(&r, "kernel", "restore", "haul", "cp", 0.7);
         assert_eq!(g.value, "0.650");
         assert!(matches!(g.verdict, Verdict::Pass));
+    }
+
+    #[test]
+    fn base_ratio_reads_the_spread() {
+        let mut r = Results::default();
+        let put = |r: &mut Results, tool: &str, walls: &[f64]| {
+            let c = r.cell("kernel", "full", tool);
+            c.runs.extend(walls.iter().map(|&w| Run {
+                wall_secs: w,
+                cpu_secs: w,
+                max_rss_kib: 1,
+                status: std::os::unix::process::ExitStatusExt::from_raw(0),
+                others_load: 0.0,
+                stderr: String::new(),
+            }));
+        };
+        // Rounds 1.1, 0.9, 1.05: slower in the median, but 1 is inside.
+        put(&mut r, "haul", &[1.1, 0.9, 2.1]);
+        put(&mut r, HAUL_BASE, &[1.0, 1.0, 2.0]);
+        let b = &BaseRatio::all(&r)[0];
+        assert_eq!(b.of_rounds, Some(1.05));
+        assert_eq!(b.no_slowdown(), Some(true));
+        assert_eq!(b.verdict().0, "no slowdown");
+        // Every round slower: beyond the spread.
+        let mut r = Results::default();
+        put(&mut r, "haul", &[1.1, 1.2, 2.4]);
+        put(&mut r, HAUL_BASE, &[1.0, 1.0, 2.0]);
+        let b = &BaseRatio::all(&r)[0];
+        assert_eq!(b.no_slowdown(), Some(false));
+        assert!(b.verdict().1.contains("every round slower"));
     }
 
     #[test]

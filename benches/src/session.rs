@@ -24,8 +24,11 @@ pub struct Common {
     pub root: PathBuf,
     pub out_dir: PathBuf,
     pub write_results: bool,
+    /// An earlier results file to compare with (`--baseline FILE`).
     pub baseline: Option<PathBuf>,
     pub haul: Option<PathBuf>,
+    /// A second haul binary, run as the tool "haul-base" (`--baseline BINARY`).
+    pub haul_base: Option<PathBuf>,
     pub haul_args: Vec<String>,
     /// Before each timed run, wait for other processes to go quiet.
     pub wait_idle: bool,
@@ -98,6 +101,19 @@ pub fn haul_binary(common: &Common, needed: bool) -> Result<PathBuf> {
         }
     }
     Ok(haul)
+}
+
+/// The `--baseline` haul binary, if haul-base is among the tools (`needed`).
+pub fn haul_base_binary(common: &Common, needed: bool) -> Result<Option<PathBuf>> {
+    match &common.haul_base {
+        Some(p) if needed => {
+            if !p.is_file() {
+                bail!("--baseline {}: no such file", p.display());
+            }
+            Ok(Some(p.clone()))
+        }
+        _ => Ok(None),
+    }
 }
 
 struct CorpusInfo {
@@ -284,6 +300,22 @@ fn markdown(
     let (h, rows) = Goal::rows(goals);
     md.push_str(&report::markdown_table(&h, &rows));
 
+    let (h, rows, lines) = report::BaseRatio::rows(results);
+    if !rows.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## haul / haul-base (`--baseline`)\n\n\
+             haul-base is the `--baseline` binary, run like haul (for snapshots, into its own \
+             repository) in the same rounds. \"of medians\" is the ratio of the two medians, \
+             \"rounds\" the median of the per-round ratios, \"spread\" their smallest and \
+             largest. No slowdown: \"rounds\" at most 1, or the spread reaches 1.\n"
+        );
+        md.push_str(&report::markdown_table(&h, &rows));
+        md.push('\n');
+        for l in &lines {
+            let _ = writeln!(md, "- {l}");
+        }
+    }
     md.push_str("\n## Results\n\n");
     let (h, rows) = results.table_rows();
     md.push_str(&report::markdown_table(&h, &rows));
@@ -417,6 +449,17 @@ pub fn finish(common: &Common, info: RunInfo, results: &Results, goals: &[Goal])
     }
     let (h, rows) = Goal::rows(goals);
     println!("Goals:\n\n{}", report::text_table(&h, &rows));
+    let (h, rows, lines) = report::BaseRatio::rows(results);
+    if !rows.is_empty() {
+        println!(
+            "haul / haul-base (--baseline):\n\n{}",
+            report::text_table(&h, &rows)
+        );
+        for l in &lines {
+            println!("{l}");
+        }
+        println!();
+    }
     let data = results.data_block(&format!(
         "subcommand={} scale={} seed={} rounds={}",
         info.subcommand, common.scale, common.seed, common.rounds

@@ -16,16 +16,20 @@ use crate::tree::{self, Summary};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tool {
     Haul,
+    /// The `--baseline` haul binary, with its own repository.
+    HaulBase,
     Restic,
     Tar,
 }
 
 impl Tool {
+    /// The default tools; haul-base joins them only with `--baseline`.
     pub const ALL: [Tool; 3] = [Tool::Haul, Tool::Restic, Tool::Tar];
 
     pub fn name(self) -> &'static str {
         match self {
             Tool::Haul => "haul",
+            Tool::HaulBase => "haul-base",
             Tool::Restic => "restic",
             Tool::Tar => "tar+zstd",
         }
@@ -34,7 +38,10 @@ impl Tool {
     pub fn parse(s: &str) -> Option<Tool> {
         match s {
             "tar" | "zstd" => Some(Tool::Tar),
-            _ => Tool::ALL.into_iter().find(|t| t.name() == s),
+            _ => [Tool::HaulBase]
+                .into_iter()
+                .chain(Tool::ALL)
+                .find(|t| t.name() == s),
         }
     }
 
@@ -55,6 +62,8 @@ const RESTIC_PASSWORD: &str = "bench";
 /// The exact command lines being compared.
 struct Commands {
     haul: PathBuf,
+    /// The `--baseline` binary, when haul-base runs.
+    haul_base: Option<PathBuf>,
     haul_args: Vec<String>,
     /// restic ≥ 0.15 has `backup --no-scan`; Debian 12 ships 0.14.
     restic_no_scan: bool,
@@ -65,9 +74,17 @@ struct Commands {
 }
 
 impl Commands {
+    /// The binary haul or haul-base runs.
+    fn haul_of(&self, tool: Tool) -> &Path {
+        match (tool, &self.haul_base) {
+            (Tool::HaulBase, Some(base)) => base,
+            _ => &self.haul,
+        }
+    }
+
     fn base(&self, tool: Tool) -> Command {
         let mut c = match tool {
-            Tool::Haul => Command::new(&self.haul),
+            Tool::Haul | Tool::HaulBase => Command::new(self.haul_of(tool)),
             Tool::Restic => {
                 let mut c = Command::new("restic");
                 c.env("RESTIC_PASSWORD", RESTIC_PASSWORD);
@@ -91,7 +108,7 @@ impl Commands {
     /// Records `src` into `out` (a repository, or the archive file).
     fn create(&self, tool: Tool, src: &Path, out: &Path) -> Command {
         match tool {
-            Tool::Haul => {
+            Tool::Haul | Tool::HaulBase => {
                 let mut c = self.base(tool);
                 c.args(["snapshot", "create", "--repo"])
                     .arg(out)
@@ -124,7 +141,7 @@ impl Commands {
     /// Restores the latest snapshot in `out` (or the archive) into `dst`.
     fn restore(&self, tool: Tool, out: &Path, dst: &Path) -> Command {
         match tool {
-            Tool::Haul => {
+            Tool::Haul | Tool::HaulBase => {
                 let mut c = self.base(tool);
                 c.args(["snapshot", "restore", "--repo"])
                     .arg(out)
@@ -151,6 +168,7 @@ impl Commands {
     fn describe(&self, tool: Tool) -> String {
         let shown = Commands {
             haul: self.haul.clone(),
+            haul_base: self.haul_base.clone(),
             haul_args: self.haul_args.clone(),
             restic_no_scan: self.restic_no_scan,
             restic_cache: PathBuf::from("CACHE"),
@@ -158,12 +176,13 @@ impl Commands {
         };
         let (out, src, dst) = match tool {
             Tool::Haul => ("R", "SRC", "DST"),
+            Tool::HaulBase => ("R0", "SRC", "DST0"),
             Tool::Restic => ("R2", "SRC", "DST2"),
             Tool::Tar => ("OUT.tar.zst", "SRC", "DST3"),
         };
         let line = |c: Command| {
             let mut parts = vec![match tool {
-                Tool::Haul => "haul".to_owned(),
+                Tool::Haul | Tool::HaulBase => tool.name().to_owned(),
                 _ => c.get_program().to_string_lossy().into_owned(),
             }];
             parts.extend(c.get_args().map(|a| {
@@ -204,6 +223,11 @@ fn preflight(opts: &SnapshotOpts) -> Result<Commands> {
         let create = ["snapshot", "create"];
         session::require_haul(&haul, &create, "haul snapshots are", "restic,tar")?;
     }
+    let haul_base = session::haul_base_binary(common, opts.tools.contains(&Tool::HaulBase))?;
+    if let Some(base) = &haul_base {
+        let what = "the --baseline haul's snapshots are";
+        session::require_haul(base, &["snapshot", "create"], what, "haul,restic,tar")?;
+    }
     let restic_no_scan = opts.tools.contains(&Tool::Restic)
         && Command::new("restic")
             .args(["backup", "--help"])
@@ -212,6 +236,7 @@ fn preflight(opts: &SnapshotOpts) -> Result<Commands> {
     let root = std::path::absolute(&common.root).context("making --root absolute")?;
     Ok(Commands {
         haul,
+        haul_base,
         haul_args: common.haul_args.clone(),
         restic_no_scan,
         restic_cache: root.join("restic-cache"),
@@ -223,6 +248,7 @@ fn preflight(opts: &SnapshotOpts) -> Result<Commands> {
 fn output_path(out_root: &Path, corpus: &Corpus, tool: Tool) -> PathBuf {
     match tool {
         Tool::Haul => out_root.join(format!("{}-haul-repo", corpus.kind.name())),
+        Tool::HaulBase => out_root.join(format!("{}-haul-base-repo", corpus.kind.name())),
         Tool::Restic => out_root.join(format!("{}-restic-repo", corpus.kind.name())),
         Tool::Tar => out_root.join(format!("{}.tar.zst", corpus.kind.name())),
     }
@@ -400,9 +426,10 @@ impl Bench<'_> {
                 let label = format!("{FIRST} {of}");
                 let cmd = self.commands.create(tool, &src, &out);
                 let (run, mut problems) = self.timed(&cmd, corpus, tool, &label)?;
-                if problems.is_empty() && tool == Tool::Haul {
-                    // The repository must be sound, not just fast to write.
-                    let mut check = Command::new(&self.commands.haul);
+                if problems.is_empty() && matches!(tool, Tool::Haul | Tool::HaulBase) {
+                    // The repository must be sound, not just fast to write;
+                    // each binary checks its own.
+                    let mut check = Command::new(self.commands.haul_of(tool));
                     check.args(["snapshot", "check", "--repo"]).arg(&out);
                     problems.extend(untimed(check)?.map(|p| format!("{label}: {p}")));
                 }
@@ -533,6 +560,11 @@ pub fn run(opts: SnapshotOpts) -> Result<bool> {
             let version = match tool {
                 Tool::Haul => {
                     crate::machine::first_line(&commands.haul.to_string_lossy(), &["--version"])
+                }
+                Tool::HaulBase => {
+                    let base = commands.haul_of(tool).to_string_lossy();
+                    let version = crate::machine::first_line(&base, &["--version"]);
+                    format!("{version} (`{base}`)")
                 }
                 Tool::Restic => crate::machine::first_line("restic", &["version"]),
                 Tool::Tar => format!(
