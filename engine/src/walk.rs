@@ -11,6 +11,9 @@
 //! below it are done; a count per directory says when, and finishing walks
 //! up the chain of parents in a loop.
 //!
+//! `ordered.rs` is the walker's ordered mode: one stream, depth first and
+//! by name, for archives and the wire, with file data prepared ahead.
+//!
 //! So no stack grows with the tree's depth (a chain of 10,000 directories
 //! is a real attack on a nightly backup), and a directory being worked on
 //! holds only what its visitor keeps for it until it is finished.
@@ -20,6 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rayon::prelude::*;
+
+pub(crate) mod ordered;
 
 /// A rayon pool with deep stacks (deep enough for what a worker does per entry; no walk recurses per
 /// directory level).
