@@ -1,3 +1,6 @@
+//! The Linux half of the `sys` room: one thin, checked wrapper per syscall
+//! haul uses. One file on purpose: nearly every `unsafe` block of the engine
+//! is here, to be reviewed together.
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
