@@ -100,6 +100,78 @@ pub(crate) fn next_dir_batch(
     }
 }
 
+/// A walk of directories on disk, listed a batch at a time with
+/// `DirStream`: what every local walk (copy, `--verify`, the progress scan,
+/// create) shares, so each says only what is its own. Every `DiskVisitor`
+/// is a [`TreeVisitor`].
+pub(crate) trait DiskVisitor: Sync {
+    /// A directory being worked on, kept until it is finished.
+    type Dir: Send + Sync;
+    /// Shared by the entries of one listing (the directory's handle, or two).
+    type Shared: Send + Sync + Clone;
+    /// A subdirectory found, not yet opened.
+    type Sub: Send;
+
+    /// A directory's listing failed part-way; what was read is visited.
+    fn list_failed(&self, dir: &Self::Dir, e: io::Error);
+    /// Whether the walk is winding down: nothing more is listed.
+    fn stopped(&self) -> bool {
+        false
+    }
+    /// Puts a batch in the order its entries are visited.
+    fn order(&self, _batch: &mut [crate::sys::RawEntry]) {}
+    /// Handles one entry; a subdirectory is handed back, to be walked.
+    fn entry(
+        &self,
+        dir: &Self::Dir,
+        shared: &Self::Shared,
+        e: &crate::sys::RawEntry,
+    ) -> Option<Self::Sub>;
+    /// Opens a subdirectory (`None`: that failed, and was reported).
+    #[allow(clippy::type_complexity)]
+    fn open_sub(
+        &self,
+        parent: &Self::Dir,
+        sub: Self::Sub,
+    ) -> Option<(Self::Dir, Option<(crate::sys::DirStream, Self::Shared)>)>;
+    /// Everything in `dir` and below it is done.
+    fn done(&self, dir: &Self::Dir, parent: Option<&Self::Dir>);
+}
+
+impl<T: DiskVisitor> TreeVisitor for T {
+    type Dir = T::Dir;
+    type Listing = crate::sys::DirStream;
+    type Shared = T::Shared;
+    type Item = crate::sys::RawEntry;
+    type Sub = T::Sub;
+
+    fn next_batch(
+        &self,
+        dir: &T::Dir,
+        listing: &mut crate::sys::DirStream,
+        out: &mut Vec<crate::sys::RawEntry>,
+    ) -> bool {
+        if self.stopped() {
+            return false;
+        }
+        let more = next_dir_batch(listing, out, |e| self.list_failed(dir, e));
+        self.order(out);
+        more
+    }
+
+    fn visit(&self, dir: &T::Dir, shared: &T::Shared, e: &crate::sys::RawEntry) -> Option<T::Sub> {
+        self.entry(dir, shared, e)
+    }
+
+    fn open(&self, parent: &T::Dir, sub: T::Sub) -> Option<Opened<Self>> {
+        self.open_sub(parent, sub)
+    }
+
+    fn finish(&self, dir: &T::Dir, parent: Option<&T::Dir>) {
+        self.done(dir, parent)
+    }
+}
+
 /// An opened directory and, if it can be listed, its listing and context.
 pub(crate) type Opened<V> = (
     <V as TreeVisitor>::Dir,
@@ -216,24 +288,15 @@ struct ScanSub {
     rel: std::path::PathBuf,
 }
 
-impl TreeVisitor for ScanWalk<'_> {
+impl DiskVisitor for ScanWalk<'_> {
     type Dir = std::path::PathBuf;
-    type Listing = crate::sys::DirStream;
     type Shared = Arc<std::fs::File>;
-    type Item = crate::sys::RawEntry;
     type Sub = ScanSub;
 
-    fn next_batch(
-        &self,
-        _: &std::path::PathBuf,
-        listing: &mut crate::sys::DirStream,
-        out: &mut Vec<crate::sys::RawEntry>,
-    ) -> bool {
-        // A scan is only an estimate for the bar: unreadable parts are skipped.
-        next_dir_batch(listing, out, drop)
-    }
+    /// A scan is only an estimate for the bar: unreadable parts are skipped.
+    fn list_failed(&self, _: &std::path::PathBuf, _: io::Error) {}
 
-    fn visit(
+    fn entry(
         &self,
         rel: &std::path::PathBuf,
         dir: &Arc<std::fs::File>,
@@ -259,13 +322,13 @@ impl TreeVisitor for ScanWalk<'_> {
         })
     }
 
-    fn open(&self, _: &std::path::PathBuf, sub: ScanSub) -> Option<Opened<Self>> {
+    fn open_sub(&self, _: &std::path::PathBuf, sub: ScanSub) -> Option<Opened<Self>> {
         let d = crate::sys::open_dir_at(&sub.parent, &sub.name).ok()?;
         let l = crate::sys::DirStream::new(&d).ok()?;
         Some((sub.rel, Some((l, Arc::new(d)))))
     }
 
-    fn finish(&self, _: &std::path::PathBuf, _: Option<&std::path::PathBuf>) {}
+    fn done(&self, _: &std::path::PathBuf, _: Option<&std::path::PathBuf>) {}
 }
 
 /// Counting-only walk for progress totals (entries and bytes), run on a

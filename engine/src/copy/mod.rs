@@ -24,7 +24,7 @@ use crate::filter::Filter;
 use crate::meta::{read_xattrs, FileKind, XTarget, Xattrs};
 use crate::progress::Progress;
 use crate::sys::{self, Stat};
-use crate::walk::{next_dir_batch, walk, worker_pool, Opened, TreeVisitor};
+use crate::walk::{walk, worker_pool, DiskVisitor, Opened};
 
 mod data;
 mod verify;
@@ -121,25 +121,16 @@ struct SubDir {
 /// The copy's [`TreeVisitor`].
 struct CopyWalk<'r, 'a>(&'r Copier<'a>);
 
-impl<'a> TreeVisitor for CopyWalk<'_, 'a> {
+impl<'a> DiskVisitor for CopyWalk<'_, 'a> {
     type Dir = CopyDir;
-    type Listing = sys::DirStream;
     type Shared = Arc<File>;
-    type Item = sys::RawEntry;
     type Sub = SubDir;
 
-    fn next_batch(
-        &self,
-        dir: &CopyDir,
-        listing: &mut sys::DirStream,
-        out: &mut Vec<sys::RawEntry>,
-    ) -> bool {
-        next_dir_batch(listing, out, |e| {
-            self.0.fail(&dir.rel, format!("reading directory: {e}"))
-        })
+    fn list_failed(&self, dir: &CopyDir, e: io::Error) {
+        self.0.fail(&dir.rel, format!("reading directory: {e}"))
     }
 
-    fn visit(&self, dir: &CopyDir, src: &Arc<File>, e: &sys::RawEntry) -> Option<SubDir> {
+    fn entry(&self, dir: &CopyDir, src: &Arc<File>, e: &sys::RawEntry) -> Option<SubDir> {
         let rel = dir.rel.join(name_of(&e.name));
         let (rel, st) = self.0.entry(&dir.pair(src), &e.name, &e.name, rel)?;
         Some(SubDir {
@@ -150,11 +141,11 @@ impl<'a> TreeVisitor for CopyWalk<'_, 'a> {
         })
     }
 
-    fn open(&self, parent: &CopyDir, sub: SubDir) -> Option<Opened<Self>> {
+    fn open_sub(&self, parent: &CopyDir, sub: SubDir) -> Option<Opened<Self>> {
         self.0.open_subdir(parent, sub)
     }
 
-    fn finish(&self, dir: &CopyDir, _: Option<&CopyDir>) {
+    fn done(&self, dir: &CopyDir, _: Option<&CopyDir>) {
         self.0.finish_dir(dir);
         if !dir.rel.as_os_str().is_empty() {
             self.0.progress.entry_done();

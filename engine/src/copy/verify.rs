@@ -11,7 +11,7 @@ use crate::dest::{name_of, EntryIssue, MAX_ISSUES};
 use crate::error::{Step, StepError};
 use crate::meta::FileKind;
 use crate::sys::{self};
-use crate::walk::{next_dir_batch, Opened, TreeVisitor};
+use crate::walk::{DiskVisitor, Opened};
 
 /// `--verify`'s [`TreeVisitor`]: a directory holds nothing once listed.
 pub(super) struct VerifyWalk<'r, 'a>(pub(super) &'r Copier<'a>);
@@ -23,25 +23,16 @@ pub(super) struct VerifySub {
     rel: PathBuf,
 }
 
-impl TreeVisitor for VerifyWalk<'_, '_> {
+impl DiskVisitor for VerifyWalk<'_, '_> {
     type Dir = PathBuf;
-    type Listing = sys::DirStream;
     type Shared = Arc<(File, File)>;
-    type Item = sys::RawEntry;
     type Sub = VerifySub;
 
-    fn next_batch(
-        &self,
-        rel: &PathBuf,
-        listing: &mut sys::DirStream,
-        out: &mut Vec<sys::RawEntry>,
-    ) -> bool {
-        next_dir_batch(listing, out, |e| {
-            self.0.mismatch(rel, format!("reading directory: {e}"))
-        })
+    fn list_failed(&self, rel: &PathBuf, e: io::Error) {
+        self.0.mismatch(rel, format!("reading directory: {e}"))
     }
 
-    fn visit(
+    fn entry(
         &self,
         rel: &PathBuf,
         dirs: &Arc<(File, File)>,
@@ -58,7 +49,7 @@ impl TreeVisitor for VerifyWalk<'_, '_> {
         })
     }
 
-    fn open(&self, _: &PathBuf, sub: VerifySub) -> Option<Opened<Self>> {
+    fn open_sub(&self, _: &PathBuf, sub: VerifySub) -> Option<Opened<Self>> {
         let r = (|| -> Result<_, StepError> {
             let s = sys::open_dir_at(&sub.parents.0, &sub.name).step("open directory")?;
             let d =
@@ -75,7 +66,7 @@ impl TreeVisitor for VerifyWalk<'_, '_> {
         }
     }
 
-    fn finish(&self, _: &PathBuf, _: Option<&PathBuf>) {}
+    fn done(&self, _: &PathBuf, _: Option<&PathBuf>) {}
 }
 
 impl Copier<'_> {

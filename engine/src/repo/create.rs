@@ -28,7 +28,7 @@ use crate::filter::Filter;
 use crate::meta::{read_xattrs, FileKind, XTarget, XattrPolicy};
 use crate::progress::Progress;
 use crate::sys::{self, Stat};
-use crate::walk::{next_dir_batch, walk, Opened, TreeVisitor};
+use crate::walk::{walk, DiskVisitor, Opened};
 
 /// New blobs between index flushes during one create (about 5 MiB of index).
 pub const DEFAULT_INDEX_FLUSH: usize = 100_000;
@@ -191,6 +191,17 @@ impl CreateWalk<'_, '_> {
             *f = Some(e);
         }
     }
+}
+
+impl DiskVisitor for CreateWalk<'_, '_> {
+    type Dir = CreateDir;
+    type Shared = Arc<File>;
+    type Sub = CreateSub;
+
+    /// What was read is recorded; the rest is a failure.
+    fn list_failed(&self, dir: &CreateDir, e: io::Error) {
+        self.0.fail(&dir.rel, format!("reading directory: {e}"))
+    }
 
     fn stopped(&self) -> bool {
         self.0
@@ -199,39 +210,18 @@ impl CreateWalk<'_, '_> {
             .unwrap_or_else(|e| e.into_inner())
             .is_some()
     }
-}
 
-impl TreeVisitor for CreateWalk<'_, '_> {
-    type Dir = CreateDir;
-    type Listing = sys::DirStream;
-    type Shared = Arc<File>;
-    type Item = sys::RawEntry;
-    type Sub = CreateSub;
-
-    fn next_batch(
-        &self,
-        dir: &CreateDir,
-        listing: &mut sys::DirStream,
-        out: &mut Vec<sys::RawEntry>,
-    ) -> bool {
-        if self.stopped() {
-            return false;
-        }
-        // What was read is recorded; the rest is a failure.
-        let more = next_dir_batch(listing, out, |e| {
-            self.0.fail(&dir.rel, format!("reading directory: {e}"))
-        });
-        // Files first, then subdirectories, each by name: the order a
-        // restore walks the tree in, so the small files that share a
-        // bundle are the ones a restore wants at about the same time.
-        out.sort_unstable_by(|a, b| {
+    /// Files first, then subdirectories, each by name: the order a restore
+    /// walks the tree in, so the small files that share a bundle are the
+    /// ones a restore wants at about the same time.
+    fn order(&self, batch: &mut [sys::RawEntry]) {
+        batch.sort_unstable_by(|a, b| {
             (a.d_type == sys::DT_DIR, a.name.as_bytes())
                 .cmp(&(b.d_type == sys::DT_DIR, b.name.as_bytes()))
         });
-        more
     }
 
-    fn visit(&self, dir: &CreateDir, src: &Arc<File>, e: &sys::RawEntry) -> Option<CreateSub> {
+    fn entry(&self, dir: &CreateDir, src: &Arc<File>, e: &sys::RawEntry) -> Option<CreateSub> {
         if self.stopped() {
             return None;
         }
@@ -259,7 +249,7 @@ impl TreeVisitor for CreateWalk<'_, '_> {
         None
     }
 
-    fn open(&self, _: &CreateDir, sub: CreateSub) -> Option<Opened<Self>> {
+    fn open_sub(&self, _: &CreateDir, sub: CreateSub) -> Option<Opened<Self>> {
         if self.stopped() {
             return None;
         }
@@ -277,7 +267,7 @@ impl TreeVisitor for CreateWalk<'_, '_> {
         }
     }
 
-    fn finish(&self, dir: &CreateDir, parent: Option<&CreateDir>) {
+    fn done(&self, dir: &CreateDir, parent: Option<&CreateDir>) {
         if self.stopped() {
             return;
         }
