@@ -16,7 +16,7 @@ use haul_formats::{IndexEntry, Node, NodeKind, Xattr, MAX_DATA_BLOB_LEN};
 use super::index::MasterIndex;
 use super::Repository;
 use crate::dest::entry::{Entry, LinkKey};
-use crate::dest::leaf::{LeafSource, Place};
+use crate::dest::leaf::{DataSink, LeafSource, Place};
 use crate::dest::{
     has_default_acl, open_or_create_root, CopySummary, DestWriter, Outcome, WriteOptions,
 };
@@ -372,6 +372,20 @@ impl LeafSource for NodeLeaf<'_, '_, '_> {
         Ok(node_xattrs(self.n, self.w))
     }
 
+    fn read_data(&self, each: &mut DataSink<'_>) -> Result<(), StepError> {
+        match &self.n.kind {
+            NodeKind::File { data_map, chunks } => node_pieces(
+                self.ctx,
+                self.n,
+                data_map.as_deref(),
+                chunks,
+                self.first,
+                each,
+            ),
+            _ => Ok(()),
+        }
+    }
+
     fn fill(&self, out: &File) -> Result<(Entry, Xattrs), StepError> {
         if let NodeKind::File { data_map, chunks } = &self.n.kind {
             self.w.write_chunks(
@@ -592,56 +606,11 @@ impl DestWriter<'_> {
         chunks: &[haul_formats::Id],
         first: Option<&IndexEntry>,
     ) -> Result<(), StepError> {
-        let dense = [haul_formats::Extent {
-            offset: 0,
-            len: n.size,
-        }];
-        let extents = data_map.unwrap_or(if n.size > 0 { &dense } else { &[] });
-        let mut ext = extents.iter();
-        let mut cur = ext.next().copied();
-        let mut pos_in_ext = 0u64;
-        for (i, id) in chunks.iter().enumerate() {
-            let data = match first.filter(|e| i == 0 && e.id == *id) {
-                Some(e) => ctx.repo.load_blob_from(ctx.index, e, id, MAX_DATA_BLOB_LEN),
-                None => ctx.repo.load_data(ctx.index, id),
-            };
-            let data = data.map_err(|e| StepError {
-                op: "reading data",
-                err: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-            })?;
-            let mut rest = &data[..];
-            while !rest.is_empty() {
-                let Some(e) = cur else {
-                    return Err(StepError {
-                        op: "reading data",
-                        err: io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "chunks hold more data than the file's extents",
-                        ),
-                    });
-                };
-                let room = (e.len - pos_in_ext) as usize;
-                let take = room.min(rest.len());
-                out.write_all_at(&rest[..take], e.offset + pos_in_ext)
-                    .step("write")?;
-                self.copied(take as u64);
-                rest = &rest[take..];
-                pos_in_ext += take as u64;
-                if pos_in_ext == e.len {
-                    cur = ext.next().copied();
-                    pos_in_ext = 0;
-                }
-            }
-        }
-        if cur.is_some() {
-            return Err(StepError {
-                op: "reading data",
-                err: io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "chunks hold less data than the file's size",
-                ),
-            });
-        }
+        node_pieces(ctx, n, data_map, chunks, first, &mut |off, bytes| {
+            out.write_all_at(bytes, off).step("write")?;
+            self.copied(bytes.len() as u64);
+            Ok(())
+        })?;
         // A dense file's writes already gave it its size; a sparse one may
         // end in a hole, which only setting the size creates.
         if data_map.is_some() {
@@ -649,4 +618,54 @@ impl DestWriter<'_> {
         }
         Ok(())
     }
+}
+
+/// A file node's data, each piece at its offset: its chunks, read and
+/// verified in order, laid over its data extents (or one extent of its
+/// size). A chunk list that does not fill the extents exactly is damage.
+fn node_pieces(
+    ctx: &BlobSource<'_>,
+    n: &Node,
+    data_map: Option<&[haul_formats::Extent]>,
+    chunks: &[haul_formats::Id],
+    first: Option<&IndexEntry>,
+    each: &mut DataSink<'_>,
+) -> Result<(), StepError> {
+    let damaged = |what: &str| StepError {
+        op: "reading data",
+        err: io::Error::new(io::ErrorKind::InvalidData, what.to_string()),
+    };
+    let dense = [haul_formats::Extent {
+        offset: 0,
+        len: n.size,
+    }];
+    let extents = data_map.unwrap_or(if n.size > 0 { &dense } else { &[] });
+    let mut ext = extents.iter();
+    let mut cur = ext.next().copied();
+    let mut pos_in_ext = 0u64;
+    for (i, id) in chunks.iter().enumerate() {
+        let data = match first.filter(|e| i == 0 && e.id == *id) {
+            Some(e) => ctx.repo.load_blob_from(ctx.index, e, id, MAX_DATA_BLOB_LEN),
+            None => ctx.repo.load_data(ctx.index, id),
+        };
+        let data = data.map_err(|e| damaged(&e.to_string()))?;
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let Some(e) = cur else {
+                return Err(damaged("chunks hold more data than the file's extents"));
+            };
+            let take = ((e.len - pos_in_ext) as usize).min(rest.len());
+            each(e.offset + pos_in_ext, &rest[..take])?;
+            rest = &rest[take..];
+            pos_in_ext += take as u64;
+            if pos_in_ext == e.len {
+                cur = ext.next().copied();
+                pos_in_ext = 0;
+            }
+        }
+    }
+    if cur.is_some() {
+        return Err(damaged("chunks hold less data than the file's size"));
+    }
+    Ok(())
 }
