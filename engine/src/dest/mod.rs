@@ -197,14 +197,38 @@ struct Counters {
     copied: AtomicU64,
 }
 
+/// A list of entry issues capped at [`MAX_ISSUES`], the rest counted: so
+/// memory stays bounded and no outcome is lost.
+#[derive(Default)]
+pub(crate) struct IssueTally {
+    listed: Vec<EntryIssue>,
+    not_listed: u64,
+}
+
+impl IssueTally {
+    pub(crate) fn push(&mut self, rel: &Path, reason: String) {
+        if self.listed.len() < MAX_ISSUES {
+            self.listed.push(EntryIssue {
+                path: rel.to_path_buf(),
+                reason,
+            });
+        } else {
+            self.not_listed += 1;
+        }
+    }
+
+    /// The listed issues by path, and how many more there were.
+    pub(crate) fn into_sorted(mut self) -> (Vec<EntryIssue>, u64) {
+        self.listed.sort_by(|a, b| a.path.cmp(&b.path));
+        (self.listed, self.not_listed)
+    }
+}
+
 #[derive(Default)]
 struct Issues {
-    failed: Vec<EntryIssue>,
-    partial: Vec<EntryIssue>,
-    notices: Vec<EntryIssue>,
-    failed_more: u64,
-    partial_more: u64,
-    notices_more: u64,
+    failed: IssueTally,
+    partial: IssueTally,
+    notices: IssueTally,
 }
 
 /// Whether an entry was just created by this run, and if so whether its
@@ -251,11 +275,10 @@ impl<'a> DestWriter<'a> {
 
     pub(crate) fn summary(&self, start: Instant) -> CopySummary {
         let c = &self.c;
-        let mut issues =
-            std::mem::take(&mut *self.issues.lock().unwrap_or_else(|e| e.into_inner()));
-        issues.failed.sort_by(|a, b| a.path.cmp(&b.path));
-        issues.partial.sort_by(|a, b| a.path.cmp(&b.path));
-        issues.notices.sort_by(|a, b| a.path.cmp(&b.path));
+        let issues = std::mem::take(&mut *self.issues.lock().unwrap_or_else(|e| e.into_inner()));
+        let (failed, failed_not_listed) = issues.failed.into_sorted();
+        let (partial, partial_not_listed) = issues.partial.into_sorted();
+        let (notices, notices_not_listed) = issues.notices.into_sorted();
         CopySummary {
             dry_run: self.opts.dry_run,
             seconds: start.elapsed().as_secs_f64(),
@@ -273,53 +296,32 @@ impl<'a> DestWriter<'a> {
             unchanged: c.unchanged.load(Relaxed),
             deleted: c.deleted.load(Relaxed),
             bytes_copied: c.copied.load(Relaxed),
-            failed: issues.failed,
-            partial: issues.partial,
+            failed,
+            partial,
             verify_mismatches: Vec::new(),
-            failed_not_listed: issues.failed_more,
-            partial_not_listed: issues.partial_more,
-            notices: issues.notices,
-            notices_not_listed: issues.notices_more,
+            failed_not_listed,
+            partial_not_listed,
+            notices,
+            notices_not_listed,
         }
     }
 
+    fn issues(&self) -> std::sync::MutexGuard<'_, Issues> {
+        self.issues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn fail(&self, rel: &Path, e: impl std::fmt::Display) {
-        let mut i = self.issues.lock().unwrap_or_else(|e| e.into_inner());
-        if i.failed.len() < MAX_ISSUES {
-            i.failed.push(EntryIssue {
-                path: rel.to_path_buf(),
-                reason: e.to_string(),
-            });
-        } else {
-            i.failed_more += 1;
-        }
+        self.issues().failed.push(rel, e.to_string());
     }
 
     /// Records a notice (see [`CopySummary::notices`]).
     pub(crate) fn notice(&self, rel: &Path, msg: impl std::fmt::Display) {
-        let mut i = self.issues.lock().unwrap_or_else(|e| e.into_inner());
-        if i.notices.len() < MAX_ISSUES {
-            i.notices.push(EntryIssue {
-                path: rel.to_path_buf(),
-                reason: msg.to_string(),
-            });
-        } else {
-            i.notices_more += 1;
-        }
+        self.issues().notices.push(rel, msg.to_string());
     }
 
     pub(crate) fn partial(&self, rel: &Path, reasons: Vec<String>) {
-        if reasons.is_empty() {
-            return;
-        }
-        let mut i = self.issues.lock().unwrap_or_else(|e| e.into_inner());
-        if i.partial.len() < MAX_ISSUES {
-            i.partial.push(EntryIssue {
-                path: rel.to_path_buf(),
-                reason: reasons.join("; "),
-            });
-        } else {
-            i.partial_more += 1;
+        if !reasons.is_empty() {
+            self.issues().partial.push(rel, reasons.join("; "));
         }
     }
 

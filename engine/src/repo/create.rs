@@ -590,7 +590,6 @@ impl Repository {
             hardlinks: AtomicU64::new(0),
             counted: Mutex::default(),
             attrs_lost: Mutex::default(),
-            failed_more: AtomicU64::new(0),
             fatal: Mutex::default(),
             root_done: Mutex::default(),
         };
@@ -686,7 +685,6 @@ impl Repository {
             specials,
             hardlinks,
             attrs_lost,
-            failed_more,
             ..
         } = backup;
         let mut walk_notices = walk_notices.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -735,8 +733,10 @@ impl Repository {
         self.backend()
             .put(&name, &json)
             .map_err(|e| Error::io("writing snapshot", self.file_path(&name), e))?;
-        let mut failed = failed.into_inner().unwrap_or_else(|e| e.into_inner());
-        failed.sort_by(|a, b| a.path.cmp(&b.path));
+        let (failed, failed_not_listed) = failed
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .into_sorted();
         Ok(CreateSummary {
             id,
             parent: snapshot.parent,
@@ -752,7 +752,7 @@ impl Repository {
             packs,
             seconds: start.elapsed().as_secs_f64(),
             failed,
-            failed_not_listed: failed_more.into_inner(),
+            failed_not_listed,
             notices: lock.notices().iter().cloned().chain(walk_notices).collect(),
         })
     }

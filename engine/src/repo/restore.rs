@@ -45,6 +45,19 @@ pub struct RestoreOptions {
     pub write: WriteOptions,
 }
 
+impl RestoreOptions {
+    /// The destination writer these options ask for.
+    fn writer<'a>(&'a self, progress: &'a dyn Progress) -> DestWriter<'a> {
+        DestWriter::new(
+            &self.write,
+            self.delete,
+            &self.filter,
+            self.record_changes,
+            progress,
+        )
+    }
+}
+
 struct BlobSource<'r> {
     repo: &'r Repository,
     index: &'r MasterIndex,
@@ -139,13 +152,7 @@ impl Repository {
             nodes.push((rel, node));
         }
         let dry = opts.write.dry_run;
-        let mut run = DestWriter::new(
-            &opts.write,
-            opts.delete,
-            &opts.filter,
-            opts.record_changes,
-            progress,
-        );
+        let mut run = opts.writer(progress);
         // In a dry run a missing DST stays missing: `root` is then `None`,
         // and everything below it would be created.
         let (root, existed) = open_or_create_root(dst, dry)?;
@@ -251,13 +258,7 @@ impl Repository {
             Err(e) => return Err(Error::io("opening destination", &dir, e)),
         };
         let cname = CString::new(name.clone()).map_err(|_| Error::invalid(dst, "NUL in name"))?;
-        let mut run = DestWriter::new(
-            &opts.write,
-            opts.delete,
-            &opts.filter,
-            opts.record_changes,
-            progress,
-        );
+        let mut run = opts.writer(progress);
         run.dst_root = d
             .as_ref()
             .map(File::try_clone)

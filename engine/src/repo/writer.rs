@@ -18,7 +18,7 @@ use super::index::MasterIndex;
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
 use crate::chunk::{chunk_region, data_regions, is_sparse, ChunkError};
-use crate::dest::EntryIssue;
+use crate::dest::IssueTally;
 use crate::error::{Error, Step, StepError};
 use crate::filter::Filter;
 use crate::meta::FileKind;
@@ -77,7 +77,7 @@ pub(super) struct SnapshotWriter<'a> {
     pub(super) bytes: AtomicU64,
     pub(super) bytes_read: AtomicU64,
     pub(super) bytes_new: AtomicU64,
-    pub(super) failed: Mutex<Vec<EntryIssue>>,
+    pub(super) failed: Mutex<IssueTally>,
     pub(super) names: RwLock<NameCache>,
     /// (dev, ino) of the repository's directory, which is never recorded
     /// (a repository inside the source would otherwise hold itself, and
@@ -94,8 +94,6 @@ pub(super) struct SnapshotWriter<'a> {
     /// Entries whose chattr flags a snapshot does not keep: how many, and
     /// the first few.
     pub(super) attrs_lost: Mutex<(u64, Vec<String>)>,
-    /// Failures past the listed ones.
-    pub(super) failed_more: AtomicU64,
     /// An error that stops the run (the repository, not an entry); the walk
     /// winds down once it is set.
     pub(super) fatal: Mutex<Option<Error>>,
@@ -114,15 +112,10 @@ pub(super) fn link_key(st: &Stat) -> u64 {
 
 impl SnapshotWriter<'_> {
     pub(super) fn fail(&self, rel: &Path, reason: String) {
-        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        if f.len() < 100_000 {
-            f.push(EntryIssue {
-                path: rel.to_path_buf(),
-                reason,
-            });
-        } else {
-            self.failed_more.fetch_add(1, Relaxed);
-        }
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(rel, reason);
     }
 
     pub(super) fn name_of(&self, user: bool, id: u32) -> Option<Vec<u8>> {
