@@ -39,8 +39,9 @@ impl<W: Write> Write for Counting<W> {
     }
 }
 
-/// The member writer for `format`, writing into `out`.
-fn sink(
+/// The member writer for `format`, writing into `out` (compressing on
+/// the current rayon pool, `jobs` wide).
+pub(crate) fn sink(
     format: ArchiveFormat,
     out: Box<dyn Write + Send>,
     opts: &ArchiveOptions,

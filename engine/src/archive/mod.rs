@@ -31,6 +31,7 @@ pub(crate) mod frames;
 mod tar;
 mod zip;
 
+pub(crate) use create::sink as member_writer;
 pub use create::create_archive;
 pub use extract::{extract_archive, list_archive};
 
