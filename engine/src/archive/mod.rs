@@ -31,6 +31,8 @@ pub(crate) mod frames;
 mod tar;
 mod zip;
 
+// For snapshot download (repo/), which writes members of its own.
+#[allow(unused_imports)]
 pub(crate) use create::sink as member_writer;
 pub use create::create_archive;
 pub use extract::{extract_archive, list_archive};
