@@ -208,7 +208,9 @@ impl<R: Read + Send + 'static> FrameReader<R> {
                 self.stream_rest()?;
                 break;
             };
-            let frame: Vec<u8> = self.raw.drain(..len).collect();
+            // The frame keeps the buffer; only the (shorter) rest is copied.
+            let rest = self.raw.split_off(len);
+            let frame = std::mem::replace(&mut self.raw, rest);
             let (tx, rx) = bounded(1);
             rayon::spawn(move || {
                 let r = zstd::bulk::decompress(&frame, content).map_err(corrupt);
