@@ -498,7 +498,9 @@ impl<R: Read> TarReader<R> {
                     self.cur = m.path.clone();
                     m.size = real_size.ok_or_else(|| bad("sparse 1.0 member without realsize"))?;
                     let map = self.read_sparse_map(at)?;
-                    m.sparse = Some(map);
+                    // Empty regions (GNU tar's marker of a trailing hole)
+                    // carry nothing.
+                    m.sparse = Some(map.into_iter().filter(|r| r.1 > 0).collect());
                 }
                 Some(_) => return Err(bad("GNU sparse 0.x members are not supported")),
                 None => {}
@@ -699,7 +701,16 @@ impl<W: Write> TarWriter<W> {
         if m.kind == TarKind::Dir && !path.ends_with(b"/") {
             path.push(b'/');
         }
-        let stored = match &m.sparse {
+        // GNU tar sizes a sparse file by its last region's end: a trailing
+        // hole is an empty region at the real size, as GNU tar writes it.
+        let sparse = m.sparse.as_ref().map(|map| {
+            let mut map = map.clone();
+            if map.last().is_none_or(|&(o, l)| o + l < m.size) {
+                map.push((m.size, 0));
+            }
+            map
+        });
+        let stored = match &sparse {
             Some(map) => {
                 pax.extend(pax_record(b"GNU.sparse.major", b"1"));
                 pax.extend(pax_record(b"GNU.sparse.minor", b"0"));
@@ -793,7 +804,7 @@ impl<W: Write> TarWriter<W> {
         }
         h.set_cksum();
         self.put(h.as_bytes())?;
-        if let Some(map) = &m.sparse {
+        if let Some(map) = &sparse {
             self.put(&encode_sparse_map(map))?;
         }
         Ok(())

@@ -147,10 +147,13 @@ impl LeafSource for StreamLeaf<'_> {
         &self,
         _d: &File,
         _name: &std::ffi::CStr,
-        _cur: &Stat,
+        cur: &Stat,
     ) -> Result<bool, StepError> {
-        // A stream cannot be read twice: what is there is replaced.
-        Ok(false)
+        // rsync's quick check, as `haul copy` makes it: the same size
+        // (checked by the caller) and the same mtime to the nanosecond.
+        // A stream cannot be read twice to compare bytes. The member's
+        // data is then skipped.
+        Ok(cur.mtime == self.entry.mtime)
     }
 
     fn target(&self) -> Result<Vec<u8>, StepError> {
@@ -316,16 +319,17 @@ pub fn extract_archive(
             w.fail(&rel, e);
         }
     }
+    // Removal before the directories' metadata, whose mtimes it changes.
+    if fatal.is_none() && opts.delete && opts.paths.is_empty() {
+        if let Some(r) = &root {
+            remove_unseen(w, r, &seen);
+        }
+    }
     if let Some(pw) = pw {
         pw.finish();
     }
     if let Some(e) = fatal {
         return Err(e);
-    }
-    if opts.delete && opts.paths.is_empty() {
-        if let Some(r) = &root {
-            remove_unseen(w, r, &seen);
-        }
     }
     Ok(w.summary(start))
 }
@@ -362,9 +366,13 @@ fn remove_unseen(w: &DestWriter<'_>, root: &File, seen: &HashSet<u128>) {
         });
         let _ = sys::each_batch(&d, |batch| -> std::io::Result<()> {
             for e in batch {
-                if let Ok(Some(true)) = sys::is_dir_entry(&d, e) {
-                    let crel = rel.join(OsStr::from_bytes(e.name.to_bytes()));
-                    stack.push((crel, Some((d.clone(), e.name.clone()))));
+                let crel = rel.join(OsStr::from_bytes(e.name.to_bytes()));
+                // Only directories the archive named hold entries to weigh;
+                // the others were removed whole (or are protected).
+                if seen.contains(&path_hash(&crel)) {
+                    if let Ok(Some(true)) = sys::is_dir_entry(&d, e) {
+                        stack.push((crel, Some((d.clone(), e.name.clone()))));
+                    }
                 }
             }
             Ok(())

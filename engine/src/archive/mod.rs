@@ -32,9 +32,9 @@ mod tar;
 mod zip;
 
 // For snapshot download (repo/), which writes members of its own.
+pub use create::create_archive;
 #[allow(unused_imports)]
 pub(crate) use create::sink as member_writer;
-pub use create::create_archive;
 pub use extract::{extract_archive, list_archive};
 
 /// The archive formats haul reads and writes.
