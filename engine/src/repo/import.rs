@@ -310,7 +310,7 @@ impl Builder<'_, '_> {
     fn member(&mut self, m: Member, r: &mut dyn MemberRead) -> Result<(), Refused> {
         let refused = || Refused::Member("refusing a path that is absolute or holds '..'".into());
         let comps = components(&m.path).ok_or_else(refused)?;
-        let xattrs: Vec<Xattr> = m
+        let mut xattrs: Vec<Xattr> = m
             .xattrs
             .iter()
             .map(|(k, v)| Xattr {
@@ -318,6 +318,12 @@ impl Builder<'_, '_> {
                 value: v.clone(),
             })
             .collect();
+        // Trees hold them sorted, each name once; archives need not (GNU
+        // tar gives ACLs after the other attributes). The last one given
+        // wins, as for members.
+        xattrs.reverse();
+        xattrs.sort_by(|a, b| a.name.cmp(&b.name));
+        xattrs.dedup_by(|a, b| a.name == b.name);
         let Some((name, parent)) = comps.split_last() else {
             if m.entry.kind != FileKind::Dir {
                 return Err(Refused::Member(
