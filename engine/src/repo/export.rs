@@ -32,7 +32,10 @@ use crate::walk::worker_pool;
 
 /// Plaintext of blobs read ahead of the writer at most (one larger blob is
 /// still let through alone).
-const READ_AHEAD: u64 = 32 << 20;
+const READ_AHEAD: u64 = 12 << 20;
+/// Loader threads at most: each keeps buffers of a few MiB, and a few
+/// decode faster than the writer compresses.
+const LOADERS: usize = 3;
 /// Messages (members and chunk slots) queued between walker and writer.
 const QUEUE: usize = 1024;
 
@@ -291,7 +294,7 @@ impl Repository {
         let index = &index;
         let budget = &budget;
         std::thread::scope(|sc| {
-            for _ in 0..jobs.max(2) {
+            for _ in 0..jobs.clamp(2, LOADERS) {
                 let rx = load_rx.clone();
                 sc.spawn(move || {
                     for (id, slot) in rx {

@@ -342,3 +342,48 @@ fn upload_takes_members_in_any_order_and_refuses_hostile_paths() {
     assert_eq!(b.permissions().mode() & 0o7777, 0o755, "b/ was never named");
     assert!(!t.path().join("evil").exists() && !Path::new("/abs").exists());
 }
+
+#[test]
+fn download_memory_stays_bounded() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fixture::mkdir(&src);
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c 160M /dev/urandom > {}/big", src.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let repo = Repo::new(t.path().join("repo"));
+    repo.init().expect_code(0);
+    let id = repo.create_id(&[&src], &[]);
+    let out = t.path().join("a.tar.zst");
+    let o = Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(haul_bin())
+        .args([
+            "snapshot",
+            "download",
+            &id,
+            "-j",
+            "2",
+            "--no-progress",
+            "-o",
+        ])
+        .arg(&out)
+        .arg("--repo")
+        .arg(&repo.root)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let kib: u64 = err
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {err}"));
+    assert!(kib < 100 << 10, "peak RSS {kib} KiB for a 160 MiB snapshot");
+}
