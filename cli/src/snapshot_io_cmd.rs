@@ -1,9 +1,9 @@
 //! `haul snapshot download|upload` (aliases `export`, `import`): a
 //! snapshot as an archive other tools read, and an archive as a snapshot.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use haul_engine::{
     ArchiveFormat, ArchiveInput, ArchiveOptions, ErrorKind, ImportOptions, Repository,
@@ -11,7 +11,7 @@ use haul_engine::{
 };
 use serde_json::json;
 
-use crate::archive_cmd::{CompressionArg, FormatArg};
+use crate::archive_cmd::{CompressionArg, FormatArg, Output};
 use crate::copy_cmd::{failed_json, failed_line, jobs_parser};
 use crate::exit;
 use crate::render::{escape_str, ChangeSink, Reporter};
@@ -60,55 +60,6 @@ pub struct UploadArgs {
     /// Do not show a progress bar.
     #[arg(long)]
     pub no_progress: bool,
-}
-
-/// A temporary file beside OUT, renamed onto it once the archive is
-/// complete (as `haul archive create` writes): OUT never holds half an
-/// archive.
-struct Output {
-    tmp: Option<(PathBuf, PathBuf)>,
-}
-
-impl Output {
-    fn open(out: &Path) -> Result<(Output, Box<dyn Write + Send>)> {
-        if out.as_os_str() == "-" {
-            return Ok((Output { tmp: None }, Box::new(std::io::stdout())));
-        }
-        let dir = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = out
-            .file_name()
-            .with_context(|| format!("{}: not a file name", out.display()))?;
-        let tmp = dir.join(format!(
-            ".{}.haul-part.{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let f = std::fs::File::create(&tmp)
-            .with_context(|| format!("{}: creating archive", tmp.display()))?;
-        Ok((
-            Output {
-                tmp: Some((tmp, out.to_path_buf())),
-            },
-            Box::new(f),
-        ))
-    }
-
-    fn commit(self) -> Result<()> {
-        if let Some((tmp, out)) = self.tmp {
-            std::fs::rename(&tmp, &out)
-                .with_context(|| format!("{}: naming archive", out.display()))?;
-        }
-        Ok(())
-    }
-
-    fn abandon(self) {
-        if let Some((tmp, _)) = self.tmp {
-            let _ = std::fs::remove_file(tmp);
-        }
-    }
 }
 
 pub fn download(a: DownloadArgs) -> Result<u8> {
