@@ -12,6 +12,7 @@
 
 mod archive_snapshot;
 mod archive_tar;
+mod archive_zip;
 mod cli;
 mod copy;
 mod deep;
