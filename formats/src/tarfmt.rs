@@ -289,6 +289,11 @@ impl<R: Read> TarReader<R> {
         self.pos
     }
 
+    /// The underlying reader (to read what follows the archive's end).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.r
+    }
+
     fn truncated(&self, inside: &str) -> TarError {
         TarError::Truncated(inside.to_string())
     }

@@ -252,6 +252,10 @@ pub fn extract_archive(
                     w.fail(Path::new(&name), msg);
                     continue;
                 }
+                Err(ReadError::Named { path, msg }) => {
+                    w.fail(&member_rel(path.as_bytes()), msg);
+                    continue;
+                }
                 Err(e) => {
                     fatal = Some(corrupt(&name, e));
                     break;
@@ -319,7 +323,7 @@ pub fn extract_archive(
                 // Small: read whole here, written on the pool.
                 let data = match read_whole(&mut **reader_cell.borrow_mut(), data_len) {
                     Ok(d) => d,
-                    Err(ReadError::Member(msg)) => {
+                    Err(ReadError::Member(msg) | ReadError::Named { msg, .. }) => {
                         w.fail(&rel, msg);
                         continue;
                     }

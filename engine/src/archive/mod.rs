@@ -302,6 +302,24 @@ pub(crate) enum ReadError {
     /// One member is bad; the next may be read.
     #[error("{0}")]
     Member(String),
+    /// The member at this path (as stored) is bad; the next may be read.
+    #[error("{path}: {msg}")]
+    Named {
+        /// The member's path as the archive names it.
+        path: String,
+        /// What is wrong with it.
+        msg: String,
+    },
+}
+
+impl ReadError {
+    /// The error for the member `name`.
+    pub(crate) fn named(name: &str, msg: impl std::fmt::Display) -> ReadError {
+        ReadError::Named {
+            path: name.to_string(),
+            msg: msg.to_string(),
+        }
+    }
 }
 
 /// A reader of members in stream order.

@@ -14,12 +14,14 @@ use crate::sys;
 /// Members of a tar stream.
 pub(crate) struct TarMembers {
     r: TarReader<Box<dyn Read + Send>>,
+    drained: bool,
 }
 
 impl TarMembers {
     pub(crate) fn new(r: Box<dyn Read + Send>) -> TarMembers {
         TarMembers {
             r: TarReader::new(r),
+            drained: false,
         }
     }
 }
@@ -32,7 +34,7 @@ fn to_member(t: TarMember) -> Result<Member, ReadError> {
     let name = String::from_utf8_lossy(&t.path).into_owned();
     let id = |v: u64, what: &str| {
         u32::try_from(v)
-            .map_err(|_| ReadError::Member(format!("{name}: {what} {v} is out of range")))
+            .map_err(|_| ReadError::named(&name, format!("{what} {v} is out of range")))
     };
     let kind = match t.kind {
         TarKind::File | TarKind::Hardlink => FileKind::File,
@@ -79,7 +81,18 @@ impl MemberRead for TarMembers {
     fn next_member(&mut self) -> Result<Option<Member>, ReadError> {
         match self.r.next_member().map_err(archive_err)? {
             Some(t) => to_member(t).map(Some),
-            None => Ok(None),
+            None => {
+                // The stream is read to its end: a zstd frame's checksum is
+                // checked only there, and damage after the last member's
+                // data would otherwise pass unseen.
+                if !self.drained {
+                    self.drained = true;
+                    io::copy(self.r.get_mut(), &mut io::sink()).map_err(|e| {
+                        ReadError::Archive(format!("after the end of the archive: {e}"))
+                    })?;
+                }
+                Ok(None)
+            }
         }
     }
 

@@ -499,6 +499,10 @@ impl Repository {
                         w.fail(&arch, msg);
                         continue;
                     }
+                    Err(ReadError::Named { path, msg }) => {
+                        w.fail(Path::new(&path), msg);
+                        continue;
+                    }
                     Err(ReadError::Archive(msg)) => return Err(named(&arch, msg)),
                 };
                 let path = PathBuf::from(OsStr::from_bytes(&m.path));

@@ -139,7 +139,7 @@ fn record(
     let path = h.file_path();
     let raw_name: &[u8] = path.as_ref();
     let name = String::from_utf8_lossy(raw_name).into_owned();
-    let err = |what: String| ReadError::Member(format!("{name}: {what}"));
+    let err = |what: String| ReadError::named(&name, what);
     let method = h.compression_method().as_u16();
     let flags = h.flags().bits();
     let (crc, csize, usize) = (
@@ -354,7 +354,7 @@ struct Current {
 
 impl Current {
     fn err(&self, what: impl std::fmt::Display) -> ReadError {
-        ReadError::Member(format!("{}: {what}", self.name))
+        ReadError::named(&self.name, what)
     }
 
     /// The inflated stream, never past the declared size (a bomb that
@@ -480,19 +480,21 @@ impl ZipMembers {
             DEFLATE => Box::new(flate2::bufread::DeflateDecoder::new(src)),
             ZSTD => {
                 let mut d = zstd::stream::read::Decoder::with_buffer(src)
-                    .map_err(|e| ReadError::Member(format!("{}: zstd: {e}", r.name)))?;
+                    .map_err(|e| ReadError::named(&r.name, format!("zstd: {e}")))?;
                 // A frame may ask for a window this big, no bigger: memory
                 // stays bounded whatever the archive says.
                 d.window_log_max(25)
-                    .map_err(|e| ReadError::Member(format!("{}: zstd: {e}", r.name)))?;
+                    .map_err(|e| ReadError::named(&r.name, format!("zstd: {e}")))?;
                 Box::new(d)
             }
             m => {
-                return Err(ReadError::Member(format!(
-                    "{}: compression method {m} is not supported (haul reads store, deflate \
-                     and zstd)",
-                    r.name
-                )))
+                return Err(ReadError::named(
+                    &r.name,
+                    format!(
+                        "compression method {m} is not supported (haul reads store, deflate \
+                         and zstd)"
+                    ),
+                ))
             }
         };
         Ok(Current {
@@ -557,7 +559,7 @@ impl MemberRead for ZipMembers {
         if let Some(rx) = a.data {
             self.ahead_bytes -= r.usize;
             let data = crate::walk::pool_recv(&rx).unwrap_or_else(|| {
-                Err(ReadError::Member(format!("{}: inflating stopped", r.name)))
+                Err(ReadError::named(&r.name, "inflating stopped"))
             });
             self.cur = Some(Cur::Ready(data, 0));
             // Keep the pool busy while this one is written.
@@ -600,6 +602,7 @@ impl MemberRead for ZipMembers {
             }
             Some(Cur::Ready(Err(e), _)) => Err(match e {
                 ReadError::Member(m) => ReadError::Member(m.clone()),
+                ReadError::Named { path, msg } => ReadError::named(path, msg),
                 ReadError::Archive(m) => ReadError::Archive(m.clone()),
             }),
             None => Ok(0),
