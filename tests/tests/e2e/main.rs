@@ -10,6 +10,7 @@
 //! owners, trusted.* xattrs) or run haul as an unprivileged user.
 //! `cargo test -p haul-tests --test e2e -- snapshot::` runs one theme.
 
+mod archive_hostile;
 mod cli;
 mod copy;
 mod deep;
