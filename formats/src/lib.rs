@@ -107,6 +107,7 @@ mod index;
 mod layout;
 mod pack;
 mod snapshot;
+pub mod tarfmt;
 mod time;
 mod tree;
 

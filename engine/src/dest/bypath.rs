@@ -8,9 +8,7 @@
 //! deferred to [`PathWriter::finish`] and applied deepest first, so a
 //! directory's mtime and a read-only mode stick whatever the order.
 //!
-//! Its users, archive extraction and the ssh receiver, come next; until
-//! then only its tests call it.
-#![cfg_attr(not(test), allow(dead_code))]
+//! Its users: archive extraction, and next the ssh receiver.
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
@@ -138,6 +136,12 @@ impl<'w, 'a> PathWriter<'w, 'a> {
         Ok(())
     }
 
+    /// The stream's root entry (a tar's `./`): its metadata becomes the
+    /// root's, applied last.
+    pub(crate) fn put_root(&mut self, entry: Entry, xattrs: Xattrs) {
+        self.deferred.push((PathBuf::new(), entry, xattrs, true));
+    }
+
     /// A leaf of the stream, through the writer's one leaf function.
     pub(crate) fn put_leaf<S: LeafSource>(&mut self, rel: &Path, src: &S) -> Result<(), StepError> {
         let comps = components(rel)?;
@@ -166,7 +170,11 @@ impl<'w, 'a> PathWriter<'w, 'a> {
         let mut deferred = std::mem::take(&mut self.deferred);
         deferred.sort_by_key(|(rel, ..)| std::cmp::Reverse(rel.components().count()));
         for (rel, entry, xattrs, existed) in deferred {
-            let d = components(&rel).and_then(|c| self.dir(&c));
+            let d = if rel.as_os_str().is_empty() {
+                Ok(self.root.clone())
+            } else {
+                components(&rel).and_then(|c| self.dir(&c))
+            };
             match d {
                 Ok(d) => self
                     .w

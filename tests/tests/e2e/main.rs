@@ -11,6 +11,7 @@
 //! `cargo test -p haul-tests --test e2e -- snapshot::` runs one theme.
 
 mod archive_hostile;
+mod archive_tar;
 mod cli;
 mod copy;
 mod deep;
