@@ -538,16 +538,36 @@ pub struct Run {
     pub max_rss_kib: Option<u64>,
 }
 
-/// Runs haul with `args` (as `as_user` if given), killing its whole process group when
-/// `deadline` passes (then the test fails). With `measure`, haul runs under
-/// `/usr/bin/time -v` for its peak RSS. With `discard_stdout`, stdout goes to /dev/null.
-pub fn run_deadline(
-    args: &[OsString],
-    as_user: Option<(u32, u32)>,
-    deadline: Duration,
-    measure: bool,
-    discard_stdout: bool,
-) -> Run {
+/// How to run haul: [`run_deadline`]'s options.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// Run as this uid:gid (the caller must be root).
+    pub as_user: Option<(u32, u32)>,
+    /// Kill haul's whole process group when this passes (then the test fails).
+    pub deadline: Duration,
+    /// Run under `/usr/bin/time -v` for the peak RSS.
+    pub measure: bool,
+    /// Send stdout to /dev/null (for outputs of millions of lines).
+    pub discard_stdout: bool,
+    /// Bytes to feed on stdin (else stdin is /dev/null).
+    pub stdin: Option<Vec<u8>>,
+}
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        RunSpec {
+            as_user: None,
+            deadline: DEADLINE,
+            measure: false,
+            discard_stdout: false,
+            stdin: None,
+        }
+    }
+}
+
+/// Runs haul with `args` as `spec` says.
+pub fn run_deadline(args: &[OsString], spec: &RunSpec) -> Run {
+    let (as_user, deadline, measure) = (spec.as_user, spec.deadline, spec.measure);
     let mut cmd: Command = if measure {
         let mut c = command_as(Path::new("/usr/bin/time"), as_user);
         c.arg("-v").arg(haul_bin());
@@ -556,15 +576,25 @@ pub fn run_deadline(
         command_as(&haul_bin(), as_user)
     };
     cmd.args(args).process_group(0);
-    cmd.stdout(if discard_stdout {
+    cmd.stdout(if spec.discard_stdout {
         Stdio::null()
     } else {
         Stdio::piped()
     })
     .stderr(Stdio::piped());
-    let child = cmd
+    if spec.stdin.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start haul {args:?}: {e}"));
+    if let Some(bytes) = spec.stdin.clone() {
+        let mut w = child.stdin.take().unwrap();
+        // A writer of its own: haul may stop reading early (EPIPE is fine).
+        std::thread::spawn(move || {
+            let _ = w.write_all(&bytes);
+        });
+    }
     let pid = child.id() as i32;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -719,7 +749,28 @@ impl Scene {
         a.push(self.dst.clone().into());
         a.push("--json".into());
         a.extend(extra.iter().map(OsString::from));
-        run_deadline(&a, self.as_user, DEADLINE, false, false)
+        run_deadline(&a, &self.spec())
+    }
+
+    /// `haul archive extract - DST --json EXTRA...`, the archive fed on stdin.
+    pub fn extract_stdin(&self, bytes: &[u8], extra: &[&str]) -> Run {
+        let mut a: Vec<OsString> = vec!["archive".into(), "extract".into(), "-".into()];
+        a.push(self.dst.clone().into());
+        a.push("--json".into());
+        a.extend(extra.iter().map(OsString::from));
+        let spec = RunSpec {
+            stdin: Some(bytes.to_vec()),
+            ..self.spec()
+        };
+        run_deadline(&a, &spec)
+    }
+
+    /// The run options of this scene's user.
+    pub fn spec(&self) -> RunSpec {
+        RunSpec {
+            as_user: self.as_user,
+            ..RunSpec::default()
+        }
     }
 
     /// `haul archive list IN --json`, with the deadline.
@@ -730,12 +781,19 @@ impl Scene {
             archive.into(),
             "--json".into(),
         ];
-        run_deadline(&a, self.as_user, DEADLINE, false, false)
+        run_deadline(&a, &self.spec())
     }
 
     /// The checks every case shares, `case` naming it in messages: [`check_run`],
     /// [`Scene::check_outside`] and [`Scene::check_dst`].
     pub fn check(&self, case: &str, run: &Run, codes: &[i32], files: &[(&str, &[u8])]) {
+        // What haul did, for the captured output of a failing test (and --nocapture).
+        eprintln!(
+            "{case}: exit {}, failed {:?}, notices {:?}",
+            run.r.code,
+            failed(&run.r),
+            notices(&run.r)
+        );
         check_run(case, &run.r, codes);
         self.check_outside(case, &run.r);
         self.check_dst(case, &run.r, files);

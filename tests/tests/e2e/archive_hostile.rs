@@ -12,10 +12,10 @@ use std::path::Path;
 use haul_tests::fixture;
 use haul_tests::hostile::{
     check_run, crc32, failed, names, notices, report, run_deadline, walk_at, zstd,
-    zstd_first_block, Fmt, Run, Scene, Tar, TarHeader, Zip, ZipEntry, DEFLATE,
+    zstd_first_block, Fmt, Run, RunSpec, Scene, Tar, TarHeader, Zip, ZipEntry, DEFLATE,
 };
 use haul_tests::repo::Repo;
-use haul_tests::util::NOBODY;
+use haul_tests::util::{ci_contains, NOBODY};
 use haul_tests::{file_hash, walk, Kind};
 
 const OK: &[u8] = b"an honest member\n";
@@ -599,7 +599,16 @@ fn n9_special_bits_cleared_as_nobody() {
 /// Peak RSS haul may reach on any input.
 const MAX_RSS_KIB: u64 = 100 * 1024;
 
-fn extract_measured(s: &Scene, a: &Path, discard_stdout: bool) -> Run {
+fn measured() -> RunSpec {
+    RunSpec {
+        deadline: std::time::Duration::from_secs(170),
+        measure: true,
+        discard_stdout: true,
+        ..RunSpec::default()
+    }
+}
+
+fn extract_measured(s: &Scene, a: &Path) -> Run {
     let args: Vec<std::ffi::OsString> = vec![
         "archive".into(),
         "extract".into(),
@@ -607,23 +616,18 @@ fn extract_measured(s: &Scene, a: &Path, discard_stdout: bool) -> Run {
         s.dst.clone().into(),
         "--json".into(),
     ];
-    run_deadline(
-        &args,
-        None,
-        std::time::Duration::from_secs(170),
-        true,
-        discard_stdout,
-    )
+    run_deadline(&args, &measured())
 }
 
 fn list_measured(a: &Path) -> Run {
     let args: Vec<std::ffi::OsString> =
         vec!["archive".into(), "list".into(), a.into(), "--json".into()];
-    run_deadline(&args, None, std::time::Duration::from_secs(170), true, true)
+    run_deadline(&args, &measured())
 }
 
 fn assert_rss(case: &str, run: &Run) {
     let rss = run.max_rss_kib.unwrap();
+    eprintln!("{case}: exit {}, peak RSS {rss} KiB", run.r.code);
     assert!(
         rss < MAX_RSS_KIB,
         "{case}: peak RSS {rss} KiB >= {MAX_RSS_KIB} KiB\n{}",
@@ -654,7 +658,7 @@ fn n10a_zstd_bomb_bounded_memory() {
     let mut s = Scene::new();
     let a = s.archive("bomb.tar.zst", &z);
     s.arm();
-    let run = extract_measured(&s, &a, false);
+    let run = extract_measured(&s, &a);
     check_run(case, &run.r, &[0, 3]);
     s.check_outside(case, &run.r);
     assert_rss(case, &run);
@@ -809,7 +813,7 @@ fn n10d_zip_with_a_million_entries() {
     let case = "list of a million entries";
     check_run(case, &run.r, &[0]);
     assert_rss(case, &run);
-    let run = extract_measured(&s, &a, true);
+    let run = extract_measured(&s, &a);
     let case = "extract of a million entries";
     check_run(case, &run.r, &[0, 3]);
     assert_rss(case, &run);
@@ -831,7 +835,7 @@ fn n10d_zip_lying_entry_count() {
         let run = list_measured(&a);
         check_run(&format!("list {case}"), &run.r, &[0, 1]);
         assert_rss(&case, &run);
-        let run = extract_measured(&s, &a, false);
+        let run = extract_measured(&s, &a);
         check_run(&case, &run.r, &[0, 1, 3]);
         assert_rss(&case, &run);
         s.check_outside(&case, &run.r);
@@ -1254,4 +1258,72 @@ fn upload_of_hostile_tar_restores_inside() {
     check_run(case, &r, &[0, 3]);
     s.check_outside(case, &r);
     s.check_dst(case, &r, &[("ok", OK), ("l/x", PWN)]);
+}
+
+// ---- the same from stdin (`IN` = `-`): the streaming path ------------------------------
+
+#[test]
+fn stdin_hostile_members_stay_inside() {
+    for fmt in TARS {
+        let case = format!("{fmt:?} on stdin: ../escape, l -> ../outside, l/x");
+        let mut s = Scene::new();
+        let bytes = build(
+            fmt,
+            &[
+                file("ok", OK),
+                file("../escape", PWN),
+                link("l", "../outside"),
+                file("l/x", PWN),
+                hard("h", "../outside/f"),
+            ],
+        );
+        s.arm();
+        let run = s.extract_stdin(&bytes, &[]);
+        s.check(&case, &run, &[3], &[("ok", OK), ("l/x", PWN)]);
+        for m in ["../escape", "h"] {
+            assert!(
+                names(&run.r, m),
+                "{case}: {m} not named:\n{}",
+                run.r.describe()
+            );
+        }
+        written_or_refused(&case, &s, &run, "l/x", PWN);
+    }
+}
+
+#[test]
+fn stdin_truncated_tar_fails_cleanly() {
+    let m = abc();
+    let mut t = Tar::new();
+    t.file(m[0].0, &m[0].1);
+    let hdr_b = t.offset();
+    t.file(m[1].0, &m[1].1).file(m[2].0, &m[2].1);
+    let full = t.finish();
+    for fmt in TARS {
+        let case = format!("{fmt:?} on stdin, cut mid-data");
+        let mut s = Scene::new();
+        s.arm();
+        let run = s.extract_stdin(&fmt.wrap_tar(&full[..hdr_b + 512 + 1000]), &[]);
+        s.check(&case, &run, &[1, 3], &abc_allowed(&m));
+        assert!(
+            names(&run.r, "member-b") || ci_contains(&run.r.stderr, "stdin"),
+            "{case}: error names neither stdin nor the member:\n{}",
+            run.r.describe()
+        );
+    }
+}
+
+/// A zip needs seeking: from stdin it is a usage error that says why.
+#[test]
+fn stdin_zip_is_a_usage_error() {
+    let mut s = Scene::new();
+    let bytes = build(Fmt::Zip, &[file("ok", OK)]);
+    s.arm();
+    let run = s.extract_stdin(&bytes, &[]);
+    s.check("zip on stdin", &run, &[2], &[]);
+    assert!(
+        ci_contains(&run.r.stderr, "zip"),
+        "the reason is not given:\n{}",
+        run.r.describe()
+    );
 }
