@@ -295,6 +295,83 @@ pub fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
+/// CRC-32 of `n` zero bytes, table-driven (fast enough for a few hundred MiB).
+pub fn crc32_zeros(n: u64) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, t) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+        *t = c;
+    }
+    let mut crc = 0xffff_ffffu32;
+    for _ in 0..n {
+        crc = table[(crc & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// Bits packed least-significant first, as deflate wants them.
+#[derive(Default)]
+struct BitWriter {
+    out: Vec<u8>,
+    acc: u64,
+    n: u32,
+}
+
+impl BitWriter {
+    fn bits(&mut self, v: u32, len: u32) {
+        self.acc |= (v as u64) << self.n;
+        self.n += len;
+        while self.n >= 8 {
+            self.out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.n -= 8;
+        }
+    }
+
+    /// A Huffman code: its most significant bit goes first.
+    fn code(&mut self, code: u32, len: u32) {
+        let rev = code.reverse_bits() >> (32 - len);
+        self.bits(rev, len);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.n > 0 {
+            self.out.push(self.acc as u8);
+        }
+        self.out
+    }
+}
+
+/// `n` zero bytes as one fixed-Huffman deflate block: a literal zero, then matches of
+/// length 258 at distance 1 (13 bits per 258 bytes: about 1:1000, the classic zip-bomb
+/// kernel), then literal zeros for the rest.
+pub fn deflate_zeros(n: u64) -> Vec<u8> {
+    let mut w = BitWriter::default();
+    w.bits(1, 1); // BFINAL
+    w.bits(1, 2); // BTYPE = 01, fixed Huffman codes
+    let literal_zero = |w: &mut BitWriter| w.code(0b0011_0000, 8);
+    if n > 0 {
+        literal_zero(&mut w);
+        let rest = n - 1;
+        for _ in 0..rest / 258 {
+            w.code(0b1100_0101, 8); // length code 285: 258
+            w.code(0, 5); // distance code 0: 1
+        }
+        for _ in 0..rest % 258 {
+            literal_zero(&mut w);
+        }
+    }
+    w.code(0, 7); // end of block (256)
+    w.finish()
+}
+
 /// `data` as a deflate stream of stored (uncompressed) blocks: valid method 8 data
 /// without needing a compressor.
 pub fn deflate_stored(data: &[u8]) -> Vec<u8> {

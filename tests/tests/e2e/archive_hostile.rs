@@ -11,8 +11,9 @@ use std::path::Path;
 
 use haul_tests::fixture;
 use haul_tests::hostile::{
-    check_run, crc32, failed, names, notices, report, run_deadline, walk_at, zstd,
-    zstd_first_block, Fmt, Run, RunSpec, Scene, Tar, TarHeader, Zip, ZipEntry, DEFLATE,
+    check_run, crc32, crc32_zeros, deflate_zeros, failed, names, notices, report, run_deadline,
+    walk_at, zstd, zstd_first_block, Fmt, Run, RunSpec, Scene, Tar, TarHeader, Zip, ZipEntry,
+    DEFLATE,
 };
 use haul_tests::repo::Repo;
 use haul_tests::util::{ci_contains, NOBODY};
@@ -657,6 +658,60 @@ fn n10a_zstd_bomb_bounded_memory() {
     let case = "tar.zst 1 GiB of zeros";
     let mut s = Scene::new();
     let a = s.archive("bomb.tar.zst", &z);
+    s.arm();
+    let run = extract_measured(&s, &a);
+    check_run(case, &run.r, &[0, 3]);
+    s.check_outside(case, &run.r);
+    assert_rss(case, &run);
+    let entries = walk_at(&s.dst);
+    if run.r.code == 0 {
+        assert_eq!(
+            entries.len(),
+            1,
+            "{case}: DST holds {} entries",
+            entries.len()
+        );
+        let md = &entries[0].md;
+        assert!(
+            md.is_file() && md.len() == SIZE,
+            "{case}: DST/big is {md:?}"
+        );
+        let zero = s.root().join("zero");
+        fixture::make_sparse(&zero, SIZE, &[]);
+        assert_eq!(
+            file_hash(&s.dst.join("big")),
+            file_hash(&zero),
+            "{case}: content"
+        );
+    } else {
+        assert!(
+            entries.is_empty(),
+            "{case}: refused but left {} entries",
+            entries.len()
+        );
+    }
+}
+
+/// A zip whose 512 MiB member of zeros deflates to about half a MiB: extracted with
+/// bounded memory (or refused), never an OOM.
+#[test]
+fn n10a_zip_deflate_bomb_bounded_memory() {
+    const SIZE: u64 = 512 << 20;
+    let payload = deflate_zeros(SIZE);
+    let bomb = ZipEntry {
+        name: b"big".to_vec(),
+        method: DEFLATE,
+        csize: payload.len() as u32,
+        payload,
+        crc: crc32_zeros(SIZE),
+        usize: SIZE as u32,
+        mode: Some(0o100644),
+    };
+    let mut z = Zip::new();
+    z.add(&bomb);
+    let case = "zip deflate bomb of 512 MiB";
+    let mut s = Scene::new();
+    let a = s.archive("bomb.zip", &z.finish());
     s.arm();
     let run = extract_measured(&s, &a);
     check_run(case, &run.r, &[0, 3]);
