@@ -26,6 +26,7 @@ const ALL: [Fmt; 3] = [Fmt::Tar, Fmt::TarZst, Fmt::Zip];
 const TARS: [Fmt; 2] = [Fmt::Tar, Fmt::TarZst];
 
 /// One member, for archives built the same way in every format.
+#[derive(Clone)]
 enum M {
     File(String, Vec<u8>),
     Dir(String, u32),
@@ -77,14 +78,7 @@ fn build(fmt: Fmt, members: &[M]) -> Vec<u8> {
 
 /// A scene (as root, or as nobody) holding the archive of `members`, armed.
 fn scene(fmt: Fmt, members: &[M], nobody: bool) -> (Scene, std::path::PathBuf) {
-    let mut s = if nobody {
-        Scene::for_nobody()
-    } else {
-        Scene::new()
-    };
-    let a = s.archive(fmt.file_name(), &build(fmt, members));
-    s.arm();
-    (s, a)
+    scene_with(fmt, nobody, |_| members.to_vec())
 }
 
 /// Same, the members computed from the scene (for absolute paths into it).
