@@ -163,15 +163,16 @@ fn format_of(f: Option<FormatArg>, out: &std::path::Path) -> Option<ArchiveForma
     }
 }
 
-/// Where an archive is written: stdout, or a temporary file beside OUT
-/// renamed onto it only once complete (an interrupted run leaves no
-/// half-written archive under OUT's name).
-struct Output {
+/// Where an archive is written (by `archive create` and `snapshot
+/// download`): stdout, or a temporary file beside OUT renamed onto it only
+/// once complete (an interrupted run leaves no half-written archive under
+/// OUT's name).
+pub struct Output {
     tmp: Option<(PathBuf, PathBuf)>,
 }
 
 impl Output {
-    fn open(out: &std::path::Path) -> Result<(Output, Box<dyn Write + Send>)> {
+    pub fn open(out: &std::path::Path) -> Result<(Output, Box<dyn Write + Send>)> {
         if out.as_os_str() == "-" {
             return Ok((Output { tmp: None }, Box::new(std::io::stdout())));
         }
@@ -197,7 +198,7 @@ impl Output {
         ))
     }
 
-    fn commit(self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
         if let Some((tmp, out)) = self.tmp {
             std::fs::rename(&tmp, &out)
                 .with_context(|| format!("{}: naming archive", out.display()))?;
@@ -205,7 +206,7 @@ impl Output {
         Ok(())
     }
 
-    fn abandon(self) {
+    pub fn abandon(self) {
         if let Some((tmp, _)) = self.tmp {
             let _ = std::fs::remove_file(tmp);
         }

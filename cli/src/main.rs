@@ -11,6 +11,7 @@ mod copy_cmd;
 mod exit;
 mod render;
 mod snapshot_cmd;
+mod snapshot_io_cmd;
 
 /// haul: fast, lossless tree transfer, snapshots and archives.
 #[derive(Parser, Debug)]

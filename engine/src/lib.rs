@@ -43,6 +43,7 @@ pub use progress::{Action, NoProgress, Progress};
 pub use repo::retention::{parse_duration, parse_interval};
 pub use repo::{
     Bucket, CheckOptions, CheckReport, CreateOptions, CreateSummary, DamagedSnapshot, DiffChange,
-    InitOptions, KeepPolicy, Location, LockGuard, LsEntry, PruneSummary, RepairOptions,
-    RepairSummary, RepairedSnapshot, Repository, RestoreOptions, RetentionError, SnapshotInfo,
+    ImportOptions, InitOptions, KeepPolicy, Location, LockGuard, LsEntry, PruneSummary,
+    RepairOptions, RepairSummary, RepairedSnapshot, Repository, RestoreOptions, RetentionError,
+    SnapshotInfo,
 };

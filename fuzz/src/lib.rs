@@ -35,6 +35,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("snapshot", snapshot),
     ("tar", tar),
     ("extract", extract),
+    ("zip", zip),
+    ("manifest", manifest),
 ];
 
 /// Blob decoding: raw and zstd payloads, encrypted and unknown encodings.
@@ -300,6 +302,55 @@ pub fn extract(data: &[u8]) {
         listing(t.path(), "dst"),
         "something outside DST changed"
     );
+}
+
+/// The zip reader: the bytes extracted as [`extract`] does (zip is told
+/// apart by content; a seed corpus of zips steers the fuzzer there).
+pub fn zip(data: &[u8]) {
+    extract(data);
+}
+
+/// A one-member zip (`f`, stored) whose central record carries `field` as
+/// haul's 0x6168 extra field.
+fn zip_with_haul_field(field: &[u8], content: &[u8]) -> Option<Vec<u8>> {
+    use haul_formats::zipfmt::{end_records, extra_field, EntryHeader, HAUL_ID};
+    let extra = extra_field(HAUL_ID, field).ok()?;
+    let h = EntryHeader {
+        version_needed: 20,
+        flags: 0,
+        method: 0,
+        dos_time: 0,
+        dos_date: 0x21,
+        crc: crc32fast::hash(content),
+        csize: content.len() as u64,
+        usize: content.len() as u64,
+        name: b"f".to_vec(),
+    };
+    let mut z = h.local(false, &[]);
+    z.extend_from_slice(content);
+    let cd_at = z.len() as u64;
+    let cd = h.central(0o100644 << 16, 0, &extra);
+    z.extend_from_slice(&cd);
+    z.extend(end_records(1, cd_at, cd.len() as u64));
+    Some(z)
+}
+
+/// haul's per-member zip field (0x6168: nanosecond times, kind, device,
+/// hardlink target, holes, xattrs): a field that decodes re-encodes to the
+/// same value; then a zip carrying it is extracted as [`extract`] does.
+pub fn manifest(data: &[u8]) {
+    use haul_formats::zipfmt::HaulExtra;
+    if data.len() > 60_000 {
+        return;
+    }
+    if let Ok(h) = HaulExtra::decode(data) {
+        let again = h.encode().expect("a decoded field re-encodes");
+        // encode gives the whole field: id and length, then the payload.
+        assert_eq!(HaulExtra::decode(&again[4..]).expect("round trip"), h);
+    }
+    if let Some(z) = zip_with_haul_field(data, b"content") {
+        extract(&z);
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! cleared and devices not created, each named in the notices. Owners are
 //! kept only as root.
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
@@ -23,7 +23,7 @@ use std::time::Instant;
 use super::{
     open_reader, ArchiveInput, ExtractOptions, ListedMember, Member, MemberRead, ReadError,
 };
-use crate::dest::bypath::PathWriter;
+use crate::dest::bypath::{put_leaf_at, PathWriter};
 use crate::dest::entry::Entry;
 use crate::dest::leaf::{DataSink, LeafSource};
 use crate::dest::{open_or_create_root, CopySummary, DestWriter, Outcome, WriteOptions};
@@ -31,6 +31,7 @@ use crate::error::{Error, StepError};
 use crate::meta::{FileKind, Xattrs};
 use crate::progress::Progress;
 use crate::sys::{self, Stat};
+use crate::walk::worker_pool;
 
 /// Lists an archive's members, in stream order.
 pub fn list_archive(
@@ -239,86 +240,140 @@ pub fn extract_archive(
     };
     let reader_cell: RefCell<&mut dyn MemberRead> = RefCell::new(&mut *reader);
     let mut fatal = None;
-    loop {
-        let m = match reader_cell.borrow_mut().next_member() {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(ReadError::Member(msg)) => {
-                w.fail(Path::new(&name), msg);
-                continue;
-            }
-            Err(e) => {
-                fatal = Some(corrupt(&name, e));
-                break;
-            }
-        };
-        let rel = member_rel(&m.path);
-        let is_dir = m.entry.kind == FileKind::Dir;
-        if !wanted(&opts.paths, &rel)
-            || (!rel.as_os_str().is_empty() && opts.filter.excluded(&rel, is_dir))
-        {
-            continue;
-        }
-        if opts.delete {
-            let mut a = PathBuf::new();
-            for c in rel.components() {
-                a.push(c);
-                seen.insert(path_hash(&a));
-            }
-        }
-        let mut m = m;
-        if !keep_special {
-            if m.entry.perm & 0o7000 != 0 {
-                w.notice(&rel, "setuid, setgid or sticky bit cleared");
-                m.entry.perm &= 0o777;
-            }
-            if matches!(m.entry.kind, FileKind::CharDev | FileKind::BlockDev)
-                && m.hardlink.is_none()
-            {
-                w.notice(&rel, "device node not created");
-                continue;
-            }
-        }
-        w.count_source(&m.entry, m.hardlink.is_some());
-        w.check_owner_map(&m.entry, &rel);
-        let Some(pw) = pw.as_mut() else {
-            // A dry run into a DST that does not exist: all would be new.
-            w.record(Outcome::Created, &rel);
-            continue;
-        };
-        let xattrs = filter_xattrs(m.xattrs, &write);
-        let r = if rel.as_os_str().is_empty() {
-            if is_dir {
-                pw.put_root(m.entry, xattrs);
-                Ok(())
-            } else {
-                Err(step(
-                    "extracting",
-                    "the archive's root member is not a directory",
-                ))
-            }
-        } else if let Some(target) = &m.hardlink {
-            let t = member_rel(target);
-            pw.put_link(&rel, &t)
-        } else if is_dir {
-            pw.put_dir(&rel, m.entry, xattrs)
-        } else {
-            let leaf = StreamLeaf {
-                entry: m.entry,
-                xattrs,
-                target: m.target,
-                sparse: m.sparse,
-                reader: &reader_cell,
-                copied: RefCell::new(0),
+    let pool =
+        worker_pool(opts.jobs, "extract").map_err(|e| Error::io("starting workers", dst, e))?;
+    pool.in_place_scope(|scope| {
+        let mut flight = InFlight::new();
+        loop {
+            let m = match reader_cell.borrow_mut().next_member() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(ReadError::Member(msg)) => {
+                    w.fail(Path::new(&name), msg);
+                    continue;
+                }
+                Err(e) => {
+                    fatal = Some(corrupt(&name, e));
+                    break;
+                }
             };
-            let r = pw.put_leaf(&rel, &leaf);
-            w.copied(*leaf.copied.borrow());
-            r
-        };
-        if let Err(e) = r {
-            w.fail(&rel, e);
+            let rel = member_rel(&m.path);
+            let is_dir = m.entry.kind == FileKind::Dir;
+            if !wanted(&opts.paths, &rel)
+                || (!rel.as_os_str().is_empty() && opts.filter.excluded(&rel, is_dir))
+            {
+                continue;
+            }
+            if opts.delete {
+                let mut a = PathBuf::new();
+                for c in rel.components() {
+                    a.push(c);
+                    seen.insert(path_hash(&a));
+                }
+            }
+            let mut m = m;
+            if !keep_special {
+                if m.entry.perm & 0o7000 != 0 {
+                    w.notice(&rel, "setuid, setgid or sticky bit cleared");
+                    m.entry.perm &= 0o777;
+                }
+                if matches!(m.entry.kind, FileKind::CharDev | FileKind::BlockDev)
+                    && m.hardlink.is_none()
+                {
+                    w.notice(&rel, "device node not created");
+                    continue;
+                }
+            }
+            w.count_source(&m.entry, m.hardlink.is_some());
+            w.check_owner_map(&m.entry, &rel);
+            let Some(pw) = pw.as_mut() else {
+                // A dry run into a DST that does not exist: all would be new.
+                w.record(Outcome::Created, &rel);
+                continue;
+            };
+            // Members are written in stream order as far as anyone can
+            // tell: one that touches a path a leaf still being written on
+            // the pool touches (the same name twice, a file through an
+            // earlier name, a hardlink to it) waits for the pool to drain.
+            let target = m.hardlink.as_deref().map(member_rel);
+            if flight.conflicts(&rel, !is_dir, target.as_deref()) {
+                flight.drain();
+            }
+            let data_len = m.data_len();
+            let xattrs = filter_xattrs(std::mem::take(&mut m.xattrs), &write);
+            let r = if rel.as_os_str().is_empty() {
+                if is_dir {
+                    pw.put_root(m.entry, xattrs);
+                    Ok(())
+                } else {
+                    Err(step(
+                        "extracting",
+                        "the archive's root member is not a directory",
+                    ))
+                }
+            } else if let Some(t) = &target {
+                pw.put_link(&rel, t)
+            } else if is_dir {
+                pw.put_dir(&rel, m.entry, xattrs)
+            } else if m.entry.kind == FileKind::File && data_len <= SMALL_MEMBER {
+                // Small: read whole here, written on the pool.
+                let data = match read_whole(&mut **reader_cell.borrow_mut(), data_len) {
+                    Ok(d) => d,
+                    Err(ReadError::Member(msg)) => {
+                        w.fail(&rel, msg);
+                        continue;
+                    }
+                    Err(e) => {
+                        w.fail(&rel, &e);
+                        fatal = Some(corrupt(&name, e));
+                        break;
+                    }
+                };
+                match pw.leaf_dir(&rel) {
+                    Ok((dir, cname)) => {
+                        let leaf = BufLeaf {
+                            entry: m.entry,
+                            xattrs,
+                            sparse: m.sparse,
+                            data,
+                            written: Default::default(),
+                        };
+                        let n = leaf.data.len();
+                        flight.wait_for_room(n);
+                        flight.add(&rel, n);
+                        let tx = flight.tx.clone();
+                        let rel = rel.clone();
+                        scope.spawn(move |_| {
+                            if let Err(e) = put_leaf_at(w, &dir, &cname, &rel, &leaf) {
+                                w.fail(&rel, e);
+                            } else {
+                                w.copied(leaf.written.load(std::sync::atomic::Ordering::Relaxed));
+                            }
+                            let _ = tx.send((rel, n));
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                let leaf = StreamLeaf {
+                    entry: m.entry,
+                    xattrs,
+                    target: m.target,
+                    sparse: m.sparse,
+                    reader: &reader_cell,
+                    copied: RefCell::new(0),
+                };
+                let r = pw.put_leaf(&rel, &leaf);
+                w.copied(*leaf.copied.borrow());
+                r
+            };
+            if let Err(e) = r {
+                w.fail(&rel, e);
+            }
         }
-    }
+        flight.drain();
+    });
     // Removal before the directories' metadata, whose mtimes it changes.
     if fatal.is_none() && opts.delete && opts.paths.is_empty() {
         if let Some(r) = &root {
@@ -332,6 +387,183 @@ pub fn extract_archive(
         return Err(e);
     }
     Ok(w.summary(start))
+}
+
+/// Members up to this size are read whole and written on the pool.
+const SMALL_MEMBER: u64 = 1 << 20;
+/// Bytes of members read ahead and not yet written, at most.
+const MAX_INFLIGHT_BYTES: usize = 32 << 20;
+/// Members not yet written, at most.
+const MAX_INFLIGHT: usize = 512;
+
+/// The leaves being written on the pool: their paths (with counts, as a
+/// name may come twice) and the directories above them, and their bytes.
+struct InFlight {
+    leaves: HashMap<PathBuf, u32>,
+    above: HashMap<PathBuf, u32>,
+    bytes: usize,
+    count: usize,
+    tx: crossbeam_channel::Sender<(PathBuf, usize)>,
+    rx: crossbeam_channel::Receiver<(PathBuf, usize)>,
+}
+
+fn bump(m: &mut HashMap<PathBuf, u32>, p: &Path, up: bool) {
+    if up {
+        *m.entry(p.to_path_buf()).or_default() += 1;
+    } else if let Some(n) = m.get_mut(p) {
+        *n -= 1;
+        if *n == 0 {
+            m.remove(p);
+        }
+    }
+}
+
+impl InFlight {
+    fn new() -> InFlight {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        InFlight {
+            leaves: HashMap::new(),
+            above: HashMap::new(),
+            bytes: 0,
+            count: 0,
+            tx,
+            rx,
+        }
+    }
+
+    fn add(&mut self, rel: &Path, n: usize) {
+        bump(&mut self.leaves, rel, true);
+        for a in rel.ancestors().skip(1) {
+            bump(&mut self.above, a, true);
+        }
+        self.bytes += n;
+        self.count += 1;
+    }
+
+    fn wait_one(&mut self) {
+        let Ok((rel, n)) = self.rx.recv() else { return };
+        bump(&mut self.leaves, &rel, false);
+        for a in rel.ancestors().skip(1) {
+            bump(&mut self.above, a, false);
+        }
+        self.bytes -= n;
+        self.count -= 1;
+    }
+
+    fn wait_for_room(&mut self, n: usize) {
+        while self.count > 0 && (self.count >= MAX_INFLIGHT || self.bytes + n > MAX_INFLIGHT_BYTES)
+        {
+            self.wait_one();
+        }
+    }
+
+    fn drain(&mut self) {
+        while self.count > 0 {
+            self.wait_one();
+        }
+    }
+
+    /// Whether a member at `rel` (a non-directory if `leaf`), linking to
+    /// `target`, touches a path a leaf in flight touches.
+    fn conflicts(&self, rel: &Path, leaf: bool, target: Option<&Path>) -> bool {
+        if self.count == 0 {
+            return false;
+        }
+        let hit = |p: &Path| p.ancestors().any(|a| self.leaves.contains_key(a));
+        hit(rel) || (leaf && self.above.contains_key(rel)) || target.is_some_and(hit)
+    }
+}
+
+/// A member's data, read whole: `len` bytes and then its end (where a zip
+/// reader reports a bad CRC or data past the declared size).
+fn read_whole(r: &mut dyn MemberRead, len: u64) -> Result<Vec<u8>, ReadError> {
+    let mut data = vec![0u8; len as usize];
+    let mut got = 0;
+    while got < data.len() {
+        match r.read_data(&mut data[got..])? {
+            0 => return Err(ReadError::Member("the member's data ends early".into())),
+            n => got += n,
+        }
+    }
+    if r.read_data(&mut [0u8; 1])? != 0 {
+        return Err(ReadError::Member(
+            "the member's data is longer than its declared size".into(),
+        ));
+    }
+    Ok(data)
+}
+
+/// A small member's leaf, its data in memory, written on the pool.
+struct BufLeaf {
+    entry: Entry,
+    xattrs: Xattrs,
+    sparse: Option<Vec<(u64, u64)>>,
+    data: Vec<u8>,
+    written: std::sync::atomic::AtomicU64,
+}
+
+impl BufLeaf {
+    fn pieces(&self, each: &mut DataSink<'_>) -> Result<(), StepError> {
+        let regions = match &self.sparse {
+            Some(r) => r.clone(),
+            None => vec![(0, self.entry.size)],
+        };
+        let mut at = 0usize;
+        for (off, len) in regions {
+            let b = &self.data[at..at + len as usize];
+            if !b.is_empty() {
+                each(off, b)?;
+            }
+            at += len as usize;
+        }
+        Ok(())
+    }
+}
+
+impl LeafSource for BufLeaf {
+    fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    fn same_content(
+        &self,
+        _d: &File,
+        _name: &std::ffi::CStr,
+        cur: &Stat,
+    ) -> Result<bool, StepError> {
+        // The quick check, as for streamed members.
+        Ok(cur.mtime == self.entry.mtime)
+    }
+
+    fn target(&self) -> Result<Vec<u8>, StepError> {
+        Ok(Vec::new())
+    }
+
+    fn xattrs(&self) -> Result<Xattrs, StepError> {
+        Ok(self.xattrs.clone())
+    }
+
+    fn fill(&self, out: &File) -> Result<(Entry, Xattrs), StepError> {
+        self.pieces(&mut |off, b| {
+            out.write_all_at(b, off).map_err(|e| StepError {
+                op: "write",
+                err: e,
+            })
+        })?;
+        self.written
+            .store(self.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if self.sparse.is_some() {
+            sys::truncate_fd(out, self.entry.size).map_err(|e| StepError {
+                op: "set size",
+                err: e,
+            })?;
+        }
+        Ok((self.entry.clone(), self.xattrs.clone()))
+    }
+
+    fn read_data(&self, each: &mut DataSink<'_>) -> Result<(), StepError> {
+        self.pieces(each)
+    }
 }
 
 fn path_hash(p: &Path) -> u128 {

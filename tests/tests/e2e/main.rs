@@ -11,7 +11,9 @@
 //! `cargo test -p haul-tests --test e2e -- snapshot::` runs one theme.
 
 mod archive_hostile;
+mod archive_snapshot;
 mod archive_tar;
+mod archive_zip;
 mod cli;
 mod copy;
 mod deep;
