@@ -458,6 +458,74 @@ impl ZipEntry {
 const DOS_TIME: u16 = 0;
 const DOS_DATE: u16 = ((2021 - 1980) << 9) | (1 << 5) | 1;
 
+/// The local header of `e` (without its data).
+pub fn local_header(e: &ZipEntry) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+    b.extend_from_slice(&20u16.to_le_bytes()); // version needed
+    b.extend_from_slice(&0x0800u16.to_le_bytes()); // flags: UTF-8 names
+    b.extend_from_slice(&e.method.to_le_bytes());
+    b.extend_from_slice(&DOS_TIME.to_le_bytes());
+    b.extend_from_slice(&DOS_DATE.to_le_bytes());
+    b.extend_from_slice(&e.crc.to_le_bytes());
+    b.extend_from_slice(&e.csize.to_le_bytes());
+    b.extend_from_slice(&e.usize.to_le_bytes());
+    b.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
+    b.extend_from_slice(&0u16.to_le_bytes()); // extra length
+    b.extend_from_slice(&e.name);
+    b
+}
+
+/// Fifield's "quoted overlap" zip bomb (2019): `n` members whose names match their local
+/// headers, each one's deflate data a stored block quoting the next member's local header
+/// followed by the next member's data, the last one `kernel` zero bytes. Every member is
+/// well-formed on its own (right names, sizes and CRCs), but their data overlap, so the
+/// output is about `n` times the kernel. Returns the file and each member's name and
+/// content.
+pub fn quoted_overlap_zip(n: usize, kernel: u64) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let names: Vec<String> = (0..n).map(|i| format!("overlap-{i:02}")).collect();
+    let mut content = vec![0u8; kernel as usize];
+    let mut data = deflate_zeros(kernel);
+    let mut entries: Vec<ZipEntry> = Vec::new();
+    let mut contents: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in (0..n).rev() {
+        if let Some(next) = entries.last() {
+            let lh = local_header(next);
+            let mut quoted = vec![0u8]; // BFINAL 0, BTYPE 00: a stored block
+            quoted.extend_from_slice(&(lh.len() as u16).to_le_bytes());
+            quoted.extend_from_slice(&(!(lh.len() as u16)).to_le_bytes());
+            quoted.extend_from_slice(&lh);
+            quoted.extend_from_slice(&data);
+            data = quoted;
+            let mut c = lh;
+            c.extend_from_slice(&content);
+            content = c;
+        }
+        entries.push(ZipEntry {
+            name: names[i].as_bytes().to_vec(),
+            method: DEFLATE,
+            payload: Vec::new(),
+            crc: crc32(&content),
+            csize: data.len() as u32,
+            usize: content.len() as u32,
+            mode: Some(0o100644),
+        });
+        contents.push((names[i].clone(), content.clone()));
+    }
+    entries.reverse();
+    contents.reverse();
+    // The file is the first member's local header and its data, which hold all the others.
+    let mut z = Zip::new();
+    z.bytes.extend_from_slice(&local_header(&entries[0]));
+    z.bytes.extend_from_slice(&data);
+    let mut off = 0u32;
+    for e in &entries {
+        z.central(e, off);
+        off += local_header(e).len() as u32 + 5;
+    }
+    (z.finish(), contents)
+}
+
 /// A zip file under construction: local records in `bytes`, the central directory kept
 /// apart until [`Zip::finish`].
 #[derive(Default)]
@@ -475,20 +543,8 @@ impl Zip {
     /// Writes the local header and data of `e`; returns the header's offset.
     pub fn local(&mut self, e: &ZipEntry) -> u32 {
         let off = self.bytes.len() as u32;
-        let b = &mut self.bytes;
-        b.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-        b.extend_from_slice(&20u16.to_le_bytes()); // version needed
-        b.extend_from_slice(&0x0800u16.to_le_bytes()); // flags: UTF-8 names
-        b.extend_from_slice(&e.method.to_le_bytes());
-        b.extend_from_slice(&DOS_TIME.to_le_bytes());
-        b.extend_from_slice(&DOS_DATE.to_le_bytes());
-        b.extend_from_slice(&e.crc.to_le_bytes());
-        b.extend_from_slice(&e.csize.to_le_bytes());
-        b.extend_from_slice(&e.usize.to_le_bytes());
-        b.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
-        b.extend_from_slice(&0u16.to_le_bytes()); // extra length
-        b.extend_from_slice(&e.name);
-        b.extend_from_slice(&e.payload);
+        self.bytes.extend_from_slice(&local_header(e));
+        self.bytes.extend_from_slice(&e.payload);
         off
     }
 

@@ -11,9 +11,9 @@ use std::path::Path;
 
 use haul_tests::fixture;
 use haul_tests::hostile::{
-    check_run, crc32, crc32_zeros, deflate_zeros, failed, names, notices, report, run_deadline,
-    walk_at, zstd, zstd_first_block, Fmt, Run, RunSpec, Scene, Tar, TarHeader, Zip, ZipEntry,
-    DEFLATE,
+    check_run, crc32, crc32_zeros, deflate_zeros, failed, names, notices, quoted_overlap_zip,
+    report, run_deadline, walk_at, zstd, zstd_first_block, Fmt, Run, RunSpec, Scene, Tar,
+    TarHeader, Zip, ZipEntry, DEFLATE,
 };
 use haul_tests::repo::Repo;
 use haul_tests::util::{ci_contains, NOBODY};
@@ -778,6 +778,60 @@ fn n10b_overlapping_zip_entries_refused() {
     );
     let list = s.list(&a);
     check_run("list overlapping zip", &list.r, &[0, 1, 3]);
+    if run.r.code == 3 {
+        for n in ["member-a", "member-b", "member-c"] {
+            if s.kind(n).is_none() {
+                assert_failed_member(case, &run, n);
+            }
+        }
+    }
+}
+
+/// The contract names each failed member by its path in `failed`.
+fn assert_failed_member(case: &str, run: &Run, member: &str) {
+    assert!(
+        failed(&run.r).iter().any(|p| p == member),
+        "{case}: exit 3 but `failed` has no entry with path {member:?} (the contract names \
+         each failed member by its path): {:?}\n{}",
+        failed(&run.r),
+        run.r.describe()
+    );
+}
+
+/// Fifield's quoted-overlap zip bomb: every member well-formed on its own, their data
+/// overlapping; refused, at most one member extracted (with its right content).
+#[test]
+fn n10b_quoted_overlap_zip_refused() {
+    let (bytes, members) = quoted_overlap_zip(10, 1 << 20);
+    let case = "quoted-overlap zip bomb";
+    let mut s = Scene::new();
+    let a = s.archive("quoted.zip", &bytes);
+    s.arm();
+    let run = s.extract(&a, &[]);
+    let allowed: Vec<(&str, &[u8])> = members
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_slice()))
+        .collect();
+    s.check(case, &run, &[1, 3], &allowed);
+    let written: Vec<&str> = members
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| s.kind(n).is_some())
+        .collect();
+    assert!(written.len() <= 1, "{case}: extracted {written:?}");
+    assert!(
+        names(&run.r, "quoted.zip") || names(&run.r, "overlap-"),
+        "{case}: no message naming the archive or a member:\n{}",
+        run.r.describe()
+    );
+    check_run("list quoted overlap", &s.list(&a).r, &[0, 1, 3]);
+    if run.r.code == 3 {
+        for (n, _) in &members {
+            if !written.contains(&n.as_str()) {
+                assert_failed_member(case, &run, n);
+            }
+        }
+    }
 }
 
 /// A zip member that inflates past its declared size fails alone; nothing is left under
@@ -1018,6 +1072,9 @@ fn n11_zip_local_header_disagrees_with_central_directory() {
                 "{case}: message names neither member nor archive:\n{}",
                 run.r.describe()
             ),
+        }
+        if run.r.code == 3 {
+            assert_failed_member(&case, &run, "good-member");
         }
     }
 }
