@@ -1334,41 +1334,106 @@ fn list_shows_hostile_names_without_following_them() {
     }
 }
 
-/// `snapshot upload` of a hostile tar, then a restore: the restore stays inside DST.
+/// `snapshot upload` of a hostile archive, then a restore: the restore stays inside DST.
 #[test]
-fn upload_of_hostile_tar_restores_inside() {
-    let mut s = Scene::new();
-    let repo = Repo::new(s.root().join("repo"));
-    repo.init().expect_code(0);
-    let tar = build(
-        Fmt::Tar,
-        &[
+fn upload_of_hostile_archive_restores_inside() {
+    for fmt in ALL {
+        let case = format!("{fmt:?} snapshot upload of a hostile archive");
+        let mut s = Scene::new();
+        let repo = Repo::new(s.root().join("repo"));
+        repo.init().expect_code(0);
+        let mut members = vec![
             file("ok", OK),
             file("../escape", PWN),
             link("l", &s.outside_abs("")),
             file("l/x", PWN),
-            hard("h", &s.outside_abs("f")),
-        ],
-    );
-    let a = s.archive("up.tar", &tar);
-    s.arm();
-    let up = repo.snap("upload", &[a.clone().into(), "--json".into()]);
-    let case = "snapshot upload of a hostile tar";
-    check_run(case, &up, &[0, 3]);
-    s.check_outside(case, &up);
-    let id = report(&up)
-        .and_then(|v| v["id"].as_str().map(String::from))
-        .unwrap_or_else(|| panic!("{case}: no id:\n{}", up.describe()));
-    assert!(
-        names(&up, "escape"),
-        "{case}: ../escape not named:\n{}",
-        up.describe()
-    );
-    let r = repo.restore(&id, &s.dst, &[]);
-    let case = "restore of the uploaded hostile tar";
-    check_run(case, &r, &[0, 3]);
-    s.check_outside(case, &r);
-    s.check_dst(case, &r, &[("ok", OK), ("l/x", PWN)]);
+        ];
+        if fmt != Fmt::Zip {
+            members.push(hard("h", &s.outside_abs("f")));
+        }
+        let a = s.archive(fmt.file_name(), &build(fmt, &members));
+        s.arm();
+        let up = repo.snap("upload", &[a.clone().into(), "--json".into()]);
+        eprintln!("{case}: exit {}, {}", up.code, up.stdout.trim());
+        check_run(&case, &up, &[0, 3]);
+        s.check_outside(&case, &up);
+        let id = report(&up)
+            .and_then(|v| v["id"].as_str().map(String::from))
+            .unwrap_or_else(|| panic!("{case}: no id:\n{}", up.describe()));
+        assert!(
+            names(&up, "escape"),
+            "{case}: ../escape not named:\n{}",
+            up.describe()
+        );
+        let r = repo.restore(&id, &s.dst, &[]);
+        let case = format!("{fmt:?} restore of the uploaded hostile archive");
+        eprintln!("{case}: exit {}, failed {:?}", r.code, failed(&r));
+        check_run(&case, &r, &[0, 3]);
+        s.check_outside(&case, &r);
+        s.check_dst(&case, &r, &[("ok", OK), ("l/x", PWN)]);
+    }
+}
+
+/// `snapshot upload` of a truncated or corrupt archive: an error naming it, never a
+/// clean exit; a fatal one records no snapshot.
+#[test]
+fn upload_of_broken_archive_fails() {
+    let m = abc();
+    let mut t = Tar::new();
+    for (n, d) in &m {
+        t.file(n, d);
+    }
+    let tar = t.finish();
+    let mut z = Zip::new();
+    for (n, d) in &m {
+        z.add(&ZipEntry::stored(n, d));
+    }
+    let zip = z.finish();
+    let mut bad_zst = zstd(&tar);
+    let bh = zstd_first_block(&bad_zst);
+    bad_zst[bh] |= 0b110;
+    let mut flipped_zst = zstd(&tar);
+    let i = flipped_zst.len() / 10;
+    flipped_zst[i] ^= 0x5a;
+    let mut bad_crc = Zip::new();
+    for (n, d) in &m {
+        let mut e = ZipEntry::stored(n, d);
+        if *n == "member-b" {
+            e.payload[10] ^= 0x5a;
+        }
+        bad_crc.add(&e);
+    }
+    for (what, name, bytes) in [
+        (
+            "tar cut mid-data",
+            "in.tar",
+            tar[..512 + 600 + 512 + 1000].to_vec(),
+        ),
+        ("zip cut", "in.zip", zip[..zip.len() - 30].to_vec()),
+        ("zstd bad block", "in.tar.zst", bad_zst),
+        ("zip bad CRC", "crc.zip", bad_crc.finish()),
+        // Found only by the frame's content checksum, after the tar end marker.
+        ("zstd byte flipped", "flip.tar.zst", flipped_zst),
+    ] {
+        let case = format!("snapshot upload of {what}");
+        let mut s = Scene::new();
+        let repo = Repo::new(s.root().join("repo"));
+        repo.init().expect_code(0);
+        let a = s.archive(name, &bytes);
+        s.arm();
+        let up = repo.snap("upload", &[a.into(), "--json".into()]);
+        eprintln!("{case}: exit {}, {}", up.code, up.stdout.trim());
+        check_run(&case, &up, &[1, 3]);
+        s.check_outside(&case, &up);
+        assert!(
+            names(&up, name) || names(&up, "member-b"),
+            "{case}: names neither the archive nor the member:\n{}",
+            up.describe()
+        );
+        if up.code == 1 {
+            assert!(repo.list().is_empty(), "{case}: a snapshot was recorded");
+        }
+    }
 }
 
 // ---- the same from stdin (`IN` = `-`): the streaming path ------------------------------
