@@ -44,6 +44,29 @@ pub(crate) fn worker_pool(jobs: usize, what: &'static str) -> io::Result<rayon::
         .map_err(io::Error::other)
 }
 
+/// Waits for the result of a job spawned on the pool, running the pool's
+/// pending jobs meanwhile if called on one of its threads: a thread that
+/// blocked instead would hold up the jobs queued behind it, and with one
+/// worker (`-j 1`) nobody else would ever run the job it waits for.
+/// `None`: the job ended without sending a result.
+pub(crate) fn pool_recv<T>(rx: &crossbeam_channel::Receiver<T>) -> Option<T> {
+    use crossbeam_channel::{RecvTimeoutError, TryRecvError};
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+        if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
+            match rx.recv_timeout(std::time::Duration::from_millis(1)) {
+                Ok(v) => return Some(v),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+}
+
 /// What a walk does at each directory. The walker owns the order; the
 /// visitor owns the meaning.
 pub(crate) trait TreeVisitor: Sync {

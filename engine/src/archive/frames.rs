@@ -17,6 +17,8 @@ use std::io::{self, Read, Write};
 use crossbeam_channel::{bounded, Receiver};
 use zstd::zstd_safe;
 
+use crate::walk::pool_recv;
+
 /// Bytes of the tar stream per frame.
 pub(crate) const FRAME: usize = 4 << 20;
 /// The largest frame content decoded in one piece on the pool.
@@ -79,9 +81,8 @@ impl<W: Write> FrameWriter<W> {
 
     fn write_one(&mut self) -> io::Result<()> {
         if let Some(rx) = self.pending.pop_front() {
-            let frame = rx
-                .recv()
-                .map_err(|_| io::Error::other("a compression worker stopped"))??;
+            let frame = pool_recv(&rx)
+                .ok_or_else(|| io::Error::other("a compression worker stopped"))??;
             self.out.write_all(&frame)?;
             self.written += frame.len() as u64;
         }
@@ -251,9 +252,8 @@ impl<R: Read + Send + 'static> Read for FrameReader<R> {
             }
             self.schedule()?;
             if let Some(rx) = self.pending.pop_front() {
-                self.out = rx
-                    .recv()
-                    .map_err(|_| io::Error::other("a decompression worker stopped"))??;
+                self.out = pool_recv(&rx)
+                    .ok_or_else(|| io::Error::other("a decompression worker stopped"))??;
                 self.out_pos = 0;
                 continue;
             }

@@ -183,8 +183,8 @@ impl Iterator for OrderedWalk<'_> {
         }
         let p = self.ahead.pop_front()?;
         let data = p.data.map(|rx| {
-            rx.recv()
-                .unwrap_or_else(|_| Err(io::Error::other("preparing the file stopped")))
+            super::pool_recv(&rx)
+                .unwrap_or_else(|| Err(io::Error::other("preparing the file stopped")))
         });
         // Keep the pool busy while the sink takes this one.
         self.fill();

@@ -445,3 +445,59 @@ fn parallel_extraction_equals_sequential() {
     );
     assert_eq!(a.2, ["l/through"], "the member through the symlink fails");
 }
+
+/// Runs haul, failing the test if it does not finish within `secs`.
+fn finishes_within(secs: u64, args: &[&std::ffi::OsStr]) -> std::process::ExitStatus {
+    let mut c = haul_tests::spawn_haul(args, None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(st) = c.try_wait().unwrap() {
+            return st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = c.kill();
+            panic!("haul {args:?} hung (killed after {secs} s)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// With one worker (`-j 1`) the thread that writes the archive is the
+/// pool's only thread: waiting on a job queued behind it used to hang
+/// create (tar, tar.zst) for good.
+#[test]
+fn one_worker_creates_and_extracts_every_format() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fixture::build_small(&src);
+    for f in ["tar", "tar.zst", "zip"] {
+        let out = t.path().join(format!("a.{f}"));
+        let dst = t.path().join(format!("dst-{f}"));
+        let st = finishes_within(
+            120,
+            &[
+                "archive".as_ref(),
+                "create".as_ref(),
+                "-j".as_ref(),
+                "1".as_ref(),
+                contents(&src).as_ref(),
+                "-o".as_ref(),
+                out.as_os_str(),
+            ],
+        );
+        assert!(st.success(), "create {f}: {st}");
+        let st = finishes_within(
+            120,
+            &[
+                "archive".as_ref(),
+                "extract".as_ref(),
+                "-j".as_ref(),
+                "1".as_ref(),
+                out.as_os_str(),
+                dst.as_os_str(),
+            ],
+        );
+        assert!(st.success(), "extract {f}: {st}");
+        assert_trees_equal(&walk(&src), &walk(&dst), &all(), f);
+    }
+}

@@ -65,6 +65,8 @@ pub(crate) fn open(p: &Path, _jobs: usize) -> Result<Box<dyn MemberRead>, Error>
     Ok(Box::new(ZipMembers {
         file: Arc::new(file),
         rx,
+        ahead: Default::default(),
+        ahead_bytes: 0,
         cur: None,
     }))
 }
@@ -436,11 +438,33 @@ impl Current {
     }
 }
 
+/// Members up to this size are inflated whole on the pool, ahead of the
+/// one being read.
+const SMALL: u64 = 1 << 20;
+/// Members taken ahead at most, and bytes inflated ahead at most.
+const AHEAD: usize = 64;
+const AHEAD_BYTES: u64 = 24 << 20;
+
+/// A member taken off the directory ahead of time: its record, and for a
+/// small file its data being inflated (and checked) on the pool.
+struct Ahead {
+    rec: Result<Record, ReadError>,
+    data: Option<Receiver<Result<Vec<u8>, ReadError>>>,
+}
+
+/// The data of the member being read.
+enum Cur {
+    Stream(Current),
+    Ready(Result<Vec<u8>, ReadError>, usize),
+}
+
 /// Members of a zip file.
 struct ZipMembers {
     file: Arc<File>,
     rx: Receiver<Result<Record, ReadError>>,
-    cur: Option<Current>,
+    ahead: std::collections::VecDeque<Ahead>,
+    ahead_bytes: u64,
+    cur: Option<Cur>,
 }
 
 impl ZipMembers {
@@ -483,14 +507,63 @@ impl ZipMembers {
     }
 }
 
+impl ZipMembers {
+    /// Takes records off the directory up to the read-ahead bounds, and
+    /// starts inflating the small files among them.
+    fn fill(&mut self) {
+        while self.ahead.len() < AHEAD && self.ahead_bytes < AHEAD_BYTES {
+            let Ok(rec) = self.rx.recv() else { break };
+            let mut data = None;
+            if let Ok(r) = &rec {
+                let m = &r.member;
+                let small =
+                    m.hardlink.is_none() && m.entry.kind == FileKind::File && r.usize <= SMALL;
+                if small {
+                    let cur = self.start(r);
+                    let (tx, rx) = bounded(1);
+                    rayon::spawn(move || {
+                        let _ = tx.send(cur.and_then(|mut c| {
+                            let mut v = Vec::with_capacity(c.declared as usize);
+                            let mut buf = vec![0u8; (c.declared as usize).clamp(1, 64 << 10)];
+                            loop {
+                                match c.read(&mut buf)? {
+                                    0 => break,
+                                    n => v.extend_from_slice(&buf[..n]),
+                                }
+                            }
+                            Ok(v)
+                        }));
+                    });
+                    data = Some(rx);
+                    self.ahead_bytes += r.usize;
+                }
+            }
+            self.ahead.push_back(Ahead { rec, data });
+        }
+    }
+}
+
 impl MemberRead for ZipMembers {
     fn next_member(&mut self) -> Result<Option<Member>, ReadError> {
         self.cur = None;
-        let r = match self.rx.recv() {
-            Ok(r) => r?,
-            Err(_) => return Ok(None),
+        if self.ahead.is_empty() {
+            self.fill();
+        }
+        let Some(a) = self.ahead.pop_front() else {
+            return Ok(None);
         };
+        let r = a.rec?;
         let mut m = r.member.clone();
+        if let Some(rx) = a.data {
+            self.ahead_bytes -= r.usize;
+            let data = crate::walk::pool_recv(&rx).unwrap_or_else(|| {
+                Err(ReadError::Member(format!("{}: inflating stopped", r.name)))
+            });
+            self.cur = Some(Cur::Ready(data, 0));
+            // Keep the pool busy while this one is written.
+            self.fill();
+            return Ok(Some(m));
+        }
         if m.hardlink.is_some() || !matches!(m.entry.kind, FileKind::File | FileKind::Symlink) {
             return Ok(Some(m));
         }
@@ -512,13 +585,23 @@ impl MemberRead for ZipMembers {
             m.target = t;
             return Ok(Some(m));
         }
-        self.cur = Some(cur);
+        self.cur = Some(Cur::Stream(cur));
         Ok(Some(m))
     }
 
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
         match &mut self.cur {
-            Some(c) => c.read(buf),
+            Some(Cur::Stream(c)) => c.read(buf),
+            Some(Cur::Ready(Ok(v), at)) => {
+                let n = buf.len().min(v.len() - *at);
+                buf[..n].copy_from_slice(&v[*at..*at + n]);
+                *at += n;
+                Ok(n)
+            }
+            Some(Cur::Ready(Err(e), _)) => Err(match e {
+                ReadError::Member(m) => ReadError::Member(m.clone()),
+                ReadError::Archive(m) => ReadError::Archive(m.clone()),
+            }),
             None => Ok(0),
         }
     }

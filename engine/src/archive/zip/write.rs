@@ -3,7 +3,6 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver};
 use flate2::{Compress, Compression, FlushCompress, Status};
@@ -181,27 +180,11 @@ impl<W: Write> ZipSink<W> {
         Ok(())
     }
 
-    /// Waits for a piece, helping the pool meanwhile: this thread is one
-    /// of the pool's, and with one worker nobody else would run the job.
+    /// Waits for a piece, helping the pool meanwhile (see
+    /// [`crate::walk::pool_recv`]).
     fn wait(rx: &Receiver<io::Result<Piece>>) -> io::Result<Piece> {
-        loop {
-            match rx.try_recv() {
-                Ok(p) => return p,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                    return Err(io::Error::other("a compression job ended without a result"))
-                }
-                Err(crossbeam_channel::TryRecvError::Empty) => {}
-            }
-            if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
-                match rx.recv_timeout(Duration::from_millis(1)) {
-                    Ok(p) => return p,
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                    Err(_) => {
-                        return Err(io::Error::other("a compression job ended without a result"))
-                    }
-                }
-            }
-        }
+        crate::walk::pool_recv(rx)
+            .unwrap_or_else(|| Err(io::Error::other("a compression job ended without a result")))
     }
 
     /// Writes the front of the queue; waits for it if `block`. Returns
