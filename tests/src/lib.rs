@@ -5,6 +5,7 @@
 //! haul against an implementation that shares none of its code.
 
 pub mod fixture;
+pub mod hostile;
 pub mod repo;
 pub mod util;
 

@@ -10,6 +10,7 @@
 //! owners, trusted.* xattrs) or run haul as an unprivileged user.
 //! `cargo test -p haul-tests --test e2e -- snapshot::` runs one theme.
 
+mod archive_hostile;
 mod archive_snapshot;
 mod archive_tar;
 mod archive_zip;
