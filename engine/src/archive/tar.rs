@@ -33,8 +33,7 @@ fn archive_err(e: TarError) -> ReadError {
 fn to_member(t: TarMember) -> Result<Member, ReadError> {
     let name = String::from_utf8_lossy(&t.path).into_owned();
     let id = |v: u64, what: &str| {
-        u32::try_from(v)
-            .map_err(|_| ReadError::named(&name, format!("{what} {v} is out of range")))
+        u32::try_from(v).map_err(|_| ReadError::named(&name, format!("{what} {v} is out of range")))
     };
     let kind = match t.kind {
         TarKind::File | TarKind::Hardlink => FileKind::File,

@@ -558,9 +558,8 @@ impl MemberRead for ZipMembers {
         let mut m = r.member.clone();
         if let Some(rx) = a.data {
             self.ahead_bytes -= r.usize;
-            let data = crate::walk::pool_recv(&rx).unwrap_or_else(|| {
-                Err(ReadError::named(&r.name, "inflating stopped"))
-            });
+            let data = crate::walk::pool_recv(&rx)
+                .unwrap_or_else(|| Err(ReadError::named(&r.name, "inflating stopped")));
             self.cur = Some(Cur::Ready(data, 0));
             // Keep the pool busy while this one is written.
             self.fill();
