@@ -125,7 +125,7 @@ impl TarMember {
     }
 }
 
-/// Reads members from a tar stream, one at a time: [`TarReader::next`],
+/// Reads members from a tar stream, one at a time: [`TarReader::next_member`],
 /// then the member's data through [`TarReader::read_data`] (what is not read
 /// is skipped by the next call).
 pub struct TarReader<R> {
