@@ -993,6 +993,50 @@ mod tests {
     }
 
     #[test]
+    fn pair_shows_medians_ratio_and_spread() {
+        let mut r = Results::default();
+        let put = |r: &mut Results, tool: &str, walls: &[f64]| {
+            let c = r.cell("kernel", "zip-create", tool);
+            c.runs.extend(walls.iter().map(|&w| Run {
+                wall_secs: w,
+                cpu_secs: w,
+                max_rss_kib: 2048,
+                status: std::os::unix::process::ExitStatusExt::from_raw(0),
+                others_load: 0.0,
+                stderr: String::new(),
+            }));
+        };
+        put(&mut r, "haul", &[1.0, 2.0, 1.5]);
+        put(&mut r, "zip", &[4.0, 4.0, 5.0]);
+        let p = Pair::time(&r, "kernel", "zip-create", ("haul", "zip"), "x".into(), 0.4);
+        assert_eq!((p.haul.as_str(), p.peer.as_str()), ("1.500", "4.000"));
+        assert_eq!(p.ratio, "0.375 (rounds 0.300)");
+        assert_eq!(p.spread, "0.250-0.500");
+        assert!(matches!(p.verdict, Verdict::Pass));
+        let p = Pair::rss(&r, "kernel", "zip-create", ("haul", "zip"), "x".into(), 1.0);
+        assert_eq!(p.haul, "2.0 MiB");
+        assert!(matches!(p.verdict, Verdict::Miss));
+        let sizes = r.size("kernel", "zip-create", "haul", 100);
+        sizes.bytes.extend([51, 50]);
+        r.size("kernel", "zip-create", "zip", 100)
+            .bytes
+            .extend([50, 50]);
+        let p = Pair::size(
+            &r,
+            "kernel",
+            "zip-create",
+            ("haul", "zip"),
+            "x".into(),
+            1.05,
+        );
+        assert_eq!(
+            (p.ratio.as_str(), p.spread.as_str()),
+            ("1.010", "1.000-1.020")
+        );
+        assert!(matches!(p.verdict, Verdict::Pass));
+    }
+
+    #[test]
     fn base_ratio_reads_the_spread() {
         let mut r = Results::default();
         let put = |r: &mut Results, tool: &str, walls: &[f64]| {
