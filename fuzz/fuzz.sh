@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(blob pack index tree snapshot)
+[ ${#targets[@]} -eq 0 ] && targets=(blob pack index tree snapshot tar extract zip manifest)
 
 host="$(rustc -vV | sed -n 's/^host: //p')"
 dir=fuzz/target/instrumented
@@ -34,7 +34,9 @@ RUSTFLAGS= cargo run --quiet --manifest-path fuzz/Cargo.toml --bin seeds -- fuzz
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   echo "== $t (${secs}s)"
-  "$dir/$host/release/$t" "fuzz/corpus/$t" \
+  seeds=()
+  [ -d "fuzz/seeds/$t" ] && seeds=("fuzz/seeds/$t")
+  "$dir/$host/release/$t" "fuzz/corpus/$t" "${seeds[@]}" \
     -max_total_time="$secs" -max_len=65536 \
     -rss_limit_mb=1024 -malloc_limit_mb=64 \
     -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1

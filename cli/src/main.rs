@@ -6,10 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod archive_cmd;
 mod copy_cmd;
 mod exit;
 mod render;
 mod snapshot_cmd;
+mod snapshot_io_cmd;
 
 /// haul: fast, lossless tree transfer, snapshots and archives.
 #[derive(Parser, Debug)]
@@ -35,6 +37,9 @@ enum Command {
     /// Manage repositories.
     #[command(subcommand)]
     Repo(snapshot_cmd::RepoCommand),
+    /// Zip, tar and tar.zst archives that other tools read and haul restores exactly.
+    #[command(subcommand)]
+    Archive(archive_cmd::ArchiveCommand),
     /// Deduplicated, compressed snapshots of trees in a repository.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
@@ -54,11 +59,13 @@ fn main() -> ExitCode {
     };
     let json = match &cli.command {
         Command::Copy(a) => a.json,
+        Command::Archive(c) => c.json(),
         Command::Repo(c) => c.json(),
         Command::Snapshot(c) => c.json(),
     };
     let r = match cli.command {
         Command::Copy(args) => copy_cmd::run(args),
+        Command::Archive(c) => archive_cmd::run(c),
         Command::Repo(c) => snapshot_cmd::run_repo(c),
         Command::Snapshot(c) => snapshot_cmd::run(c),
     };

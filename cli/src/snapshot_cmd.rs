@@ -167,6 +167,12 @@ pub enum SnapshotCommand {
         #[arg(long)]
         no_progress: bool,
     },
+    /// Write a snapshot as an archive (zip, tar, tar.zst) that other tools read.
+    #[command(alias = "export")]
+    Download(crate::snapshot_io_cmd::DownloadArgs),
+    /// Record an archive (haul's or another tool's) as a new snapshot.
+    #[command(alias = "import")]
+    Upload(crate::snapshot_io_cmd::UploadArgs),
     /// Check the repository; --read-data also verifies every byte.
     Check {
         #[command(flatten)]
@@ -263,6 +269,8 @@ impl SnapshotCommand {
             | SnapshotCommand::Forget { repo, .. }
             | SnapshotCommand::Prune { repo, .. }
             | SnapshotCommand::Repair { repo, .. } => repo.json,
+            SnapshotCommand::Download(a) => a.repo.json,
+            SnapshotCommand::Upload(a) => a.repo.json,
         }
     }
 }
@@ -415,6 +423,8 @@ pub fn run_repo(c: RepoCommand) -> Result<u8> {
 
 pub fn run(c: SnapshotCommand) -> Result<u8> {
     match c {
+        SnapshotCommand::Download(a) => crate::snapshot_io_cmd::download(a),
+        SnapshotCommand::Upload(a) => crate::snapshot_io_cmd::upload(a),
         SnapshotCommand::Create {
             repo,
             paths,

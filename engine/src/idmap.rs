@@ -96,7 +96,7 @@ fn parse_from(s: &str) -> Result<From, IdMapError> {
     Ok(From::Name(s.to_string()))
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Rules {
     rules: Vec<(From, u32)>,
     fixed: Option<u32>,
@@ -128,6 +128,18 @@ pub struct IdMap {
     groups: Rules,
     by_name: bool,
     cache: RwLock<HashMap<(bool, u32), u32>>,
+}
+
+impl Clone for IdMap {
+    /// The same rules, with an empty cache.
+    fn clone(&self) -> IdMap {
+        IdMap {
+            users: self.users.clone(),
+            groups: self.groups.clone(),
+            by_name: self.by_name,
+            cache: RwLock::default(),
+        }
+    }
 }
 
 impl IdMap {

@@ -15,6 +15,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod archive;
 mod chunk;
 mod copy;
 mod dest;
@@ -27,6 +28,10 @@ mod repo;
 mod sys;
 mod walk;
 
+pub use archive::{
+    create_archive, extract_archive, list_archive, ArchiveFormat, ArchiveInput, ArchiveOptions,
+    ArchiveSummary, ExtractOptions, ListedMember, ZipCompression,
+};
 pub use copy::{copy, CopyOptions};
 pub use dest::{CopySummary, EntryIssue, SourceCounts, WriteOptions};
 pub use error::{Error, ErrorKind};
@@ -38,6 +43,7 @@ pub use progress::{Action, NoProgress, Progress};
 pub use repo::retention::{parse_duration, parse_interval};
 pub use repo::{
     Bucket, CheckOptions, CheckReport, CreateOptions, CreateSummary, DamagedSnapshot, DiffChange,
-    InitOptions, KeepPolicy, Location, LockGuard, LsEntry, PruneSummary, RepairOptions,
-    RepairSummary, RepairedSnapshot, Repository, RestoreOptions, RetentionError, SnapshotInfo,
+    ImportOptions, InitOptions, KeepPolicy, Location, LockGuard, LsEntry, PruneSummary,
+    RepairOptions, RepairSummary, RepairedSnapshot, Repository, RestoreOptions, RetentionError,
+    SnapshotInfo,
 };

@@ -107,8 +107,10 @@ mod index;
 mod layout;
 mod pack;
 mod snapshot;
+pub mod tarfmt;
 mod time;
 mod tree;
+pub mod zipfmt;
 
 pub use crate::{
     blob::{

@@ -8,16 +8,14 @@
 //! deferred to [`PathWriter::finish`] and applied deepest first, so a
 //! directory's mtime and a read-only mode stick whatever the order.
 //!
-//! Its users, archive extraction and the ssh receiver, come next; until
-//! then only its tests call it.
-#![cfg_attr(not(test), allow(dead_code))]
+//! Its users: archive extraction, and next the ssh receiver.
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::entry::Entry;
 use super::leaf::{LeafSource, Place};
@@ -32,11 +30,22 @@ const MAX_OPEN_DIRS: usize = 64;
 /// A stream's writer into the tree below `root`.
 pub(crate) struct PathWriter<'w, 'a> {
     w: &'w DestWriter<'a>,
-    root: Rc<File>,
-    dirs: HashMap<PathBuf, Rc<File>>,
+    root: Dir,
+    /// Open directories by path, with whether each hands down a default
+    /// ACL (new entries in it then have their attributes read back).
+    dirs: HashMap<PathBuf, Dir>,
     /// Directories whose metadata waits for the end: path, wanted entry and
     /// attributes, and whether it was there before.
     deferred: Vec<(PathBuf, Entry, Xattrs, bool)>,
+}
+
+/// An open directory, shareable with the threads that write leaves into
+/// it, and whether it has a default ACL.
+pub(crate) type Dir = (Arc<File>, bool);
+
+fn open(f: File) -> Dir {
+    let acl = super::has_default_acl(&f);
+    (Arc::new(f), acl)
 }
 
 /// A path from the stream split into its plain components, or refused.
@@ -66,7 +75,7 @@ impl<'w, 'a> PathWriter<'w, 'a> {
     pub(crate) fn new(w: &'w DestWriter<'a>, root: File) -> PathWriter<'w, 'a> {
         PathWriter {
             w,
-            root: Rc::new(root),
+            root: open(root),
             dirs: HashMap::new(),
             deferred: Vec::new(),
         }
@@ -74,7 +83,7 @@ impl<'w, 'a> PathWriter<'w, 'a> {
 
     /// The directory `comps` names below the root, opened component by
     /// component without following a symlink; missing ones are created.
-    fn dir(&mut self, comps: &[CString]) -> Result<Rc<File>, StepError> {
+    fn dir(&mut self, comps: &[CString]) -> Result<Dir, StepError> {
         let rel: PathBuf = comps
             .iter()
             .map(|c| std::ffi::OsStr::from_bytes(c.to_bytes()))
@@ -90,15 +99,15 @@ impl<'w, 'a> PathWriter<'w, 'a> {
                 d = cached.clone();
                 continue;
             }
-            let next = match sys::open_dir_at(&d, c) {
+            let next = match sys::open_dir_at(&d.0, c) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !self.w.opts.dry_run => {
-                    match sys::mkdir_at(&d, c, 0o755) {
+                    match sys::mkdir_at(&d.0, c, 0o755) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(e).step("mkdir"),
                     }
-                    sys::open_dir_at(&d, c).step("open new directory")?
+                    sys::open_dir_at(&d.0, c).step("open new directory")?
                 }
                 // A symlink or a file where a directory should be: never
                 // followed, never replaced on the way to another entry.
@@ -107,7 +116,7 @@ impl<'w, 'a> PathWriter<'w, 'a> {
             if self.dirs.len() >= MAX_OPEN_DIRS {
                 self.dirs.clear();
             }
-            let next = Rc::new(next);
+            let next = open(next);
             self.dirs.insert(at.clone(), next.clone());
             d = next;
         }
@@ -125,12 +134,12 @@ impl<'w, 'a> PathWriter<'w, 'a> {
     ) -> Result<(), StepError> {
         let comps = components(rel)?;
         let (name, parents) = comps.split_last().expect("not empty");
-        let parent = self.dir(parents)?;
+        let (parent, _) = self.dir(parents)?;
         let (d, existed) = self.w.ensure_dir(Some(&parent), false, name, rel)?;
         if let Some(d) = d {
             self.dirs.remove(rel);
             if self.dirs.len() < MAX_OPEN_DIRS {
-                self.dirs.insert(rel.to_path_buf(), Rc::new(d));
+                self.dirs.insert(rel.to_path_buf(), open(d));
             }
         }
         self.deferred
@@ -138,17 +147,25 @@ impl<'w, 'a> PathWriter<'w, 'a> {
         Ok(())
     }
 
+    /// The stream's root entry (a tar's `./`): its metadata becomes the
+    /// root's, applied last.
+    pub(crate) fn put_root(&mut self, entry: Entry, xattrs: Xattrs) {
+        self.deferred.push((PathBuf::new(), entry, xattrs, true));
+    }
+
     /// A leaf of the stream, through the writer's one leaf function.
     pub(crate) fn put_leaf<S: LeafSource>(&mut self, rel: &Path, src: &S) -> Result<(), StepError> {
-        let comps = components(rel)?;
-        let (name, parents) = comps.split_last().expect("not empty");
-        let parent = self.dir(parents)?;
-        let at = Place {
-            dir: Some(&parent),
-            fresh: false,
-            acl_inherit: true,
-        };
-        self.w.put_leaf(at, name, rel, src).map(drop)
+        let (dir, name) = self.leaf_dir(rel)?;
+        put_leaf_at(self.w, &dir, &name, rel, src)
+    }
+
+    /// Where the leaf `rel` goes: its directory (opened, or created, as
+    /// [`PathWriter::put_leaf`] does) and its name, for a leaf written on
+    /// another thread with [`put_leaf_at`].
+    pub(crate) fn leaf_dir(&mut self, rel: &Path) -> Result<(Dir, CString), StepError> {
+        let mut comps = components(rel)?;
+        let name = comps.pop().expect("not empty");
+        Ok((self.dir(&comps)?, name))
     }
 
     /// A hardlink of the stream: `rel` becomes another name of the entry
@@ -157,7 +174,7 @@ impl<'w, 'a> PathWriter<'w, 'a> {
         let comps = components(rel)?;
         components(target)?;
         let (name, parents) = comps.split_last().expect("not empty");
-        let parent = self.dir(parents)?;
+        let (parent, _) = self.dir(parents)?;
         self.w.make_link(&parent, name, rel, target, None)
     }
 
@@ -166,7 +183,11 @@ impl<'w, 'a> PathWriter<'w, 'a> {
         let mut deferred = std::mem::take(&mut self.deferred);
         deferred.sort_by_key(|(rel, ..)| std::cmp::Reverse(rel.components().count()));
         for (rel, entry, xattrs, existed) in deferred {
-            let d = components(&rel).and_then(|c| self.dir(&c));
+            let d = if rel.as_os_str().is_empty() {
+                Ok(self.root.0.clone())
+            } else {
+                components(&rel).and_then(|c| self.dir(&c)).map(|d| d.0)
+            };
             match d {
                 Ok(d) => self
                     .w
@@ -175,4 +196,21 @@ impl<'w, 'a> PathWriter<'w, 'a> {
             }
         }
     }
+}
+
+/// Puts one leaf into `dir` (from [`PathWriter::leaf_dir`]): what
+/// [`PathWriter::put_leaf`] does, callable from any thread.
+pub(crate) fn put_leaf_at<S: LeafSource>(
+    w: &DestWriter<'_>,
+    dir: &Dir,
+    name: &CString,
+    rel: &Path,
+    src: &S,
+) -> Result<(), StepError> {
+    let at = Place {
+        dir: Some(&dir.0),
+        fresh: false,
+        acl_inherit: dir.1,
+    };
+    w.put_leaf(at, name, rel, src).map(drop)
 }

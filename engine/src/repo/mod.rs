@@ -23,7 +23,9 @@ mod batch;
 mod blocks;
 mod check;
 mod create;
+mod export;
 mod idset;
+mod import;
 mod index;
 mod lock;
 mod packer;
@@ -36,6 +38,7 @@ mod writer;
 
 pub use check::{CheckOptions, CheckReport};
 pub use create::{CreateOptions, CreateSummary};
+pub use import::ImportOptions;
 pub use lock::LockGuard;
 pub use prune::PruneSummary;
 pub use read::{DiffChange, LsEntry};

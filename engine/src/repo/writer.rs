@@ -4,7 +4,7 @@
 //! alone, and packed; tree blobs are stored as directories finish.
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
@@ -18,6 +18,7 @@ use super::index::MasterIndex;
 use super::packer::{Packer, BUNDLE_MEMBER_MAX};
 use super::Repository;
 use crate::chunk::{chunk_region, data_regions, is_sparse, ChunkError};
+use crate::dest::entry::Entry;
 use crate::dest::IssueTally;
 use crate::error::{Error, Step, StepError};
 use crate::filter::Filter;
@@ -57,9 +58,9 @@ pub(super) type NameCache = HashMap<(bool, u32), Option<Vec<u8>>>;
 
 /// Records a snapshot's blobs and trees into a repository: stores data
 /// chunks and tree blobs (deduplicated against the index and this run),
-/// builds nodes from stats, and tallies what it recorded. Fed files and
-/// stats, not directory handles, so a local walk (`create.rs`) feeds it
-/// today and an archive upload can later.
+/// builds nodes from stats or entries, and tallies what it recorded. Fed
+/// files and stats (a local walk, `create.rs`) or entries and data streams
+/// (an archive upload, `import.rs`), not directory handles.
 pub(super) struct SnapshotWriter<'a> {
     pub(super) repo: &'a Repository,
     pub(super) index: &'a MasterIndex,
@@ -108,6 +109,46 @@ pub(super) fn ts(t: (i64, i64)) -> Timestamp {
 /// A stable key shared by all names of one inode within a snapshot.
 pub(super) fn link_key(st: &Stat) -> u64 {
     st.dev.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ st.ino
+}
+
+impl<'a> SnapshotWriter<'a> {
+    /// A writer into `repo` with nothing recorded yet.
+    pub(super) fn new(
+        repo: &'a Repository,
+        index: &'a MasterIndex,
+        filter: &'a Filter,
+        progress: &'a dyn Progress,
+        flush_every: usize,
+    ) -> SnapshotWriter<'a> {
+        SnapshotWriter {
+            repo,
+            index,
+            packer: Packer::new(repo),
+            pending: Mutex::default(),
+            filter,
+            chunker: repo.config().chunker,
+            level: repo.config().zstd_level,
+            progress,
+            flush_every,
+            linked: Mutex::default(),
+            files: AtomicU64::new(0),
+            dirs: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_new: AtomicU64::new(0),
+            failed: Mutex::default(),
+            names: RwLock::default(),
+            repo_dir: None,
+            notices: Mutex::default(),
+            symlinks: AtomicU64::new(0),
+            specials: AtomicU64::new(0),
+            hardlinks: AtomicU64::new(0),
+            counted: Mutex::default(),
+            attrs_lost: Mutex::default(),
+            fatal: Mutex::default(),
+            root_done: Mutex::default(),
+        }
+    }
 }
 
 impl SnapshotWriter<'_> {
@@ -311,6 +352,106 @@ impl SnapshotWriter<'_> {
                 ));
             }
         }
+        Ok((extents, chunks))
+    }
+
+    /// A node from an entry that has no local inode (an archive member):
+    /// `group` is its hardlink group, if other names share it.
+    pub(super) fn entry_node(
+        &self,
+        name: &[u8],
+        e: &Entry,
+        kind: NodeKind,
+        xattrs: Vec<Xattr>,
+        group: Option<u64>,
+    ) -> Node {
+        Node {
+            name: name.to_vec(),
+            mode: e.perm,
+            uid: e.uid,
+            gid: e.gid,
+            user: self.name_of(true, e.uid),
+            group: self.name_of(false, e.gid),
+            mtime: ts(e.mtime),
+            atime: ts(e.atime),
+            // An archive keeps no ctime; the mtime is the nearest thing.
+            ctime: ts(e.mtime),
+            inode: 0,
+            device: 0,
+            nlink: 1,
+            size: if matches!(kind, NodeKind::File { .. }) {
+                e.size
+            } else {
+                0
+            },
+            hardlink_group: group,
+            xattrs,
+            kind,
+        }
+    }
+
+    /// Counts a node recorded from an entry, as [`SnapshotWriter::count`]
+    /// counts one from a stat: a further name of a hardlinked inode
+    /// (`follower`) is counted as a hardlink only.
+    pub(super) fn count_entry(&self, n: &Node, follower: bool) {
+        if follower {
+            self.hardlinks.fetch_add(1, Relaxed);
+            return;
+        }
+        match n.kind {
+            NodeKind::Dir { .. } => self.dirs.fetch_add(1, Relaxed),
+            NodeKind::File { .. } => {
+                self.bytes.fetch_add(n.size, Relaxed);
+                self.files.fetch_add(1, Relaxed)
+            }
+            NodeKind::Symlink { .. } => self.symlinks.fetch_add(1, Relaxed),
+            _ => self.specials.fetch_add(1, Relaxed),
+        };
+    }
+
+    /// Chunks and stores data read from a stream: `regions` (offset,
+    /// length) are the file's data regions, whose bytes `r` gives
+    /// concatenated. Each region is chunked on its own, as
+    /// [`SnapshotWriter::file_chunks`] chunks a local file's, so the same
+    /// data gives the same chunks whichever way it came in. A stream that
+    /// ends early is the entry's failure.
+    pub(super) fn stream_chunks(
+        &self,
+        r: &mut dyn Read,
+        regions: &[(u64, u64)],
+        sparse: bool,
+    ) -> Result<(Option<Vec<Extent>>, Vec<Id>), NodeError> {
+        let mut chunks = Vec::new();
+        for &(off, len) in regions {
+            if len == 0 {
+                continue;
+            }
+            let it = self
+                .chunker
+                .stream_chunks(r.take(len))
+                .map_err(|e| NodeError::Repo(Error::corrupt("chunker", self.repo.location(), e)))?;
+            let mut got = 0u64;
+            for c in it {
+                let c = c.map_err(|e| entry_failed("read", e.to_string()))?;
+                let n = c.data.len() as u64;
+                got += n;
+                self.bytes_read.fetch_add(n, Relaxed);
+                self.progress.bytes(n);
+                chunks.push(self.store(BlobKind::Data, &c.data)?);
+            }
+            if got != len {
+                return Err(entry_failed(
+                    "read",
+                    format!("the data ends early: {got} of {len} bytes at offset {off}"),
+                ));
+            }
+        }
+        let extents = sparse.then(|| {
+            regions
+                .iter()
+                .map(|&(offset, len)| Extent { offset, len })
+                .collect()
+        });
         Ok((extents, chunks))
     }
 }

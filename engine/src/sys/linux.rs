@@ -655,3 +655,13 @@ pub(crate) fn map_readonly(f: &File) -> io::Result<memmap2::Mmap> {
     // SAFETY: index files are immutable once renamed into place; see above.
     unsafe { memmap2::Mmap::map(f) }
 }
+
+/// A device number from its major and minor parts.
+pub(crate) fn makedev(major: u32, minor: u32) -> u64 {
+    libc::makedev(major, minor)
+}
+
+/// A device number's major and minor parts.
+pub(crate) fn dev_parts(rdev: u64) -> (u32, u32) {
+    (libc::major(rdev), libc::minor(rdev))
+}

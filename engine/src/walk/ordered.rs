@@ -6,9 +6,7 @@
 //! opened and, if small, read whole, within a bounded window of files and
 //! bytes.
 //!
-//! Its users, archive creation and the ssh sender, come next; until then
-//! only its tests call it.
-#![cfg_attr(not(test), allow(dead_code))]
+//! Its users: archive creation, and next the ssh sender.
 
 use std::collections::VecDeque;
 use std::ffi::{CString, OsStr};
@@ -45,6 +43,10 @@ pub(crate) struct OrderedEntry {
     pub(crate) st: Stat,
     /// For a regular file, its data (or why it could not be opened or read).
     pub(crate) data: Option<io::Result<Prepared>>,
+    /// Its directory and name, for what the sink reads itself (a symlink's
+    /// target, attributes).
+    pub(crate) dir: Arc<File>,
+    pub(crate) name: CString,
 }
 
 /// A directory being streamed: its handle, its path, and its entries not
@@ -190,6 +192,8 @@ impl Iterator for OrderedWalk<'_> {
             rel: p.rel,
             st: p.st,
             data,
+            dir: p.dir,
+            name: p.name,
         }))
     }
 }

@@ -10,6 +10,9 @@
 //! owners, trusted.* xattrs) or run haul as an unprivileged user.
 //! `cargo test -p haul-tests --test e2e -- snapshot::` runs one theme.
 
+mod archive_snapshot;
+mod archive_tar;
+mod archive_zip;
 mod cli;
 mod copy;
 mod deep;

@@ -1,0 +1,217 @@
+//! `haul snapshot download|upload` (aliases `export`, `import`): a
+//! snapshot as an archive other tools read, and an archive as a snapshot.
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use haul_engine::{
+    ArchiveFormat, ArchiveInput, ArchiveOptions, ErrorKind, ImportOptions, Repository,
+    ZipCompression,
+};
+use serde_json::json;
+
+use crate::archive_cmd::{CompressionArg, FormatArg, Output};
+use crate::copy_cmd::{failed_json, failed_line, jobs_parser};
+use crate::exit;
+use crate::render::{escape_str, ChangeSink, Reporter};
+use crate::snapshot_cmd::{ReadArgs, RepoArgs};
+
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Snapshot id (unique hex prefix) or `latest`.
+    pub id: String,
+    /// The archive to write: `.zip`, `.tar`, `.tar.zst` or `.tzst`; `-` is stdout (needs --format).
+    #[arg(short = 'o', long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// The format, when OUT's name does not say it.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Compression level (zstd: 1-22, default 3; deflate: 0-9, default 6).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub level: Option<i32>,
+    /// How zip members are compressed.
+    #[arg(long, value_enum, default_value = "deflate")]
+    pub compression: CompressionArg,
+    /// Worker threads, 1-1024 [default: one per CPU].
+    #[arg(short = 'j', long, value_name = "N", value_parser = jobs_parser())]
+    pub jobs: Option<usize>,
+    /// Do not show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UploadArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The archive (tar, tar.zst or zip, told by its content); `-` is stdin (tar and tar.zst).
+    pub input: PathBuf,
+    /// Label the snapshot (repeatable).
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+    /// Worker threads, 1-1024 [default: one per CPU].
+    #[arg(short = 'j', long, value_name = "N", value_parser = jobs_parser())]
+    pub jobs: Option<usize>,
+    /// Do not show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+pub fn download(a: DownloadArgs) -> Result<u8> {
+    let format = match a.format {
+        Some(FormatArg::Tar) => Some(ArchiveFormat::Tar),
+        Some(FormatArg::TarZst) => Some(ArchiveFormat::TarZst),
+        Some(FormatArg::Zip) => Some(ArchiveFormat::Zip),
+        None => ArchiveFormat::from_name(&a.output),
+    };
+    let Some(format) = format else {
+        eprintln!(
+            "haul: error: {}: cannot tell the format from the name; give --format tar|tar.zst|zip",
+            escape_str(&a.output.to_string_lossy())
+        );
+        return Ok(exit::USAGE);
+    };
+    let opts = ArchiveOptions {
+        format: Some(format),
+        level: a.level,
+        zip_compression: match a.compression {
+            CompressionArg::Deflate => ZipCompression::Deflate,
+            CompressionArg::Zstd => ZipCompression::Zstd,
+            CompressionArg::Store => ZipCompression::Store,
+        },
+        jobs: a.jobs.unwrap_or(0),
+        ..ArchiveOptions::default()
+    };
+    let mut r = Repository::open(&a.repo.repo)?;
+    r.on_warning(|m| eprintln!("haul: warning: {m}"));
+    if a.repo.force_unlock {
+        let n = r.force_unlock()?;
+        eprintln!("haul: removed {n} lock(s)");
+    }
+    let r = if a.read.no_lock { r.without_locks() } else { r };
+    // The snapshot is looked up before OUT is created: a typo leaves nothing.
+    r.find_snapshot(&a.id)?;
+    let (out, w) = Output::open(&a.output)?;
+    let reporter = Reporter::new(
+        !a.no_progress && !a.repo.json && a.output.as_os_str() != "-",
+        ChangeSink::None,
+    );
+    let res = r.export_snapshot(&a.id, w, &opts, &reporter);
+    reporter.finish();
+    let s = match res {
+        Ok(s) => s,
+        Err(e) => {
+            out.abandon();
+            return Err(e.into());
+        }
+    };
+    out.commit()?;
+    let code = if s.failed_count() > 0 {
+        exit::SOME_FAILED
+    } else {
+        exit::OK
+    };
+    if a.repo.json {
+        let mut v = serde_json::to_value(&s)?;
+        v["ok"] = json!(code == exit::OK);
+        v["exit_code"] = json!(code);
+        v["failed"] = failed_json(&s.failed);
+        let mut o = std::io::stdout().lock();
+        serde_json::to_writer(&mut o, &v)?;
+        writeln!(o)?;
+    } else {
+        let mut err = std::io::stderr().lock();
+        for i in &s.failed {
+            writeln!(err, "{}", failed_line(&i.path, &i.reason))?;
+        }
+        for i in &s.notices {
+            writeln!(
+                err,
+                "haul: notice: {}: {}",
+                i.path.display(),
+                escape_str(&i.reason)
+            )?;
+        }
+        writeln!(
+            err,
+            "haul: wrote {} entries, {} bytes of data into {} bytes of {} in {:.1}s",
+            s.entries, s.bytes_in, s.bytes_out, s.format, s.seconds
+        )?;
+    }
+    Ok(code)
+}
+
+pub fn upload(a: UploadArgs) -> Result<u8> {
+    let input = if a.input.as_os_str() == "-" {
+        ArchiveInput::Stdin
+    } else {
+        ArchiveInput::Path(a.input.clone())
+    };
+    let mut r = Repository::open(&a.repo.repo)?;
+    r.on_warning(|m| eprintln!("haul: warning: {m}"));
+    if a.repo.force_unlock {
+        let n = r.force_unlock()?;
+        eprintln!("haul: removed {n} lock(s)");
+    }
+    let opts = ImportOptions {
+        tags: a.tags,
+        jobs: a.jobs.unwrap_or(0),
+        time: None,
+    };
+    let reporter = Reporter::new(!a.no_progress && !a.repo.json, ChangeSink::None);
+    let res = r.import_snapshot(&input, &opts, &reporter);
+    reporter.finish();
+    let s = match res {
+        // A zip on stdin: its directory is at its end, so it needs a path.
+        Err(e) if matches!(input, ArchiveInput::Stdin) && e.kind() == ErrorKind::InvalidInput => {
+            eprintln!("haul: error: {}", escape_str(&e.to_string()));
+            return Ok(exit::USAGE);
+        }
+        r => r?,
+    };
+    for n in &s.notices {
+        eprintln!("haul: {}", escape_str(n));
+    }
+    let code = if s.failed.is_empty() && s.failed_not_listed == 0 {
+        exit::OK
+    } else {
+        exit::SOME_FAILED
+    };
+    if a.repo.json {
+        let mut v = serde_json::to_value(&s)?;
+        v["ok"] = json!(code == exit::OK);
+        v["exit_code"] = json!(code);
+        v["failed"] = failed_json(&s.failed);
+        let mut o = std::io::stdout().lock();
+        serde_json::to_writer(&mut o, &v)?;
+        writeln!(o)?;
+    } else {
+        for i in &s.failed {
+            eprintln!("{}", failed_line(&i.path, &i.reason));
+        }
+        if s.failed_not_listed > 0 {
+            eprintln!("haul: ... and {} more failed entries", s.failed_not_listed);
+        }
+        eprintln!(
+            "{} files, {} dirs, {} symlinks, {} hardlinks, {} special ({} bytes); \
+             added {} new ({} stored in {} packs) in {:.2}s",
+            s.files,
+            s.dirs,
+            s.symlinks,
+            s.hardlinks,
+            s.specials,
+            s.bytes,
+            s.bytes_new,
+            s.bytes_stored,
+            s.packs,
+            s.seconds
+        );
+        writeln!(std::io::stdout(), "snapshot {} saved", s.id.to_hex())?;
+    }
+    Ok(code)
+}
