@@ -2,8 +2,10 @@
 //!
 //! `cargo run --release -p haul-benches -- copy [--rounds N] [--scale F] [--keep-corpus]`
 //! `cargo run --release -p haul-benches -- snapshot [--rounds N] [--scale F] [--keep-corpus]`
+//! `cargo run --release -p haul-benches -- archive [--rounds N] [--scale F] [--keep-corpus]`
 //! See benches/README.md, or run with `--help`.
 
+mod archive;
 mod copy;
 mod corpus;
 mod error;
@@ -31,16 +33,21 @@ subcommands:
   copy      time haul copy vs rsync -aHAXS vs cp -a: full copy and no-change re-run
   snapshot  haul snapshot vs restic vs tar+zstd: first create, repository size,
             unchanged re-create, full restore (kernel corpus by default)
+  archive   haul archive create/extract (.tar.zst, .zip) and snapshot download vs
+            tar+zstd, zip, unzip (kernel corpus by default)
   compare   compare two results files: compare BASELINE.md NEW.md
   corpus    only build the corpora (implies --keep-corpus) and print their summaries
   clean     remove the scratch directory (--root)
 
-options (copy, snapshot, corpus):
+options (copy, snapshot, archive, corpus):
   --rounds N         interleaved rounds per tool (default 3)
   --scale F          scale the corpora's file counts and sizes (default 1; e.g. 0.02 to try)
   --corpora LIST     comma-separated: kernel,empty1m (default both; snapshot: kernel)
-  --tools LIST       copy: haul,rsync,cp; snapshot: haul,restic,tar (default all);
-                     haul-base too, with --baseline BINARY (added if left out)
+  --tools LIST       copy: haul,rsync,cp; snapshot: haul,restic,tar; archive: haul,peer
+                     (default all); haul-base too (copy, snapshot), with --baseline BINARY
+                     (added if left out)
+  --measures LIST    archive only: tzst-create,tzst-extract-haul,tzst-extract-gnu,
+                     zip-create,zip-extract,download (default all)
   --keep-corpus      keep the corpora for the next run (rebuilt only if parameters change)
   --seed N           corpus seed (default 1)
   --root DIR         scratch directory, should be tmpfs (default /dev/shm/haul-bench)
@@ -52,7 +59,7 @@ options (copy, snapshot, corpus):
                      May be given twice, once of each kind
   --haul PATH        haul binary to use (default: build target/release/haul)
   --haul-arg ARG     extra argument for `haul copy` (snapshot: for `haul snapshot create`
-                     and `restore`) (repeatable)
+                     and `restore`; archive: every timed haul command) (repeatable)
   --wait-idle        before each timed run, wait (up to 10 min) until other processes
                      use under 0.2 cores: for shared machines
 
@@ -116,6 +123,42 @@ fn run(argv: Vec<String>) -> Result<bool> {
             }
             let tools = with_base(tools, snapshot::Tool::HaulBase, &common)?;
             snapshot::run(snapshot::SnapshotOpts { common, tools })
+        }
+        "archive" => {
+            let corpora_given = argv
+                .iter()
+                .any(|a| a == "--corpora" || a.starts_with("--corpora="));
+            let mut sides = archive::Side::ALL.to_vec();
+            let mut measures = archive::Measure::ALL.to_vec();
+            let mut common = parse_common(&mut args, argv, |flag, args| match flag {
+                "--tools" => {
+                    sides = parse_list(&value(args, flag)?, archive::Side::parse, "tool")?;
+                    Ok(true)
+                }
+                "--measures" => {
+                    let list = value(args, flag)?;
+                    measures = parse_list(&list, archive::Measure::parse, "measure")?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            })?;
+            if !corpora_given {
+                common.corpora = vec![Kind::Kernel];
+            }
+            if common.haul_base.is_some() {
+                bail!("archive has no haul-base arm: compare two results files instead");
+            }
+            // Keep the order of Measure::ALL: extractions read the
+            // archives their create measure wrote earlier in the round.
+            measures = archive::Measure::ALL
+                .into_iter()
+                .filter(|m| measures.contains(m))
+                .collect();
+            archive::run(archive::ArchiveOpts {
+                common,
+                sides,
+                measures,
+            })
         }
         "corpus" => {
             let mut common = parse_common(&mut args, argv, |_, _| Ok(false))?;

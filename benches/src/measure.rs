@@ -39,9 +39,9 @@ impl Run {
 
 pub const RUNNER_SUBCOMMAND: &str = "__measure";
 
-/// Runs `cmd` (its program, arguments and environment changes; nothing else
-/// of it is used) with stdin and stdout on /dev/null and stderr in
-/// `stderr_path`.
+/// Runs `cmd` (its program, arguments, environment changes and working
+/// directory; nothing else of it is used) with stdin and stdout on /dev/null
+/// and stderr in `stderr_path`.
 pub fn run(cmd: &Command, stderr_path: &Path) -> Result<Run> {
     let err =
         File::create(stderr_path).with_context(|| format!("creating {}", stderr_path.display()))?;
@@ -53,7 +53,10 @@ pub fn run(cmd: &Command, stderr_path: &Path) -> Result<Run> {
         .args(cmd.get_args())
         .stdin(Stdio::null())
         .stderr(err);
-    // The runner passes its environment on to the tool.
+    // The runner passes its environment and working directory on to the tool.
+    if let Some(dir) = cmd.get_current_dir() {
+        runner.current_dir(dir);
+    }
     for (key, value) in cmd.get_envs() {
         match value {
             Some(v) => runner.env(key, v),

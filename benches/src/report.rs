@@ -557,6 +557,157 @@ impl Goal {
     }
 }
 
+/// A table a subcommand adds to its report, after the goals.
+pub struct Section {
+    pub title: String,
+    /// Markdown paragraph above the table in the results file.
+    pub intro: String,
+    pub header: Vec<&'static str>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// One line of a side-by-side table: haul against its peer in one scenario,
+/// with both medians, their ratio, the rounds' spread, and the goal.
+pub struct Pair {
+    pub measure: String,
+    pub haul: String,
+    pub peer: String,
+    pub ratio: String,
+    pub spread: String,
+    pub goal: String,
+    pub verdict: Verdict,
+}
+
+/// Smallest and largest of `v`, shown as `lo-hi`.
+fn spread(v: &[f64]) -> String {
+    let lo = v.iter().copied().reduce(f64::min);
+    let hi = v.iter().copied().reduce(f64::max);
+    lo.zip(hi)
+        .map_or("-".into(), |(lo, hi)| format!("{lo:.3}-{hi:.3}"))
+}
+
+impl Pair {
+    /// Wall time of `haul` over `peer` in `scenario`: read both ways and
+    /// judged exactly as [`Goal::ratio`].
+    pub fn time(
+        r: &Results,
+        corpus: &str,
+        scenario: &str,
+        (haul, peer): (&str, &str),
+        measure: String,
+        max: f64,
+    ) -> Pair {
+        let goal = Goal::ratio(r, corpus, scenario, haul, peer, max);
+        let (a, b) = (r.get(corpus, scenario, haul), r.get(corpus, scenario, peer));
+        let ratios = a.zip(b).and_then(|(a, b)| per_round_ratios(a, b));
+        Pair {
+            measure,
+            haul: secs(a.and_then(Cell::median_wall)),
+            peer: secs(b.and_then(Cell::median_wall)),
+            ratio: goal.value,
+            spread: ratios.as_deref().map_or("-".into(), spread),
+            goal: goal.target,
+            verdict: goal.verdict,
+        }
+    }
+
+    /// Output size of `haul` over `peer` after `scenario`, as
+    /// [`Goal::size_ratio`]; sizes in MB.
+    pub fn size(
+        r: &Results,
+        corpus: &str,
+        scenario: &str,
+        (haul, peer): (&str, &str),
+        measure: String,
+        max: f64,
+    ) -> Pair {
+        let goal = Goal::size_ratio(r, corpus, scenario, haul, peer, max);
+        let (a, b) = (
+            r.get_size(corpus, scenario, haul),
+            r.get_size(corpus, scenario, peer),
+        );
+        let mb = |c: Option<&SizeCell>| {
+            c.and_then(SizeCell::median_bytes)
+                .map_or("-".into(), |b| format!("{:.1} MB", b / 1e6))
+        };
+        let ratios: Option<Vec<f64>> = a.zip(b).and_then(|(a, b)| {
+            (a.bytes.len() == b.bytes.len()).then(|| {
+                a.bytes
+                    .iter()
+                    .zip(&b.bytes)
+                    .filter(|(_, &y)| y > 0)
+                    .map(|(&x, &y)| x as f64 / y as f64)
+                    .collect()
+            })
+        });
+        Pair {
+            measure,
+            haul: mb(a),
+            peer: mb(b),
+            ratio: goal.value,
+            spread: ratios.as_deref().map_or("-".into(), spread),
+            goal: goal.target,
+            verdict: goal.verdict,
+        }
+    }
+
+    /// Peak RSS of `haul` in `scenario`, at most `max_mib`; the peer's is
+    /// shown beside it for scale but not judged.
+    pub fn rss(
+        r: &Results,
+        corpus: &str,
+        scenario: &str,
+        (haul, peer): (&str, &str),
+        measure: String,
+        max_mib: f64,
+    ) -> Pair {
+        let (a, b) = (r.get(corpus, scenario, haul), r.get(corpus, scenario, peer));
+        let mib = |c: Option<&Cell>| c.and_then(Cell::max_rss_kib).map(|k| k as f64 / 1024.0);
+        let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} MiB"));
+        let value = mib(a);
+        Pair {
+            measure,
+            haul: show(value),
+            peer: show(mib(b)),
+            ratio: "-".into(),
+            spread: "-".into(),
+            goal: format!("<= {max_mib:.0} MiB"),
+            verdict: Goal::verdict(value, &[a], max_mib),
+        }
+    }
+
+    /// The pairs as a table under `title`.
+    pub fn section(title: &str, intro: &str, pairs: &[Pair]) -> Section {
+        Section {
+            title: title.into(),
+            intro: intro.into(),
+            header: vec![
+                "measure",
+                "haul median",
+                "peer median",
+                "ratio",
+                "spread",
+                "goal",
+                "verdict",
+            ],
+            rows: pairs
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.measure.clone(),
+                        p.haul.clone(),
+                        p.peer.clone(),
+                        p.ratio.clone(),
+                        p.spread.clone(),
+                        p.goal.clone(),
+                        p.verdict.as_str().into(),
+                    ]
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A plain-text table with aligned columns (numbers right-aligned).
 pub fn text_table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -565,7 +716,7 @@ pub fn text_table(header: &[&str], rows: &[Vec<String>]) -> String {
             *w = (*w).max(cell.len());
         }
     }
-    let numeric = |s: &str| s.parse::<f64>().is_ok() || s.ends_with(" MiB");
+    let numeric = |s: &str| s.parse::<f64>().is_ok() || s.ends_with(" MiB") || s.ends_with(" MB");
     let mut out = String::new();
     let mut line = |cells: Vec<&str>| {
         let parts: Vec<String> = cells
@@ -839,6 +990,50 @@ mod tests {
         let g = Goal::ratio(&r, "kernel", "restore", "haul", "cp", 0.7);
         assert_eq!(g.value, "0.650");
         assert!(matches!(g.verdict, Verdict::Pass));
+    }
+
+    #[test]
+    fn pair_shows_medians_ratio_and_spread() {
+        let mut r = Results::default();
+        let put = |r: &mut Results, tool: &str, walls: &[f64]| {
+            let c = r.cell("kernel", "zip-create", tool);
+            c.runs.extend(walls.iter().map(|&w| Run {
+                wall_secs: w,
+                cpu_secs: w,
+                max_rss_kib: 2048,
+                status: std::os::unix::process::ExitStatusExt::from_raw(0),
+                others_load: 0.0,
+                stderr: String::new(),
+            }));
+        };
+        put(&mut r, "haul", &[1.0, 2.0, 1.5]);
+        put(&mut r, "zip", &[4.0, 4.0, 5.0]);
+        let p = Pair::time(&r, "kernel", "zip-create", ("haul", "zip"), "x".into(), 0.4);
+        assert_eq!((p.haul.as_str(), p.peer.as_str()), ("1.500", "4.000"));
+        assert_eq!(p.ratio, "0.375 (rounds 0.300)");
+        assert_eq!(p.spread, "0.250-0.500");
+        assert!(matches!(p.verdict, Verdict::Pass));
+        let p = Pair::rss(&r, "kernel", "zip-create", ("haul", "zip"), "x".into(), 1.0);
+        assert_eq!(p.haul, "2.0 MiB");
+        assert!(matches!(p.verdict, Verdict::Miss));
+        let sizes = r.size("kernel", "zip-create", "haul", 100);
+        sizes.bytes.extend([51, 50]);
+        r.size("kernel", "zip-create", "zip", 100)
+            .bytes
+            .extend([50, 50]);
+        let p = Pair::size(
+            &r,
+            "kernel",
+            "zip-create",
+            ("haul", "zip"),
+            "x".into(),
+            1.05,
+        );
+        assert_eq!(
+            (p.ratio.as_str(), p.spread.as_str()),
+            ("1.010", "1.000-1.020")
+        );
+        assert!(matches!(p.verdict, Verdict::Pass));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::Command;
 use crate::corpus::{self, Corpus, Kind};
 use crate::error::{bail, Context, Result};
 use crate::machine;
-use crate::report::{self, Goal, Results, Verdict};
+use crate::report::{self, Goal, Results, Section, Verdict};
 use crate::tree::{self, Summary};
 
 /// Options common to all comparison subcommands.
@@ -136,6 +136,8 @@ pub struct RunInfo {
     pub errors: Vec<String>,
     /// Remarks on how the tools were run (Markdown), for the results file.
     pub notes: Vec<String>,
+    /// Tables of the subcommand's own, shown after the goals.
+    pub sections: Vec<Section>,
 }
 
 impl RunInfo {
@@ -150,6 +152,7 @@ impl RunInfo {
             corpora: Vec::new(),
             errors: Vec::new(),
             notes: Vec::new(),
+            sections: Vec::new(),
         }
     }
 }
@@ -299,6 +302,10 @@ fn markdown(
     md.push_str("## Goals\n\n");
     let (h, rows) = Goal::rows(goals);
     md.push_str(&report::markdown_table(&h, &rows));
+    for s in &info.sections {
+        let _ = writeln!(md, "\n## {}\n\n{}\n", s.title, s.intro);
+        md.push_str(&report::markdown_table(&s.header, &s.rows));
+    }
 
     let (h, rows, lines) = report::BaseRatio::rows(results);
     if !rows.is_empty() {
@@ -449,6 +456,9 @@ pub fn finish(common: &Common, info: RunInfo, results: &Results, goals: &[Goal])
     }
     let (h, rows) = Goal::rows(goals);
     println!("Goals:\n\n{}", report::text_table(&h, &rows));
+    for s in &info.sections {
+        println!("{}:\n\n{}", s.title, report::text_table(&s.header, &s.rows));
+    }
     let (h, rows, lines) = report::BaseRatio::rows(results);
     if !rows.is_empty() {
         println!(
