@@ -54,11 +54,10 @@ pub enum CompressionArg {
     Store,
 }
 
+/// Where and how an archive is written: `archive create` and `snapshot
+/// download` share these flags.
 #[derive(Args, Debug)]
-pub struct CreateArgs {
-    /// Trees or files to archive. `DIR` is stored as `DIR/...`; `DIR/` stores its contents.
-    #[arg(required = true)]
-    pub src: Vec<PathBuf>,
+pub struct OutArgs {
     /// The archive to write: `.zip`, `.tar`, `.tar.zst` or `.tzst`; `-` is stdout (needs --format).
     #[arg(short = 'o', long, value_name = "OUT")]
     pub output: PathBuf,
@@ -71,12 +70,51 @@ pub struct CreateArgs {
     /// How zip members are compressed.
     #[arg(long, value_enum, default_value = "deflate")]
     pub compression: CompressionArg,
-    /// Skip entries matching GLOB (rsync rules, as `haul copy`).
-    #[arg(long, value_name = "GLOB", value_parser = parse_exclude)]
-    pub exclude: Vec<String>,
     /// Worker threads, 1-1024 [default: one per CPU].
     #[arg(short = 'j', long, value_name = "N", value_parser = jobs_parser())]
     pub jobs: Option<usize>,
+}
+
+impl OutArgs {
+    /// The options these flags ask for, or `None` when OUT's name does not
+    /// tell the format (said on stderr: a usage error).
+    pub fn options(&self, filter: Filter) -> Option<ArchiveOptions> {
+        let Some(format) = format_of(self.format, &self.output) else {
+            eprintln!(
+                "haul: error: {}: cannot tell the format from the name; give --format tar|tar.zst|zip",
+                escape_str(&self.output.to_string_lossy())
+            );
+            return None;
+        };
+        Some(ArchiveOptions {
+            format: Some(format),
+            level: self.level,
+            zip_compression: match self.compression {
+                CompressionArg::Deflate => ZipCompression::Deflate,
+                CompressionArg::Zstd => ZipCompression::Zstd,
+                CompressionArg::Store => ZipCompression::Store,
+            },
+            jobs: self.jobs.unwrap_or(0),
+            filter,
+        })
+    }
+
+    /// Whether the archive goes to stdout.
+    pub fn to_stdout(&self) -> bool {
+        self.output.as_os_str() == "-"
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Trees or files to archive. `DIR` is stored as `DIR/...`; `DIR/` stores its contents.
+    #[arg(required = true)]
+    pub src: Vec<PathBuf>,
+    #[command(flatten)]
+    pub out: OutArgs,
+    /// Skip entries matching GLOB (rsync rules, as `haul copy`).
+    #[arg(long, value_name = "GLOB", value_parser = parse_exclude)]
+    pub exclude: Vec<String>,
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -214,27 +252,12 @@ impl Output {
 }
 
 fn create(a: CreateArgs) -> Result<u8> {
-    let Some(format) = format_of(a.format, &a.output) else {
-        eprintln!(
-            "haul: error: {}: cannot tell the format from the name; give --format tar|tar.zst|zip",
-            escape_str(&a.output.to_string_lossy())
-        );
+    let Some(opts) = a.out.options(Filter::new(&a.exclude)?) else {
         return Ok(exit::USAGE);
     };
-    let opts = ArchiveOptions {
-        format: Some(format),
-        level: a.level,
-        zip_compression: match a.compression {
-            CompressionArg::Deflate => ZipCompression::Deflate,
-            CompressionArg::Zstd => ZipCompression::Zstd,
-            CompressionArg::Store => ZipCompression::Store,
-        },
-        jobs: a.jobs.unwrap_or(0),
-        filter: Filter::new(&a.exclude)?,
-    };
-    let (out, w) = Output::open(&a.output)?;
+    let (out, w) = Output::open(&a.out.output)?;
     let reporter = Reporter::new(
-        !a.no_progress && !a.json && a.output.as_os_str() != "-",
+        !a.no_progress && !a.json && !a.out.to_stdout(),
         change_sink(false, false),
     );
     let r = create_archive(&a.src, w, &opts, &reporter);

@@ -5,13 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use haul_engine::{
-    ArchiveFormat, ArchiveInput, ArchiveOptions, ErrorKind, ImportOptions, Repository,
-    ZipCompression,
-};
+use haul_engine::{ArchiveInput, ErrorKind, ImportOptions, Repository};
 use serde_json::json;
 
-use crate::archive_cmd::{CompressionArg, FormatArg, Output};
+use crate::archive_cmd::{OutArgs, Output};
 use crate::copy_cmd::{failed_json, failed_line, jobs_parser};
 use crate::exit;
 use crate::render::{escape_str, ChangeSink, Reporter};
@@ -25,21 +22,8 @@ pub struct DownloadArgs {
     pub read: ReadArgs,
     /// Snapshot id (unique hex prefix) or `latest`.
     pub id: String,
-    /// The archive to write: `.zip`, `.tar`, `.tar.zst` or `.tzst`; `-` is stdout (needs --format).
-    #[arg(short = 'o', long, value_name = "OUT")]
-    pub output: PathBuf,
-    /// The format, when OUT's name does not say it.
-    #[arg(long, value_enum)]
-    pub format: Option<FormatArg>,
-    /// Compression level (zstd: 1-22, default 3; deflate: 0-9, default 6).
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    pub level: Option<i32>,
-    /// How zip members are compressed.
-    #[arg(long, value_enum, default_value = "deflate")]
-    pub compression: CompressionArg,
-    /// Worker threads, 1-1024 [default: one per CPU].
-    #[arg(short = 'j', long, value_name = "N", value_parser = jobs_parser())]
-    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub out: OutArgs,
     /// Do not show a progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -63,29 +47,8 @@ pub struct UploadArgs {
 }
 
 pub fn download(a: DownloadArgs) -> Result<u8> {
-    let format = match a.format {
-        Some(FormatArg::Tar) => Some(ArchiveFormat::Tar),
-        Some(FormatArg::TarZst) => Some(ArchiveFormat::TarZst),
-        Some(FormatArg::Zip) => Some(ArchiveFormat::Zip),
-        None => ArchiveFormat::from_name(&a.output),
-    };
-    let Some(format) = format else {
-        eprintln!(
-            "haul: error: {}: cannot tell the format from the name; give --format tar|tar.zst|zip",
-            escape_str(&a.output.to_string_lossy())
-        );
+    let Some(opts) = a.out.options(Default::default()) else {
         return Ok(exit::USAGE);
-    };
-    let opts = ArchiveOptions {
-        format: Some(format),
-        level: a.level,
-        zip_compression: match a.compression {
-            CompressionArg::Deflate => ZipCompression::Deflate,
-            CompressionArg::Zstd => ZipCompression::Zstd,
-            CompressionArg::Store => ZipCompression::Store,
-        },
-        jobs: a.jobs.unwrap_or(0),
-        ..ArchiveOptions::default()
     };
     let mut r = Repository::open(&a.repo.repo)?;
     r.on_warning(|m| eprintln!("haul: warning: {m}"));
@@ -96,9 +59,9 @@ pub fn download(a: DownloadArgs) -> Result<u8> {
     let r = if a.read.no_lock { r.without_locks() } else { r };
     // The snapshot is looked up before OUT is created: a typo leaves nothing.
     r.find_snapshot(&a.id)?;
-    let (out, w) = Output::open(&a.output)?;
+    let (out, w) = Output::open(&a.out.output)?;
     let reporter = Reporter::new(
-        !a.no_progress && !a.repo.json && a.output.as_os_str() != "-",
+        !a.no_progress && !a.repo.json && a.out.output.as_os_str() != "-",
         ChangeSink::None,
     );
     let res = r.export_snapshot(&a.id, w, &opts, &reporter);

@@ -602,6 +602,19 @@ impl<R: Read> TarReader<R> {
     }
 }
 
+/// Whether `block` (512 bytes) is a tar header whose checksum field holds
+/// its checksum: how a tar without the ustar magic (v7) is told apart.
+pub fn is_header(block: &[u8]) -> bool {
+    let Ok(b) = <&[u8; BLOCK]>::try_from(block) else {
+        return false;
+    };
+    let field = std::str::from_utf8(&b[148..156])
+        .ok()
+        .map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '))
+        .and_then(|s| u32::from_str_radix(s, 8).ok());
+    field == Some(checksum(b)) && b.iter().any(|&x| x != 0)
+}
+
 /// The header checksum: the sum of its bytes, the checksum field counted
 /// as spaces.
 fn checksum(block: &[u8; BLOCK]) -> u32 {

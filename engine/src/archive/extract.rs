@@ -139,6 +139,32 @@ impl StreamLeaf<'_> {
     }
 }
 
+/// Writes a member's data pieces at their offsets into the new file
+/// `out`, and for a sparse member sets its size (the holes up to its end).
+/// Returns the bytes written.
+fn fill_file(
+    out: &File,
+    entry: &Entry,
+    sparse: &Option<Vec<(u64, u64)>>,
+    pieces: impl FnOnce(&mut DataSink<'_>) -> Result<(), StepError>,
+) -> Result<u64, StepError> {
+    let mut written = 0u64;
+    pieces(&mut |off, b| {
+        written += b.len() as u64;
+        out.write_all_at(b, off).map_err(|e| StepError {
+            op: "write",
+            err: e,
+        })
+    })?;
+    if sparse.is_some() {
+        sys::truncate_fd(out, entry.size).map_err(|e| StepError {
+            op: "set size",
+            err: e,
+        })?;
+    }
+    Ok(written)
+}
+
 impl LeafSource for StreamLeaf<'_> {
     fn entry(&self) -> &Entry {
         &self.entry
@@ -166,22 +192,7 @@ impl LeafSource for StreamLeaf<'_> {
     }
 
     fn fill(&self, out: &File) -> Result<(Entry, Xattrs), StepError> {
-        let mut copied = 0u64;
-        self.pieces(&mut |off, b| {
-            copied += b.len() as u64;
-            out.write_all_at(b, off).map_err(|e| StepError {
-                op: "write",
-                err: e,
-            })
-        })?;
-        *self.copied.borrow_mut() = copied;
-        if self.sparse.is_some() {
-            // The holes up to the file's end.
-            sys::truncate_fd(out, self.entry.size).map_err(|e| StepError {
-                op: "set size",
-                err: e,
-            })?;
-        }
+        *self.copied.borrow_mut() = fill_file(out, &self.entry, &self.sparse, |e| self.pieces(e))?;
         Ok((self.entry.clone(), self.xattrs.clone()))
     }
 
@@ -548,20 +559,8 @@ impl LeafSource for BufLeaf {
     }
 
     fn fill(&self, out: &File) -> Result<(Entry, Xattrs), StepError> {
-        self.pieces(&mut |off, b| {
-            out.write_all_at(b, off).map_err(|e| StepError {
-                op: "write",
-                err: e,
-            })
-        })?;
-        self.written
-            .store(self.data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if self.sparse.is_some() {
-            sys::truncate_fd(out, self.entry.size).map_err(|e| StepError {
-                op: "set size",
-                err: e,
-            })?;
-        }
+        let n = fill_file(out, &self.entry, &self.sparse, |e| self.pieces(e))?;
+        self.written.store(n, std::sync::atomic::Ordering::Relaxed);
         Ok((self.entry.clone(), self.xattrs.clone()))
     }
 

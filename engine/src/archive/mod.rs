@@ -83,7 +83,7 @@ impl ArchiveFormat {
             Some(ArchiveFormat::Zip)
         } else if head.len() >= 262 && (&head[257..262] == b"ustar") {
             Some(ArchiveFormat::Tar)
-        } else if head.len() >= 512 && tar_checksum_ok(&head[..512]) {
+        } else if head.len() >= 512 && haul_formats::tarfmt::is_header(&head[..512]) {
             // A pre-POSIX (v7) tar header.
             Some(ArchiveFormat::Tar)
         } else {
@@ -99,25 +99,6 @@ impl ArchiveFormat {
             ArchiveFormat::Zip => "zip",
         }
     }
-}
-
-fn tar_checksum_ok(h: &[u8]) -> bool {
-    let field = std::str::from_utf8(&h[148..156])
-        .ok()
-        .map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '))
-        .and_then(|s| u32::from_str_radix(s, 8).ok());
-    let sum: u32 = h
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u32::from(b)
-            }
-        })
-        .sum();
-    field == Some(sum) && h.iter().any(|&b| b != 0)
 }
 
 /// How a zip member's data is compressed.
