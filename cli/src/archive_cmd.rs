@@ -96,6 +96,7 @@ impl OutArgs {
             },
             jobs: self.jobs.unwrap_or(0),
             filter,
+            output_inode: None,
         })
     }
 
@@ -207,12 +208,21 @@ fn format_of(f: Option<FormatArg>, out: &std::path::Path) -> Option<ArchiveForma
 /// OUT's name).
 pub struct Output {
     tmp: Option<(PathBuf, PathBuf)>,
+    /// The temporary file's (device, inode), so a source that holds it
+    /// leaves it out.
+    pub inode: Option<(u64, u64)>,
 }
 
 impl Output {
     pub fn open(out: &std::path::Path) -> Result<(Output, Box<dyn Write + Send>)> {
         if out.as_os_str() == "-" {
-            return Ok((Output { tmp: None }, Box::new(std::io::stdout())));
+            return Ok((
+                Output {
+                    tmp: None,
+                    inode: None,
+                },
+                Box::new(std::io::stdout()),
+            ));
         }
         let dir = out
             .parent()
@@ -228,9 +238,14 @@ impl Output {
         ));
         let f = std::fs::File::create(&tmp)
             .with_context(|| format!("{}: creating archive", tmp.display()))?;
+        let inode = {
+            use std::os::unix::fs::MetadataExt;
+            f.metadata().ok().map(|m| (m.dev(), m.ino()))
+        };
         Ok((
             Output {
                 tmp: Some((tmp, out.to_path_buf())),
+                inode,
             },
             Box::new(f),
         ))
@@ -256,6 +271,8 @@ fn create(a: CreateArgs) -> Result<u8> {
         return Ok(exit::USAGE);
     };
     let (out, w) = Output::open(&a.out.output)?;
+    let mut opts = opts;
+    opts.output_inode = out.inode;
     let reporter = Reporter::new(
         !a.no_progress && !a.json && !a.out.to_stdout(),
         change_sink(false, false),

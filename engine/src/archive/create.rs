@@ -78,6 +78,7 @@ struct Run<'a> {
     notices: IssueTally,
     sum: ArchiveSummary,
     progress: &'a dyn Progress,
+    output: Option<(u64, u64)>,
 }
 
 fn join(prefix: &[u8], rel: &Path) -> Vec<u8> {
@@ -119,6 +120,12 @@ impl Run<'_> {
         let mut entry = Entry::from_stat(st);
         entry.link = None;
         let kind = st.kind();
+        if self.output == Some((st.dev, st.ino)) {
+            // As GNU tar: "file is the archive; not dumped".
+            self.notices
+                .push(rel, "the archive being written is not archived".into());
+            return Ok(());
+        }
         if kind == FileKind::Socket {
             self.notices.push(
                 rel,
@@ -276,6 +283,7 @@ pub fn create_archive(
                 ..ArchiveSummary::default()
             },
             progress,
+            output: opts.output_inode,
         };
         for src in sources {
             add_source(&mut run, &mut *w, src, opts)?;

@@ -128,6 +128,9 @@ pub struct ArchiveOptions {
     pub jobs: usize,
     /// Entries left out.
     pub filter: crate::Filter,
+    /// The archive being written, as (device, inode): left out with a
+    /// notice if a source holds it (`haul archive create . -o a.tar`).
+    pub output_inode: Option<(u64, u64)>,
 }
 
 /// Options of [`extract_archive`].

@@ -501,3 +501,30 @@ fn one_worker_creates_and_extracts_every_format() {
         assert_trees_equal(&walk(&src), &walk(&dst), &all(), f);
     }
 }
+
+/// `haul archive create . -o ./a.tar` does not archive the archive it is
+/// writing (as GNU tar: "file is the archive; not dumped").
+#[test]
+fn the_archive_being_written_is_left_out() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fixture::build_small(&src);
+    let out = src.join("self.tar");
+    let r = create(Path::new(&contents(&src)), &out, &["--json"]);
+    ok(&r);
+    let v = stdout_json(&r);
+    let notices = json_paths(&v, "notices");
+    assert_eq!(notices.len(), 1, "{}", r.describe());
+    assert!(notices[0].contains("haul-part"), "{notices:?}");
+    let dst = t.path().join("dst");
+    ok(&extract(&out, &dst, &[]));
+    assert_trees_equal(
+        &without(&walk(&src), &["self.tar"]),
+        &walk(&dst),
+        &haul_tests::CompareOpts {
+            root: false,
+            ..all()
+        },
+        "archive of a tree holding it",
+    );
+}
