@@ -6,6 +6,7 @@
 
 pub mod fixture;
 pub mod repo;
+pub mod sshd;
 pub mod util;
 
 use std::collections::{BTreeMap, HashMap};

@@ -19,4 +19,5 @@ mod deep;
 mod fallbacks;
 mod full_disk;
 mod snapshot;
+mod sshd;
 mod walker;
