@@ -2127,6 +2127,34 @@ mod tests {
         assert_eq!(n, total);
     }
 
+    proptest! {
+        /// A valid stream with a few bytes changed: whatever still decodes
+        /// round-trips, and nothing panics.
+        #[test]
+        fn mutated_streams_never_panic(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..5),
+            piece in 1usize..100,
+        ) {
+            let mut b = stream();
+            for (at, v) in edits {
+                let i = at.index(b.len());
+                b[i] = v;
+            }
+            let mut d = Decoder::new();
+            'feed: for c in b.chunks(piece) {
+                d.feed(c);
+                loop {
+                    match d.next() {
+                        Ok(Some(Received::Message(m))) => round_trip(&m),
+                        Ok(Some(Received::Preamble(_))) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn finish_names_what_was_cut() {
         let b = stream();
