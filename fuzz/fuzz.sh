@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(blob pack index tree snapshot tar extract zip manifest)
+[ ${#targets[@]} -eq 0 ] && targets=(blob pack index tree snapshot tar extract zip manifest wire)
 
 host="$(rustc -vV | sed -n 's/^host: //p')"
 dir=fuzz/target/instrumented

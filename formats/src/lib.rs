@@ -110,6 +110,7 @@ mod snapshot;
 pub mod tarfmt;
 mod time;
 mod tree;
+pub mod wire;
 pub mod zipfmt;
 
 pub use crate::{

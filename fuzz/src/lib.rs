@@ -37,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("extract", extract),
     ("zip", zip),
     ("manifest", manifest),
+    ("wire", wire),
 ];
 
 /// Blob decoding: raw and zstd payloads, encrypted and unknown encodings.
@@ -204,11 +205,7 @@ pub fn tar(data: &[u8]) {
     }
     let mut r = haul_formats::tarfmt::TarReader::new(data);
     let mut buf = [0u8; 4096];
-    'members: loop {
-        let m = match r.next_member() {
-            Ok(Some(m)) => m,
-            Ok(None) | Err(_) => break,
-        };
+    'members: while let Ok(Some(m)) = r.next_member() {
         if let Some(map) = &m.sparse {
             let mut end = 0;
             for &(o, l) in map {
@@ -350,6 +347,94 @@ pub fn manifest(data: &[u8]) {
     }
     if let Some(z) = zip_with_haul_field(data, b"content") {
         extract(&z);
+    }
+}
+
+/// Everything a [`wire::Decoder`](haul_formats::wire::Decoder) yields
+/// from `data` fed in pieces of the given sizes (cycled), up to the
+/// first error, and whether it stopped on one.
+fn wire_decode(data: &[u8], pieces: &[usize]) -> (Vec<haul_formats::wire::Received>, bool) {
+    let mut d = haul_formats::wire::Decoder::new();
+    let mut got = Vec::new();
+    let mut rest = data;
+    let mut sizes = pieces.iter().cycle();
+    while !rest.is_empty() {
+        let n = (*sizes.next().expect("cycled")).clamp(1, rest.len());
+        d.feed(&rest[..n]);
+        rest = &rest[n..];
+        loop {
+            match d.next() {
+                Ok(Some(r)) => got.push(r),
+                Ok(None) => break,
+                Err(_) => return (got, true),
+            }
+        }
+    }
+    (got, d.finish().is_err())
+}
+
+/// The wire protocol's incremental decoder: the bytes as they are (the
+/// preamble check), and behind a valid preamble (the frames), each fed in
+/// pieces whose sizes the first byte picks and then whole. Split points
+/// must not change what decodes; every message must re-encode, plain and
+/// compressed, to bytes that decode to it again (plain ones to the very
+/// same bytes); index tracking and the receiver's path check must hold
+/// their promises.
+pub fn wire(data: &[u8]) {
+    use haul_formats::wire::{
+        checked_rel_path, decode_frame, encode_frame, encode_preamble, Indexes, Message, Received,
+    };
+    if data.len() > MAX_INPUT {
+        return;
+    }
+    let Some((&seed, body)) = data.split_first() else {
+        return;
+    };
+    // Piece sizes from the seed: 1 to 64 bytes, varied.
+    let mut x = u32::from(seed) | 1;
+    let pieces: Vec<usize> = (0..16)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            1 + (x >> 16) as usize % 64
+        })
+        .collect();
+    let framed = [encode_preamble("fuzz").expect("preamble"), body.to_vec()].concat();
+    for input in [body, &framed[..]] {
+        let whole = wire_decode(input, &[usize::MAX]);
+        let split = wire_decode(input, &pieces);
+        assert_eq!(whole, split, "split points changed what decodes");
+        let mut indexes = Indexes::new();
+        for r in whole.0 {
+            let Received::Message(m) = r else { continue };
+            let mut plain = Vec::new();
+            encode_frame(&m, None, &mut plain).expect("a decoded message re-encodes");
+            let (again, used) = decode_frame(&plain, 0)
+                .expect("re-decode")
+                .expect("complete");
+            assert_eq!((&again, used), (&m, plain.len()));
+            let mut z = Vec::new();
+            encode_frame(&m, Some(1), &mut z).expect("re-encode compressed");
+            assert_eq!(
+                decode_frame(&z, 0).expect("re-decode").expect("complete").0,
+                m
+            );
+            if indexes.observe(&m).is_ok() {
+                if let Some(i) = m.index() {
+                    assert!(i < indexes.announced());
+                }
+            }
+            let path = match &m {
+                Message::Entry(e) => &e.path[..],
+                Message::Delete { path } => &path[..],
+                _ => continue,
+            };
+            if let Ok(parts) = checked_rel_path(path) {
+                for p in parts {
+                    assert!(!p.is_empty() && p != b".." && p != b".");
+                    assert!(!p.contains(&b'/') && !p.contains(&0));
+                }
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod fixture;
 pub mod hostile;
 pub mod repo;
+pub mod sshd;
 pub mod util;
 
 use std::collections::{BTreeMap, HashMap};

@@ -20,4 +20,5 @@ mod deep;
 mod fallbacks;
 mod full_disk;
 mod snapshot;
+mod sshd;
 mod walker;
