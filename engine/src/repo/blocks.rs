@@ -29,8 +29,14 @@ pub(crate) const MAX_CACHED_BLOCK: usize = 4 << 20;
 const SPARE_MAX: usize = 8;
 const SPARE_MAX_LEN: usize = MAX_CACHED_BLOCK;
 
-#[derive(Default)]
-struct Spare(Mutex<Vec<Vec<u8>>>);
+/// Spare buffers, and how many are kept at most.
+struct Spare(Mutex<Vec<Vec<u8>>>, std::sync::atomic::AtomicUsize);
+
+impl Default for Spare {
+    fn default() -> Spare {
+        Spare(Mutex::default(), std::sync::atomic::AtomicUsize::new(SPARE_MAX))
+    }
+}
 
 impl Spare {
     fn take(&self) -> Vec<u8> {
@@ -46,7 +52,7 @@ impl Spare {
             return;
         }
         let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if spare.len() < SPARE_MAX {
+        if spare.len() < self.1.load(Relaxed) {
             spare.push(v);
         }
     }
@@ -80,7 +86,7 @@ struct Slot {
 
 pub(crate) struct BlockCache {
     slots: Mutex<Vec<Slot>>,
-    cap: usize,
+    cap: std::sync::atomic::AtomicUsize,
     tick: AtomicU64,
     spare: Arc<Spare>,
 }
@@ -90,7 +96,7 @@ impl BlockCache {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         BlockCache {
             slots: Mutex::new(Vec::new()),
-            cap: (4 * cpus + 4).clamp(8, 32),
+            cap: std::sync::atomic::AtomicUsize::new((4 * cpus + 4).clamp(8, 32)),
             tick: AtomicU64::new(0),
             spare: Arc::default(),
         }
@@ -117,7 +123,8 @@ impl BlockCache {
                     s.cell.clone()
                 }
                 None => {
-                    if slots.len() >= self.cap {
+                    let cap = self.cap.load(Relaxed).max(1);
+                    while slots.len() >= cap {
                         let lru = (0..slots.len())
                             .min_by_key(|&i| slots[i].used)
                             .expect("cap is at least 1");
@@ -146,6 +153,16 @@ impl BlockCache {
         let b = Arc::new(block);
         *got = Some(b.clone());
         Ok(b)
+    }
+
+    /// Keeps at most `cap` blocks from now on (a reader with few threads,
+    /// such as `snapshot download`, needs few, and its memory is capped).
+    pub(crate) fn limit(&self, cap: usize) {
+        self.cap.store(cap.max(1), Relaxed);
+        let keep = cap.min(SPARE_MAX);
+        self.spare.1.store(keep, Relaxed);
+        let mut spare = self.spare.0.lock().unwrap_or_else(|e| e.into_inner());
+        spare.truncate(keep);
     }
 
     /// Drops every cached block (a phase that reads no more trees).
@@ -191,7 +208,7 @@ mod tests {
             c.get(k(i), load(i as u8)).unwrap();
             c.get(k(1), load(1)).unwrap();
         }
-        assert!(c.slots.lock().unwrap().len() <= c.cap);
+        assert!(c.slots.lock().unwrap().len() <= c.cap.load(Relaxed));
         assert_eq!(c.get(k(1), load(7)).unwrap()[..], [1; 4]);
         c.forget(k(1));
         assert_eq!(c.get(k(1), load(7)).unwrap()[..], [7; 4]);

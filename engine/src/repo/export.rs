@@ -279,6 +279,11 @@ impl Repository {
         progress.discovered(sum.entries(), sum.bytes);
         progress.discovery_done();
         let index = self.load_index()?;
+        // Bundles are read in stream order by a few loaders: a few cached
+        // ones serve them, and keep the command under 100 MiB (the default,
+        // sized for restore's workers, let it reach 108 MiB).
+        self.blocks.limit(LOADERS + 2);
+        crate::sys::return_large_buffers();
         let roots = self.load_tree(&index, &snap.snapshot.tree)?;
         let pool = worker_pool(opts.jobs, "download")
             .map_err(|e| Error::io("starting workers", self.location(), e))?;

@@ -665,3 +665,18 @@ pub(crate) fn makedev(major: u32, minor: u32) -> u64 {
 pub(crate) fn dev_parts(rdev: u64) -> (u32, u32) {
     (libc::major(rdev), libc::minor(rdev))
 }
+
+/// Has the C allocator hand buffers of 1 MiB and more straight back to the
+/// kernel when freed, instead of keeping them in its per-thread arenas.
+/// For commands whose threads pass many large buffers around (snapshot
+/// download: blobs read ahead by loader threads, frames compressed on the
+/// pool), where the arenas held tens of MiB of freed memory and a 1.4 GiB
+/// download peaked at 108 MiB (65 MiB with this); the cost is a page fault
+/// per 4 KiB of each such buffer, a few per cent of the run.
+pub(crate) fn return_large_buffers() {
+    // SAFETY: mallopt only changes a parameter of glibc's allocator; it is
+    // safe to call at any time, from any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
