@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,9 +34,8 @@ pub(crate) struct PathWriter<'w, 'a> {
     /// Open directories by path, with whether each hands down a default
     /// ACL (new entries in it then have their attributes read back).
     dirs: HashMap<PathBuf, Dir>,
-    /// Directories whose metadata waits for the end: path, wanted entry and
-    /// attributes, and whether it was there before.
-    deferred: Vec<(PathBuf, Entry, Xattrs, bool)>,
+    /// Directories whose metadata waits for the end.
+    deferred: Deferred,
 }
 
 /// An open directory, shareable with the threads that write leaves into
@@ -77,7 +76,7 @@ impl<'w, 'a> PathWriter<'w, 'a> {
             w,
             root: open(root),
             dirs: HashMap::new(),
-            deferred: Vec::new(),
+            deferred: Deferred::default(),
         }
     }
 
@@ -143,14 +142,15 @@ impl<'w, 'a> PathWriter<'w, 'a> {
             }
         }
         self.deferred
-            .push((rel.to_path_buf(), entry, xattrs, existed));
+            .push(self.w, (rel.to_path_buf(), entry, xattrs, existed));
         Ok(())
     }
 
     /// The stream's root entry (a tar's `./`): its metadata becomes the
     /// root's, applied last.
     pub(crate) fn put_root(&mut self, entry: Entry, xattrs: Xattrs) {
-        self.deferred.push((PathBuf::new(), entry, xattrs, true));
+        self.deferred
+            .push(self.w, (PathBuf::new(), entry, xattrs, true));
     }
 
     /// A leaf of the stream, through the writer's one leaf function.
@@ -178,23 +178,207 @@ impl<'w, 'a> PathWriter<'w, 'a> {
         self.w.make_link(&parent, name, rel, target, None)
     }
 
-    /// Applies the deferred directory metadata, deepest directory first.
+    /// Spills deferred directories to disk past `cap` of them (tests).
+    #[cfg(test)]
+    pub(crate) fn spill_past(&mut self, cap: usize) {
+        self.deferred.cap = cap;
+    }
+
+    /// Applies the deferred directory metadata, deepest directory first
+    /// (within what is held together; spilled blocks last ones first, so a
+    /// depth-first stream's children still come before their parents).
     pub(crate) fn finish(mut self) {
-        let mut deferred = std::mem::take(&mut self.deferred);
-        deferred.sort_by_key(|(rel, ..)| std::cmp::Reverse(rel.components().count()));
-        for (rel, entry, xattrs, existed) in deferred {
-            let d = if rel.as_os_str().is_empty() {
-                Ok(self.root.0.clone())
-            } else {
-                components(&rel).and_then(|c| self.dir(&c)).map(|d| d.0)
-            };
-            match d {
-                Ok(d) => self
-                    .w
-                    .apply_dir_meta(&d, &entry, || Ok(xattrs), existed, &rel),
-                Err(e) => self.w.fail(&rel, e),
+        let mut blocks = vec![std::mem::take(&mut self.deferred.held)];
+        let spilled = std::mem::take(&mut self.deferred.spilled);
+        for &(at, len) in spilled.iter().rev() {
+            match self.deferred.read_block(at, len) {
+                Ok(b) => blocks.push(b),
+                Err(e) => self.w.fail(
+                    Path::new(""),
+                    format!("reading back spilled directory metadata: {e}"),
+                ),
+            }
+            // Applied block by block: one block in memory at a time.
+            self.apply(std::mem::take(&mut blocks));
+        }
+        self.apply(blocks);
+    }
+
+    fn apply(&mut self, blocks: Vec<Vec<Pending>>) {
+        for mut deferred in blocks {
+            deferred.sort_by_key(|(rel, ..)| std::cmp::Reverse(rel.components().count()));
+            for (rel, entry, xattrs, existed) in deferred {
+                let d = if rel.as_os_str().is_empty() {
+                    Ok(self.root.0.clone())
+                } else {
+                    components(&rel).and_then(|c| self.dir(&c)).map(|d| d.0)
+                };
+                match d {
+                    Ok(d) => self
+                        .w
+                        .apply_dir_meta(&d, &entry, || Ok(xattrs), existed, &rel),
+                    Err(e) => self.w.fail(&rel, e),
+                }
             }
         }
+    }
+}
+
+/// A directory whose metadata waits for the end: its path, the wanted
+/// entry and attributes, and whether it was there before.
+type Pending = (PathBuf, Entry, Xattrs, bool);
+
+/// Deferred directories held in memory at most; the next ones are written
+/// to a temporary file in blocks of this many, so an archive of millions
+/// of directories stays within memory (a block is about 20 MiB).
+const MAX_HELD: usize = 100_000;
+
+/// The deferred directories: held in memory, and beyond [`MAX_HELD`]
+/// spilled to an unnamed temporary file (in `$TMPDIR`) as blocks.
+struct Deferred {
+    /// [`MAX_HELD`], lower in tests.
+    cap: usize,
+    held: Vec<Pending>,
+    file: Option<File>,
+    /// (offset, length) of each spilled block.
+    spilled: Vec<(u64, u64)>,
+    end: u64,
+}
+
+fn put_u64(v: &mut Vec<u8>, x: u64) {
+    v.extend_from_slice(&x.to_le_bytes());
+}
+
+fn put_bytes(v: &mut Vec<u8>, b: &[u8]) {
+    put_u64(v, b.len() as u64);
+    v.extend_from_slice(b);
+}
+
+/// Reads the spill format back (written by this process, so a mismatch is
+/// a bug or a damaged temporary file: an error, not a panic).
+struct Cursor<'b>(&'b [u8]);
+
+impl Cursor<'_> {
+    fn u64(&mut self) -> io::Result<u64> {
+        let (a, rest) = self
+            .0
+            .split_first_chunk::<8>()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "spill record cut short"))?;
+        self.0 = rest;
+        Ok(u64::from_le_bytes(*a))
+    }
+
+    fn bytes(&mut self) -> io::Result<Vec<u8>> {
+        let n = usize::try_from(self.u64()?).unwrap_or(usize::MAX);
+        if n > self.0.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "spill record cut short",
+            ));
+        }
+        let (a, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(a.to_vec())
+    }
+}
+
+impl Default for Deferred {
+    fn default() -> Deferred {
+        Deferred {
+            cap: MAX_HELD,
+            held: Vec::new(),
+            file: None,
+            spilled: Vec::new(),
+            end: 0,
+        }
+    }
+}
+
+impl Deferred {
+    fn push(&mut self, w: &DestWriter<'_>, p: Pending) {
+        self.held.push(p);
+        if self.held.len() >= self.cap {
+            if let Err(e) = self.spill() {
+                // Kept in memory instead: correct, only larger.
+                w.notice(
+                    Path::new(""),
+                    format!("directory metadata kept in memory (spilling failed: {e})"),
+                );
+            }
+        }
+    }
+
+    fn spill(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut v = Vec::new();
+        for (rel, e, x, existed) in &self.held {
+            put_bytes(&mut v, rel.as_os_str().as_bytes());
+            for n in [
+                u64::from(e.perm),
+                u64::from(e.uid),
+                u64::from(e.gid),
+                e.atime.0 as u64,
+                e.atime.1 as u64,
+                e.mtime.0 as u64,
+                e.mtime.1 as u64,
+                u64::from(e.attrs),
+                u64::from(*existed),
+                x.len() as u64,
+            ] {
+                put_u64(&mut v, n);
+            }
+            for (k, val) in x {
+                put_bytes(&mut v, k.as_bytes());
+                put_bytes(&mut v, val);
+            }
+        }
+        if self.file.is_none() {
+            self.file = Some(tempfile::tempfile()?);
+        }
+        let f = self.file.as_ref().expect("just made");
+        f.write_all_at(&v, self.end)?;
+        self.spilled.push((self.end, v.len() as u64));
+        self.end += v.len() as u64;
+        self.held.clear();
+        Ok(())
+    }
+
+    fn read_block(&self, at: u64, len: u64) -> io::Result<Vec<Pending>> {
+        use std::os::unix::fs::FileExt;
+        let f = self
+            .file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no spill file"))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, at)?;
+        let mut c = Cursor(&buf);
+        let mut out = Vec::new();
+        while !c.0.is_empty() {
+            let rel = PathBuf::from(std::ffi::OsString::from_vec(c.bytes()?));
+            let mut n = [0u64; 10];
+            for x in &mut n {
+                *x = c.u64()?;
+            }
+            let mut xattrs = Xattrs::new();
+            for _ in 0..n[9] {
+                let k = std::ffi::OsString::from_vec(c.bytes()?);
+                xattrs.push((k, c.bytes()?));
+            }
+            let entry = Entry {
+                kind: crate::meta::FileKind::Dir,
+                perm: n[0] as u32,
+                uid: n[1] as u32,
+                gid: n[2] as u32,
+                size: 0,
+                rdev: 0,
+                atime: (n[3] as i64, n[4] as i64),
+                mtime: (n[5] as i64, n[6] as i64),
+                attrs: n[7] as u32,
+                link: None,
+            };
+            out.push((rel, entry, xattrs, n[8] != 0));
+        }
+        Ok(out)
     }
 }
 

@@ -267,3 +267,57 @@ fn by_path_mode_takes_any_order_and_never_leaves_the_root() {
         std::fs::set_permissions(root.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 }
+
+/// Past its cap, the by-path writer's deferred directories go to a
+/// temporary file in blocks and come back at the end: every directory
+/// still gets its metadata (an archive of millions of directories would
+/// otherwise hold them all in memory).
+#[test]
+fn by_path_deferred_directories_spill_and_come_back() {
+    use super::bypath::PathWriter;
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let (opts, protect) = writer_parts();
+    let mut w = DestWriter::new(&opts, false, &protect, false, &crate::NoProgress);
+    w.dst_root = Some(sys::open_dir_path(&root).unwrap());
+    let mut pw = PathWriter::new(&w, sys::open_dir_path(&root).unwrap());
+    pw.spill_past(7);
+    let me = sys::euid();
+    let mut paths = Vec::new();
+    for i in 0..5 {
+        paths.push(format!("d{i}"));
+        for j in 0..6 {
+            paths.push(format!("d{i}/e{j}"));
+        }
+    }
+    for (n, p) in paths.iter().enumerate() {
+        let mut d = file_stat(0o700 + (n as u32 % 8), me, 0);
+        d.kind = crate::meta::FileKind::Dir;
+        d.mtime = (1_600_000_000 + n as i64, n as i64);
+        let x = vec![(
+            std::ffi::OsString::from("user.n"),
+            n.to_string().into_bytes(),
+        )];
+        pw.put_dir(Path::new(p), d, x).unwrap();
+    }
+    pw.finish();
+    let s = w.summary(std::time::Instant::now());
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    for (n, p) in paths.iter().enumerate() {
+        let md = std::fs::metadata(root.join(p)).unwrap();
+        assert_eq!(
+            md.permissions().mode() & 0o7777,
+            0o700 + (n as u32 % 8),
+            "{p}"
+        );
+        assert_eq!(
+            (md.mtime(), md.mtime_nsec()),
+            (1_600_000_000 + n as i64, n as i64),
+            "{p}"
+        );
+        let v = xattr::get(root.join(p), "user.n").unwrap();
+        assert_eq!(v, Some(n.to_string().into_bytes()), "{p}");
+    }
+}

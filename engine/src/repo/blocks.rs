@@ -34,7 +34,10 @@ struct Spare(Mutex<Vec<Vec<u8>>>, std::sync::atomic::AtomicUsize);
 
 impl Default for Spare {
     fn default() -> Spare {
-        Spare(Mutex::default(), std::sync::atomic::AtomicUsize::new(SPARE_MAX))
+        Spare(
+            Mutex::default(),
+            std::sync::atomic::AtomicUsize::new(SPARE_MAX),
+        )
     }
 }
 
