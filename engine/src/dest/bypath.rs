@@ -230,8 +230,9 @@ type Pending = (PathBuf, Entry, Xattrs, bool);
 
 /// Deferred directories held in memory at most; the next ones are written
 /// to a temporary file in blocks of this many, so an archive of millions
-/// of directories stays within memory (a block is about 20 MiB).
-const MAX_HELD: usize = 100_000;
+/// of directories stays within memory (held, a record takes about 450
+/// bytes: a block is about 9 MiB).
+const MAX_HELD: usize = 20_000;
 
 /// The deferred directories: held in memory, and beyond [`MAX_HELD`]
 /// spilled to an unnamed temporary file (in `$TMPDIR`) as blocks.
