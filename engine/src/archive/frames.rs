@@ -8,7 +8,8 @@
 //! Reading: frames are found by their headers (`ZSTD_findFrameCompressedSize`)
 //! and those that declare a content size up to [`MAX_PARALLEL_FRAME`] are
 //! decompressed on the pool, in order, a bounded number ahead. A frame that
-//! does not (another tool's single long frame) is decoded as a stream, with
+//! does not (another tool's single long frame) is decoded as a stream on a
+//! thread of its own (overlapping the reader's parsing), with
 //! the decoder's window capped so a hostile header cannot claim more memory
 //! than [`MAX_WINDOW_LOG`] allows.
 use std::collections::VecDeque;
@@ -122,10 +123,6 @@ fn corrupt(what: impl std::fmt::Display) -> io::Error {
     )
 }
 
-/// The stream decoder, over the bytes already read and the rest.
-type StreamDecoder<R> =
-    zstd::stream::read::Decoder<'static, io::BufReader<io::Chain<io::Cursor<Vec<u8>>, R>>>;
-
 /// A `Read` of a zstd stream, decoding haul's frames in parallel.
 pub(crate) struct FrameReader<R: Read> {
     src: Option<R>,
@@ -135,8 +132,10 @@ pub(crate) struct FrameReader<R: Read> {
     max: usize,
     out: Vec<u8>,
     out_pos: usize,
-    /// The stream decoder for what is not in independent small frames.
-    stream: Option<StreamDecoder<R>>,
+    /// What is not in independent small frames, decoded as a stream on a
+    /// thread of its own (so decoding overlaps the reader's own work), in
+    /// pieces.
+    stream: Option<Receiver<io::Result<Vec<u8>>>>,
     eof: bool,
 }
 
@@ -236,7 +235,33 @@ impl<R: Read + Send + 'static> FrameReader<R> {
         let head = io::Cursor::new(std::mem::take(&mut self.raw));
         let mut d = zstd::stream::read::Decoder::new(head.chain(src))?;
         d.window_log_max(MAX_WINDOW_LOG)?;
-        self.stream = Some(d);
+        // A few pieces ahead: bounded memory, and the thread ends when the
+        // reader is dropped (its next send fails).
+        let (tx, rx) = bounded(4);
+        std::thread::Builder::new()
+            .name("zstd-stream".into())
+            .spawn(move || loop {
+                let mut piece = vec![0u8; 1 << 20];
+                let r = match d.read(&mut piece) {
+                    // The end, said explicitly: a closed channel without it
+                    // is a decoder that stopped, not the end of the archive.
+                    Ok(0) => {
+                        let _ = tx.send(Ok(Vec::new()));
+                        break;
+                    }
+                    Ok(n) => {
+                        piece.truncate(n);
+                        Ok(piece)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let stop = r.is_err();
+                if tx.send(r).is_err() || stop {
+                    break;
+                }
+            })?;
+        self.stream = Some(rx);
         Ok(())
     }
 }
@@ -257,14 +282,32 @@ impl<R: Read + Send + 'static> Read for FrameReader<R> {
                 self.out_pos = 0;
                 continue;
             }
-            if let Some(d) = self.stream.as_mut() {
-                return d.read(buf).map_err(|e| {
-                    if e.kind() == io::ErrorKind::Other || e.kind() == io::ErrorKind::InvalidData {
-                        corrupt(e)
-                    } else {
-                        e
+            if let Some(rx) = self.stream.as_ref() {
+                match rx.recv() {
+                    Ok(Ok(piece)) if piece.is_empty() => {
+                        self.stream = None;
+                        self.eof = true;
+                        return Ok(0);
                     }
-                });
+                    Ok(Ok(piece)) => {
+                        self.out = piece;
+                        self.out_pos = 0;
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        self.stream = None;
+                        self.eof = true;
+                        return Err(
+                            if matches!(e.kind(), io::ErrorKind::Other | io::ErrorKind::InvalidData)
+                            {
+                                corrupt(e)
+                            } else {
+                                e
+                            },
+                        );
+                    }
+                    Err(_) => return Err(io::Error::other("the zstd decoder stopped")),
+                }
             }
             return Ok(0);
         }
