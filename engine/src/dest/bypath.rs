@@ -81,14 +81,15 @@ impl<'w, 'a> PathWriter<'w, 'a> {
     }
 
     /// The directory `comps` names below the root, opened component by
-    /// component without following a symlink; missing ones are created.
-    fn dir(&mut self, comps: &[CString]) -> Result<Dir, StepError> {
+    /// component without following a symlink; missing ones are created
+    /// (in a dry run: `None`, everything below it would be new).
+    fn dir(&mut self, comps: &[CString]) -> Result<Option<Dir>, StepError> {
         let rel: PathBuf = comps
             .iter()
             .map(|c| std::ffi::OsStr::from_bytes(c.to_bytes()))
             .collect();
         if let Some(d) = self.dirs.get(&rel) {
-            return Ok(d.clone());
+            return Ok(Some(d.clone()));
         }
         let mut d = self.root.clone();
         let mut at = PathBuf::new();
@@ -108,6 +109,7 @@ impl<'w, 'a> PathWriter<'w, 'a> {
                     }
                     sys::open_dir_at(&d.0, c).step("open new directory")?
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 // A symlink or a file where a directory should be: never
                 // followed, never replaced on the way to another entry.
                 Err(e) => return Err(e).step("open parent directory"),
@@ -119,7 +121,7 @@ impl<'w, 'a> PathWriter<'w, 'a> {
             self.dirs.insert(at.clone(), next.clone());
             d = next;
         }
-        Ok(d)
+        Ok(Some(d))
     }
 
     /// A directory entry of the stream: made a real directory (replacing a
@@ -133,8 +135,15 @@ impl<'w, 'a> PathWriter<'w, 'a> {
     ) -> Result<(), StepError> {
         let comps = components(rel)?;
         let (name, parents) = comps.split_last().expect("not empty");
-        let (parent, _) = self.dir(parents)?;
-        let (d, existed) = self.w.ensure_dir(Some(&parent), false, name, rel)?;
+        let parent = self.dir(parents)?;
+        let (d, existed) = self
+            .w
+            .ensure_dir(parent.as_ref().map(|p| &*p.0), false, name, rel)?;
+        if d.is_none() && !existed {
+            // A dry run below a directory that does not exist: recorded as
+            // new, with no metadata to apply.
+            return Ok(());
+        }
         if let Some(d) = d {
             self.dirs.remove(rel);
             if self.dirs.len() < MAX_OPEN_DIRS {
@@ -156,13 +165,13 @@ impl<'w, 'a> PathWriter<'w, 'a> {
     /// A leaf of the stream, through the writer's one leaf function.
     pub(crate) fn put_leaf<S: LeafSource>(&mut self, rel: &Path, src: &S) -> Result<(), StepError> {
         let (dir, name) = self.leaf_dir(rel)?;
-        put_leaf_at(self.w, &dir, &name, rel, src)
+        put_leaf_at(self.w, dir.as_ref(), &name, rel, src)
     }
 
     /// Where the leaf `rel` goes: its directory (opened, or created, as
     /// [`PathWriter::put_leaf`] does) and its name, for a leaf written on
     /// another thread with [`put_leaf_at`].
-    pub(crate) fn leaf_dir(&mut self, rel: &Path) -> Result<(Dir, CString), StepError> {
+    pub(crate) fn leaf_dir(&mut self, rel: &Path) -> Result<(Option<Dir>, CString), StepError> {
         let mut comps = components(rel)?;
         let name = comps.pop().expect("not empty");
         Ok((self.dir(&comps)?, name))
@@ -174,8 +183,14 @@ impl<'w, 'a> PathWriter<'w, 'a> {
         let comps = components(rel)?;
         components(target)?;
         let (name, parents) = comps.split_last().expect("not empty");
-        let (parent, _) = self.dir(parents)?;
-        self.w.make_link(&parent, name, rel, target, None)
+        match self.dir(parents)? {
+            Some((parent, _)) => self.w.make_link(&parent, name, rel, target, None),
+            None => {
+                // A dry run below a directory that does not exist.
+                self.w.record(super::Outcome::Created, rel);
+                Ok(())
+            }
+        }
     }
 
     /// Spills deferred directories to disk past `cap` of them (tests).
@@ -209,14 +224,18 @@ impl<'w, 'a> PathWriter<'w, 'a> {
             deferred.sort_by_key(|(rel, ..)| std::cmp::Reverse(rel.components().count()));
             for (rel, entry, xattrs, existed) in deferred {
                 let d = if rel.as_os_str().is_empty() {
-                    Ok(self.root.0.clone())
+                    Ok(Some(self.root.0.clone()))
                 } else {
-                    components(&rel).and_then(|c| self.dir(&c)).map(|d| d.0)
+                    components(&rel)
+                        .and_then(|c| self.dir(&c))
+                        .map(|d| d.map(|d| d.0))
                 };
                 match d {
-                    Ok(d) => self
+                    Ok(Some(d)) => self
                         .w
                         .apply_dir_meta(&d, &entry, || Ok(xattrs), existed, &rel),
+                    // Only in a dry run: it would have been created.
+                    Ok(None) => {}
                     Err(e) => self.w.fail(&rel, e),
                 }
             }
@@ -387,15 +406,16 @@ impl Deferred {
 /// [`PathWriter::put_leaf`] does, callable from any thread.
 pub(crate) fn put_leaf_at<S: LeafSource>(
     w: &DestWriter<'_>,
-    dir: &Dir,
+    dir: Option<&Dir>,
     name: &CString,
     rel: &Path,
     src: &S,
 ) -> Result<(), StepError> {
+    // No directory: a dry run below one that does not exist yet.
     let at = Place {
-        dir: Some(&dir.0),
-        fresh: false,
-        acl_inherit: dir.1,
+        dir: dir.map(|d| &*d.0),
+        fresh: dir.is_none(),
+        acl_inherit: dir.is_none_or(|d| d.1),
     };
     w.put_leaf(at, name, rel, src).map(drop)
 }

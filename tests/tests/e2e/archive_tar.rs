@@ -528,3 +528,25 @@ fn the_archive_being_written_is_left_out() {
         "archive of a tree holding it",
     );
 }
+
+/// `-n` into an existing DST whose archive brings new directories: every
+/// new entry is listed as created, nothing fails, nothing is written.
+#[test]
+fn dry_run_below_new_directories() {
+    let t = tmp();
+    let src = t.path().join("src");
+    fixture::build_small(&src);
+    let out = t.path().join("a.tar.zst");
+    ok(&create(Path::new(&contents(&src)), &out, &[]));
+    let dst = t.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let before = walk(&dst);
+    let r = extract(&out, &dst, &["-n", "--json", "-j", "4"]);
+    ok(&r);
+    let v = stdout_json(&r);
+    assert!(json_paths(&v, "failed").is_empty(), "{}", r.describe());
+    // Every entry of the tree but the root would be created.
+    let entries = walk(&src).len() as u64 - 1;
+    assert_eq!(json_count(&v, "created"), entries, "{}", r.describe());
+    assert_trees_equal(&before, &walk(&dst), &all(), "dry run");
+}
