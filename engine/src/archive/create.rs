@@ -141,15 +141,17 @@ impl Run<'_> {
             hardlink: None,
             sparse: None,
         };
+        // The first name of an inode with several carries its data; it is
+        // remembered only once archived whole, so a later name never links
+        // to a member that failed (or is not there).
+        let mut leader = false;
         if kind != FileKind::Dir && st.nlink > 1 {
             match self.links.get(&(st.dev, st.ino)) {
                 Some(first) => {
                     m.hardlink = Some(first.clone());
                     m.entry.size = 0;
                 }
-                None => {
-                    self.links.insert((st.dev, st.ino), m.path.clone());
-                }
+                None => leader = true,
             }
         }
         self.count(st, m.hardlink.is_some());
@@ -236,7 +238,11 @@ impl Run<'_> {
         });
         self.sum.bytes_in += read_in;
         match (r, src_err) {
-            (Ok(()), None) => {}
+            (Ok(()), None) => {
+                if leader {
+                    self.links.insert((st.dev, st.ino), m.path.clone());
+                }
+            }
             (_, Some(e)) => self.failed.push(rel, format!("read: {e}")),
             (Err(e), None) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 self.failed.push(rel, e.to_string())
