@@ -274,6 +274,21 @@ impl HaulExtra {
             let body = rest.get(3..3 + len).ok_or(t.clone())?;
             rest = &rest[3 + len..];
             match tag {
+                // A record that does not belong to the kind is refused, not
+                // kept: it would be read one way here and written another
+                // (found by the `manifest` fuzz target).
+                1 if !matches!(kind, HaulKind::CharDev | HaulKind::BlockDev) => {
+                    return Err(ZipFieldError::Invalid(
+                        HAUL_ID,
+                        "a device number on a member that is not a device",
+                    ))
+                }
+                2 if kind != HaulKind::Hardlink => {
+                    return Err(ZipFieldError::Invalid(
+                        HAUL_ID,
+                        "a hardlink target on a member that is not a hardlink",
+                    ))
+                }
                 1 => {
                     let b: [u8; 8] = body.try_into().map_err(|_| t.clone())?;
                     x.rdev = u64::from_le_bytes(b);
