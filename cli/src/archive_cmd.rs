@@ -287,26 +287,28 @@ fn create(a: CreateArgs) -> Result<u8> {
         }
     };
     out.commit()?;
+    report_archive(&s, a.json, "archived")
+}
+
+/// Reports an archive written (`archive create`, `snapshot download`):
+/// the JSON summary on stdout, or failures, notices and a closing line
+/// (`haul: VERB N entries, ...`) on stderr. Returns the exit code.
+pub fn report_archive(s: &ArchiveSummary, json: bool, verb: &str) -> Result<u8> {
     let code = if s.failed_count() > 0 {
         exit::SOME_FAILED
     } else {
         exit::OK
     };
-    if a.json {
-        let mut v = serde_json::to_value(&s)?;
+    if json {
+        let mut v = serde_json::to_value(s)?;
         v["ok"] = json!(code == exit::OK);
         v["exit_code"] = json!(code);
         v["failed"] = failed_json(&s.failed);
         let mut o = std::io::stdout().lock();
         serde_json::to_writer(&mut o, &v)?;
         writeln!(o)?;
-    } else {
-        print_create(&s)?;
+        return Ok(code);
     }
-    Ok(code)
-}
-
-fn print_create(s: &ArchiveSummary) -> std::io::Result<()> {
     let mut err = std::io::stderr().lock();
     for i in &s.failed {
         writeln!(err, "{}", failed_line(&i.path, &i.reason))?;
@@ -321,9 +323,10 @@ fn print_create(s: &ArchiveSummary) -> std::io::Result<()> {
     }
     writeln!(
         err,
-        "haul: archived {} entries, {} bytes of data into {} bytes of {} in {:.1}s",
+        "haul: {verb} {} entries, {} bytes of data into {} bytes of {} in {:.1}s",
         s.entries, s.bytes_in, s.bytes_out, s.format, s.seconds
-    )
+    )?;
+    Ok(code)
 }
 
 fn extract(a: ExtractArgs) -> Result<u8> {

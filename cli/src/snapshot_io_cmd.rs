@@ -8,7 +8,7 @@ use clap::Args;
 use haul_engine::{ArchiveInput, ErrorKind, ImportOptions, Repository};
 use serde_json::json;
 
-use crate::archive_cmd::{OutArgs, Output};
+use crate::archive_cmd::{report_archive, OutArgs, Output};
 use crate::copy_cmd::{failed_json, failed_line, jobs_parser};
 use crate::exit;
 use crate::render::{escape_str, ChangeSink, Reporter};
@@ -74,39 +74,7 @@ pub fn download(a: DownloadArgs) -> Result<u8> {
         }
     };
     out.commit()?;
-    let code = if s.failed_count() > 0 {
-        exit::SOME_FAILED
-    } else {
-        exit::OK
-    };
-    if a.repo.json {
-        let mut v = serde_json::to_value(&s)?;
-        v["ok"] = json!(code == exit::OK);
-        v["exit_code"] = json!(code);
-        v["failed"] = failed_json(&s.failed);
-        let mut o = std::io::stdout().lock();
-        serde_json::to_writer(&mut o, &v)?;
-        writeln!(o)?;
-    } else {
-        let mut err = std::io::stderr().lock();
-        for i in &s.failed {
-            writeln!(err, "{}", failed_line(&i.path, &i.reason))?;
-        }
-        for i in &s.notices {
-            writeln!(
-                err,
-                "haul: notice: {}: {}",
-                i.path.display(),
-                escape_str(&i.reason)
-            )?;
-        }
-        writeln!(
-            err,
-            "haul: wrote {} entries, {} bytes of data into {} bytes of {} in {:.1}s",
-            s.entries, s.bytes_in, s.bytes_out, s.format, s.seconds
-        )?;
-    }
-    Ok(code)
+    report_archive(&s, a.repo.json, "wrote")
 }
 
 pub fn upload(a: UploadArgs) -> Result<u8> {
