@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use haul_formats::{
-    Id, Node, NodeKind, RepoFile, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
+    Id, Node, NodeKind, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
 };
 use serde::Serialize;
 
@@ -726,13 +726,7 @@ impl Repository {
             summary,
             original: None,
         };
-        let (id, json) = snapshot
-            .to_json()
-            .map_err(|e| Error::corrupt("encoding snapshot", self.location(), e))?;
-        let name = RepoFile::Snapshot.path(&id);
-        self.backend()
-            .put(&name, &json)
-            .map_err(|e| Error::io("writing snapshot", self.file_path(&name), e))?;
+        let id = self.save_snapshot(&snapshot)?;
         let (failed, failed_not_listed) = failed
             .into_inner()
             .unwrap_or_else(|e| e.into_inner())

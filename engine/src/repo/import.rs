@@ -22,9 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use haul_formats::{
-    Node, NodeKind, RepoFile, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION,
-};
+use haul_formats::{Node, NodeKind, Snapshot, SnapshotSummary, Timestamp, Xattr, SNAPSHOT_VERSION};
 
 use super::writer::{NodeError, SnapshotWriter};
 use super::{create::CreateSummary, create::DEFAULT_INDEX_FLUSH, hostname, username, Repository};
@@ -553,13 +551,7 @@ impl Repository {
             summary,
             original: None,
         };
-        let (id, json) = snapshot
-            .to_json()
-            .map_err(|e| Error::corrupt("encoding snapshot", self.location(), e))?;
-        let name = RepoFile::Snapshot.path(&id);
-        self.backend()
-            .put(&name, &json)
-            .map_err(|e| Error::io("writing snapshot", self.file_path(&name), e))?;
+        let id = self.save_snapshot(&snapshot)?;
         let (failed, failed_not_listed) = failed
             .into_inner()
             .unwrap_or_else(|e| e.into_inner())

@@ -245,6 +245,19 @@ impl Repository {
         self.location.join(name)
     }
 
+    /// Writes a snapshot record (as the last step of create, upload and
+    /// repair: everything it names is durable by then) and returns its id.
+    pub(crate) fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id, Error> {
+        let (id, json) = snapshot
+            .to_json()
+            .map_err(|e| Error::corrupt("encoding snapshot", self.location(), e))?;
+        let name = RepoFile::Snapshot.path(&id);
+        self.backend()
+            .put(&name, &json)
+            .map_err(|e| Error::io("writing snapshot", self.file_path(&name), e))?;
+        Ok(id)
+    }
+
     fn list_ids(&self, kind: RepoFile) -> Result<Vec<Id>, Error> {
         let names = self
             .backend

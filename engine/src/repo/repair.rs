@@ -423,14 +423,7 @@ impl Repository {
         // A record repaired twice names the first one it replaces.
         snap.original = Some(snap.original.unwrap_or(s.id));
         snap.summary.files = snap.summary.files.saturating_sub(dropped.len() as u64);
-        let (id, json) = snap
-            .to_json()
-            .map_err(|e| Error::corrupt("encoding snapshot", self.location(), e))?;
-        let name = RepoFile::Snapshot.path(&id);
-        self.backend()
-            .put(&name, &json)
-            .map_err(|e| Error::io("writing snapshot", self.file_path(&name), e))?;
-        Ok(id)
+        self.save_snapshot(&snap)
     }
 }
 
