@@ -1007,7 +1007,7 @@ impl Scene {
         walk_at(&self.dst)
             .into_iter()
             .find(|e| e.rel == Path::new(rel))
-            .map(|e| kind_of_md(&e.md))
+            .map(|e| crate::kind_of(&e.md.file_type()))
     }
 
     /// The content of the regular file `DST/rel` (no symlink followed on the way).
@@ -1016,26 +1016,6 @@ impl Scene {
             .into_iter()
             .find(|e| e.rel == Path::new(rel))
             .and_then(|e| e.content)
-    }
-}
-
-fn kind_of_md(md: &fs::Metadata) -> Kind {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = md.file_type();
-    if ft.is_symlink() {
-        Kind::Symlink
-    } else if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_file() {
-        Kind::File
-    } else if ft.is_char_device() {
-        Kind::CharDev
-    } else if ft.is_block_device() {
-        Kind::BlockDev
-    } else if ft.is_fifo() {
-        Kind::Fifo
-    } else {
-        Kind::Socket
     }
 }
 

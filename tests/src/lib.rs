@@ -88,7 +88,8 @@ pub type Tree = BTreeMap<PathBuf, EntryRecord>;
 /// The key of the walked root directory in a [`Tree`].
 pub const ROOT: &str = ".";
 
-fn kind_of(ft: &fs::FileType) -> Kind {
+/// The kind of a file type, as the walker records it.
+pub(crate) fn kind_of(ft: &fs::FileType) -> Kind {
     if ft.is_symlink() {
         Kind::Symlink
     } else if ft.is_dir() {
