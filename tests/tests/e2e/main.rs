@@ -19,6 +19,8 @@ mod copy;
 mod deep;
 mod fallbacks;
 mod full_disk;
+mod remote;
+mod remote_hostile;
 mod snapshot;
 mod sshd;
 mod walker;
