@@ -22,6 +22,7 @@ fn entry() -> Entry {
         xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
         symlink_target: None,
         hardlink_of: Some(1),
+        link_leader: false,
         regions: Some(vec![(0, 10), (4096, 100)]),
     }
 }
@@ -216,6 +217,7 @@ prop_compose! {
             xattrs,
             symlink_target: (kind == EntryKind::Symlink).then_some(target),
             hardlink_of: link.filter(|_| kind != EntryKind::Dir).map(|h| h % (index.max(1))).filter(|&h| h < index),
+            link_leader: false,
             regions,
         }
     }
@@ -486,6 +488,7 @@ fn every_cap_is_enforced() {
     refused(with(|e| e.atime.nanos = u32::MAX), "atime");
     refused(with(|e| e.perm = 0o10000), "perm");
     refused(with(|e| e.hardlink_of = Some(3)), "hardlink_of");
+    refused(with(|e| e.link_leader = true), "hardlink_of");
     refused(
         with(|e| {
             e.kind = EntryKind::Dir;
