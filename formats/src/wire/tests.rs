@@ -488,7 +488,15 @@ fn every_cap_is_enforced() {
     refused(with(|e| e.atime.nanos = u32::MAX), "atime");
     refused(with(|e| e.perm = 0o10000), "perm");
     refused(with(|e| e.hardlink_of = Some(3)), "hardlink_of");
-    refused(with(|e| e.link_leader = true), "hardlink_of");
+    refused(
+        with(|e| {
+            e.hardlink_of = None;
+            e.kind = EntryKind::Dir;
+            e.regions = None;
+            e.link_leader = true;
+        }),
+        "hardlink_of",
+    );
     refused(
         with(|e| {
             e.kind = EntryKind::Dir;
