@@ -286,6 +286,8 @@ pub struct Options {
     pub no_acls: bool,
     /// `--map-by-name`: resolved with the receiving host's databases.
     pub map_by_name: bool,
+    /// `-n`/`-v`: the receiver lists each change in its summary.
+    pub record_changes: bool,
     /// `--exclude` globs, in order.
     pub exclude: Vec<String>,
     /// `--usermap` specs, in order.
@@ -783,6 +785,7 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>, checked: bool) -> Result<(),
                 o.no_xattrs,
                 o.no_acls,
                 o.map_by_name,
+                o.record_changes,
             ]
             .iter()
             .enumerate()
@@ -1289,7 +1292,7 @@ fn decode_payload(kind: u8, p: &[u8]) -> Result<Message, Bad> {
             let root = r.path("root")?;
             let at = r.pos;
             let flags = r.varint("flags")?;
-            if flags >> 8 != 0 {
+            if flags >> 9 != 0 {
                 return Err(Bad {
                     field: "flags",
                     at,
@@ -1330,6 +1333,7 @@ fn decode_payload(kind: u8, p: &[u8]) -> Result<Message, Bad> {
                     no_xattrs: bit(5),
                     no_acls: bit(6),
                     map_by_name: bit(7),
+                    record_changes: bit(8),
                     exclude,
                     usermap,
                     groupmap,

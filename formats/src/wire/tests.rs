@@ -597,7 +597,7 @@ fn malformed_payloads_are_refused() {
     assert_eq!(field_error(&frame(1, 0, &h)).0, "role");
     h[role_at] = 2;
     h[role_at + 2] = 0x80;
-    h.insert(role_at + 3, 2);
+    h.insert(role_at + 3, 4);
     assert!(field_error(&frame(1, 0, &h)).1.contains("option bits"));
     // Entry: file type, uid width.
     let mut e = Vec::new();
