@@ -85,6 +85,7 @@ fn entry(index: u64, path: &[u8], kind: EntryKind, size: u64) -> Entry {
         xattrs: Vec::new(),
         symlink_target: None,
         hardlink_of: None,
+        link_leader: false,
         regions: None,
     }
 }
@@ -284,6 +285,12 @@ impl Ended {
             "{what}: serve panicked\n{}",
             self.describe()
         );
+        assert_ne!(
+            self.status.code(),
+            Some(2),
+            "{what}: a usage error: serve did not even run\n{}",
+            self.describe()
+        );
         assert!(
             self.status.code() != Some(0)
                 || self.error_message().is_some()
@@ -396,7 +403,13 @@ impl Served {
                 let ended = self.end();
                 panic!("expected HelloOk, got {}\n{}", m.name(), ended.describe());
             }
-            Some(Event::Bad(e)) => panic!("the server's reply does not decode: {e}"),
+            Some(Event::Bad(e)) => {
+                let ended = self.end();
+                panic!(
+                    "the server's reply does not decode: {e}\n{}",
+                    ended.describe()
+                )
+            }
             Some(Event::Eof) | None => {
                 let ended = self.end();
                 panic!("no HelloOk\n{}", ended.describe())
@@ -970,6 +983,7 @@ fn a_hostile_server_cannot_write_outside_dst_in_a_pull() {
             "{what}: the client accepted it\n{}",
             r.describe()
         );
+        assert_ne!(r.code, 2, "{what}: a usage error\n{}", r.describe());
         assert!(
             r.code < 128,
             "{what}: the client died of a signal\n{}",
