@@ -1276,3 +1276,60 @@ fn unprivileged_on_either_side() {
         "pull by a local haul running as nobody",
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Transport flags
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn compression_flags_and_bwlimit() {
+    require_root("compression_flags_and_bwlimit");
+    let sshd = start_sshd();
+    let t = tmp();
+    let src = t.path().join("src");
+    // 8 MiB of text that compresses well (not zeros: those could be sent as holes).
+    let text: Vec<u8> = (0..8 << 20).map(|i| b"haul over ssh\n"[i % 14]).collect();
+    fixture::write_file(&src.join("text.txt"), &text);
+    fixture::build_small(&src.join("small"));
+    let s = walk(&src);
+
+    let mut sent = Vec::new();
+    for (i, extra) in [
+        &["--no-compress"][..],
+        &[][..],
+        &["--compress-level", "19"][..],
+        &["--bwlimit", "200M"][..],
+        &["--bwlimit", "1000000"][..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dst = t.path().join(format!("dst{i}"));
+        let r = push(&sshd, extra, &src, &dst);
+        let v = r.expect_clean();
+        assert_trees_equal(&s, &walk(&dst), &all(), &format!("push {extra:?}"));
+        sent.push(json_count(&v, "bytes_sent"));
+        let back = t.path().join(format!("back{i}"));
+        pull(&sshd, extra, &dst, &back).expect_clean();
+        assert_trees_equal(&s, &walk(&back), &all(), &format!("pull {extra:?}"));
+    }
+    assert!(
+        sent[0] >= 8 << 20,
+        "--no-compress sent {} bytes, less than the file",
+        sent[0]
+    );
+    assert!(
+        sent[1] < 1 << 20,
+        "the default compression sent {} bytes of 8 MiB of repeated text",
+        sent[1]
+    );
+    for bad in [
+        &["--compress-level", "0"][..],
+        &["--compress-level", "20"][..],
+        &["--bwlimit", "fast"][..],
+    ] {
+        let r = push(&sshd, bad, &src, &t.path().join("never"));
+        r.expect_code(2);
+    }
+    assert!(!exists(&t.path().join("never")));
+}
