@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod archive_cmd;
 mod copy_cmd;
 mod exit;
+mod remote_cmd;
 mod render;
 mod snapshot_cmd;
 mod snapshot_io_cmd;
@@ -43,6 +44,9 @@ enum Command {
     /// Deduplicated, compressed snapshots of trees in a repository.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
+    /// The other end of `haul copy` over ssh (run by ssh, or from a
+    /// `command=` in authorized_keys).
+    Serve(remote_cmd::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,12 +66,14 @@ fn main() -> ExitCode {
         Command::Archive(c) => c.json(),
         Command::Repo(c) => c.json(),
         Command::Snapshot(c) => c.json(),
+        Command::Serve(_) => false,
     };
     let r = match cli.command {
         Command::Copy(args) => copy_cmd::run(args),
         Command::Archive(c) => archive_cmd::run(c),
         Command::Repo(c) => snapshot_cmd::run_repo(c),
         Command::Snapshot(c) => snapshot_cmd::run(c),
+        Command::Serve(a) => remote_cmd::serve(a),
     };
     match r {
         Ok(code) => ExitCode::from(code),

@@ -24,6 +24,7 @@ mod filter;
 mod idmap;
 mod meta;
 mod progress;
+mod remote;
 mod repo;
 mod sys;
 mod walk;
@@ -40,6 +41,7 @@ pub use haul_formats::{Id, Snapshot, Timestamp};
 pub use idmap::{IdMap, IdMapError};
 pub use meta::FileKind;
 pub use progress::{Action, NoProgress, Progress};
+pub use remote::{pull, push, serve_stdio, RemoteOptions, RemotePath, RemoteSummary, ServeOptions};
 pub use repo::retention::{parse_duration, parse_interval};
 pub use repo::{
     Bucket, CheckOptions, CheckReport, CreateOptions, CreateSummary, DamagedSnapshot, DiffChange,
