@@ -24,6 +24,7 @@ mod filter;
 mod idmap;
 mod meta;
 mod progress;
+mod query;
 mod repo;
 mod sys;
 mod walk;
@@ -40,6 +41,7 @@ pub use haul_formats::{Id, Snapshot, Timestamp};
 pub use idmap::{IdMap, IdMapError};
 pub use meta::FileKind;
 pub use progress::{Action, NoProgress, Progress};
+pub use query::query_local;
 pub use repo::retention::{parse_duration, parse_interval};
 pub use repo::{
     Bucket, CheckOptions, CheckReport, CreateOptions, CreateSummary, DamagedSnapshot, DiffChange,
