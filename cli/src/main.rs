@@ -47,6 +47,9 @@ enum Command {
     /// The other end of `haul copy` over ssh (run by ssh, or from a
     /// `command=` in authorized_keys).
     Serve(remote_cmd::ServeArgs),
+    /// Ask a host (over ssh, or this one) what `migrate` needs to know:
+    /// its users and groups, and whether a path is in use.
+    Query(remote_cmd::QueryArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Repo(c) => c.json(),
         Command::Snapshot(c) => c.json(),
         Command::Serve(_) => false,
+        Command::Query(_) => true,
     };
     let r = match cli.command {
         Command::Copy(args) => copy_cmd::run(args),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Repo(c) => snapshot_cmd::run_repo(c),
         Command::Snapshot(c) => snapshot_cmd::run(c),
         Command::Serve(a) => remote_cmd::serve(a),
+        Command::Query(a) => remote_cmd::query(a),
     };
     match r {
         Ok(code) => ExitCode::from(code),

@@ -248,3 +248,70 @@ fn fan_out(a: &CopyArgs, src: &Path, dsts: &[RemotePath], o: &RemoteOptions) -> 
     }
     Ok(code)
 }
+
+/// What `haul query` asks.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Question {
+    /// The host's user database.
+    Users,
+    /// The host's group database.
+    Groups,
+    /// Whether anything uses the path: processes (cwd, open files,
+    /// executable), live pid files under it, ports those processes listen on.
+    InUse,
+}
+
+/// `haul query`: what `migrate` will ask a host before moving a tree.
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// The host and path asked about: [USER@]HOST:PATH, ssh://..., or a
+    /// local path (answered here).
+    pub target: PathBuf,
+    /// The questions, answered in order (one JSON object per line).
+    #[arg(required = true, value_enum)]
+    pub questions: Vec<Question>,
+    /// The ssh command, split on spaces (rsync's -e).
+    #[arg(short = 'e', long = "rsh", value_name = "CMD", default_value = "ssh")]
+    pub rsh: String,
+    /// The haul to run on the remote host.
+    #[arg(long, value_name = "PATH", default_value = "haul")]
+    pub remote_haul: String,
+}
+
+pub fn query(a: QueryArgs) -> Result<u8> {
+    use haul_engine::QueryKind;
+    let target = match loc(&a.target) {
+        Ok(l) => l,
+        Err(m) => return Ok(usage(&m)),
+    };
+    let path = match &target {
+        Loc::Local(p) => std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec(),
+        Loc::Remote(r) => r.path.clone(),
+    };
+    let kinds: Vec<QueryKind> = a
+        .questions
+        .iter()
+        .map(|q| match q {
+            Question::Users => QueryKind::Users,
+            Question::Groups => QueryKind::Groups,
+            Question::InUse => QueryKind::PathInUse(path.clone()),
+        })
+        .collect();
+    let answers = match &target {
+        Loc::Local(_) => kinds.iter().map(haul_engine::query_local).collect(),
+        Loc::Remote(r) => {
+            let o = RemoteOptions {
+                rsh: a.rsh.split_whitespace().map(String::from).collect(),
+                remote_haul: a.remote_haul.clone(),
+                ..RemoteOptions::default()
+            };
+            haul_engine::query(r, &kinds, &o)?
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for v in answers {
+        serde_json::to_writer(&mut out, &v)?;
+        writeln!(out)?;
+    }
+    Ok(exit::OK)
+}

@@ -689,8 +689,69 @@ pub fn serve_stdio(opts: &ServeOptions) -> Result<(), Error> {
     match role {
         Role::Push => serve_push(conn, &root, &f),
         Role::Pull => serve_pull(conn, &root, &f, &options),
-        Role::Query => Err(fail(&conn, "queries are not served yet".into())),
+        Role::Query => serve_queries(conn, &root),
     }
+}
+
+/// Answers Query messages until the client is done.
+fn serve_queries(conn: Conn, root: &Path) -> Result<(), Error> {
+    loop {
+        match conn.recv() {
+            Ok(Message::Query { kind }) => {
+                let json = crate::query::answer(&kind);
+                if let Err(e) = conn.out.send(&Message::QueryReply { json }) {
+                    return Err(Error::remote("serving", root, e.to_string()));
+                }
+            }
+            Ok(Message::Done) | Err(ConnError::Closed) => break,
+            Ok(m) => {
+                let msg = format!("unexpected {} message in a query session", m.name());
+                let _ = conn.out.send(&Message::Error {
+                    index: None,
+                    message: msg.clone(),
+                });
+                let _ = conn.close();
+                return Err(Error::remote("serving", root, msg));
+            }
+            Err(e) => return Err(Error::remote("serving", root, e.to_string())),
+        }
+    }
+    let _ = conn.close();
+    Ok(())
+}
+
+/// Asks the host of `remote` each question in `kinds` (its user and group
+/// databases, whether a path is in use: for `migrate`'s pre-flight
+/// checks); the answers in order, as JSON.
+pub fn query(
+    remote: &RemotePath,
+    kinds: &[wire::QueryKind],
+    o: &RemoteOptions,
+) -> Result<Vec<serde_json::Value>, Error> {
+    let s = Session::open(remote, o, Role::Query)?;
+    let mut out = Vec::new();
+    for k in kinds {
+        let r = s
+            .conn
+            .out
+            .send(&Message::Query { kind: k.clone() })
+            .and_then(|()| match s.conn.recv()? {
+                Message::QueryReply { json } => serde_json::from_slice(&json)
+                    .map_err(|e| ConnError::Wire(format!("a query answer: {e}"))),
+                Message::Error { message, .. } => Err(ConnError::Peer(message)),
+                m => Err(ConnError::Wire(format!(
+                    "unexpected {} message answering a query",
+                    m.name()
+                ))),
+            });
+        match r {
+            Ok(v) => out.push(v),
+            Err(e) => return Err(s.fail(e)),
+        }
+    }
+    let _ = s.conn.out.send(&Message::Done);
+    s.finish();
+    Ok(out)
 }
 
 /// Whether `root` is within the allowed directories.

@@ -160,11 +160,7 @@ impl Assembly {
 
     /// A Data or Chunk message as (offset, bytes), checked; chunk bytes are
     /// read back from `old` and must hash to their id.
-    fn piece(
-        &mut self,
-        m: Message,
-        old: &Option<Old>,
-    ) -> Result<(u64, Vec<u8>), PieceError> {
+    fn piece(&mut self, m: Message, old: &Option<Old>) -> Result<(u64, Vec<u8>), PieceError> {
         match m {
             Message::Data { offset, bytes, .. } => {
                 self.place(offset, bytes.len() as u64)?;
@@ -490,10 +486,7 @@ fn xattrs_of(e: &mut wire::Entry) -> Xattrs {
 }
 
 /// The old version's chunks, for a Need.
-fn old_chunks(
-    f: &File,
-    size: u64,
-) -> Result<(Vec<OldChunk>, ChunkMap), String> {
+fn old_chunks(f: &File, size: u64) -> Result<(Vec<OldChunk>, ChunkMap), String> {
     let mut list = Vec::new();
     let mut pos = 0u64;
     let params = ChunkerParams::DEFAULT;
