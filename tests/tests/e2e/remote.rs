@@ -226,7 +226,7 @@ fn push_and_pull_of_every_metadata_kind_are_exact() {
 
     // Nothing changed: a second push says so and writes nothing.
     let before_ct = ctimes(&dst);
-    let r = push(&sshd, &[], &src, &dst);
+    let r = push(&sshd, &["-v"], &src, &dst);
     let v = r.expect_clean();
     for k in [
         "created",
@@ -1129,8 +1129,13 @@ fn banner_on_stdout_is_refused_with_the_preamble_message() {
             sh_quote(&haul_bin())
         ),
     );
+    let remote_dst = t.path().join("remote_dst");
     for (what, from, to) in [
-        ("push", src.as_os_str().to_os_string(), rpath(&sshd, &dst)),
+        (
+            "push",
+            src.as_os_str().to_os_string(),
+            rpath(&sshd, &remote_dst),
+        ),
         ("pull", rpath(&sshd, &src), dst.as_os_str().to_os_string()),
     ] {
         let r = run_haul(remote_args_with(
@@ -1153,6 +1158,12 @@ fn banner_on_stdout_is_refused_with_the_preamble_message() {
         );
         assert!(!r.stderr.contains("panicked"), "{}", r.describe());
     }
+    // The real haul behind the banner got the Hello and may have made the (empty)
+    // root before the client hung up; nothing of SRC may be there.
+    assert!(
+        !exists(&remote_dst) || haul_tests::list_entries(&remote_dst).len() == 1,
+        "the refused push wrote into the remote DST"
+    );
     assert!(
         !exists(&dst),
         "something was written by a pull from a chatty remote"

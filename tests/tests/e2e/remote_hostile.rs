@@ -265,8 +265,11 @@ impl Ended {
         self.received.iter().any(|m| match m {
             Message::Summary { json } => {
                 let v: serde_json::Value = serde_json::from_slice(json).unwrap_or_default();
-                v["exit_code"].as_i64().is_some_and(|c| c != 0)
-                    || v["failed"].as_array().is_some_and(|a| !a.is_empty())
+                // The serving side sends {"summary": {...}, "changes": [...]}.
+                [&v, &v["summary"]].iter().any(|s| {
+                    s["exit_code"].as_i64().is_some_and(|c| c != 0)
+                        || s["failed"].as_array().is_some_and(|a| !a.is_empty())
+                })
             }
             _ => false,
         })
@@ -1028,11 +1031,6 @@ fn a_hostile_server_with_oversized_frames_or_garbage_is_refused() {
     other_protocol.extend_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
     other_protocol.push(5);
     other_protocol.extend_from_slice(b"9.9.9");
-    let mut other_version = encode_preamble("9.9.9").unwrap();
-    other_version.extend(frames(&[Message::HelloOk {
-        protocol: PROTOCOL_VERSION,
-        haul_version: "9.9.9".into(),
-    }]));
     let mut error = server_opening();
     error.extend(frames(&[Message::Error {
         index: None,
@@ -1043,7 +1041,6 @@ fn a_hostile_server_with_oversized_frames_or_garbage_is_refused() {
         ("an oversized frame", oversized, None),
         ("garbage after HelloOk", garbage, None),
         ("another protocol version", other_protocol, Some("9.9.9")),
-        ("another haul version", other_version, Some("9.9.9")),
         ("a session Error", error, Some("the server says no")),
     ]
     .into_iter()
@@ -1078,6 +1075,59 @@ fn a_hostile_server_with_oversized_frames_or_garbage_is_refused() {
         assert!(
             !exists(&dst) || list_entries(&dst).len() == 1,
             "{what}: the pull wrote into DST"
+        );
+    }
+}
+
+/// A whole pull of an empty directory, as a server of haul `version` would send it.
+fn empty_pull_stream(version: &str) -> Vec<u8> {
+    let mut b = encode_preamble(version).unwrap();
+    // The serving side's summary of an empty tree, as haul serve sends it.
+    let summary = br#"{"summary":{"dry_run":false,"seconds":0.0,"source":{"files":0,"dirs":1,"symlinks":0,"hardlinks":0,"specials":0,"bytes":0},"created":0,"updated":0,"metadata_only":0,"unchanged":0,"deleted":0,"bytes_copied":0,"failed":[],"partial":[],"verify_mismatches":[],"failed_not_listed":0,"partial_not_listed":0,"notices":[],"notices_not_listed":0},"changes":[]}"#;
+    b.extend(frames(&[
+        Message::HelloOk {
+            protocol: PROTOCOL_VERSION,
+            haul_version: version.into(),
+        },
+        root_entry(),
+        Message::EndOfList,
+        Message::Summary {
+            json: summary.to_vec(),
+        },
+        Message::Done,
+    ]));
+    b
+}
+
+/// The contract: a remote haul "of another version" is fatal (exit 1), and the message
+/// names the host and the version found. The control run (the same stream with this
+/// haul's version) must succeed, so that a refusal is the version's doing.
+#[test]
+fn a_remote_haul_of_another_version_is_refused() {
+    require_root("a_remote_haul_of_another_version_is_refused (sshd)");
+    let sshd = start_sshd();
+    let t = tmp();
+    let mut src = OsString::from(format!("{}:", sshd.user_at_host()));
+    src.push(t.path().join("whatever"));
+
+    let same = replaying_server(t.path(), "same", &empty_pull_stream(VERSION));
+    let r = run_client(
+        &sshd,
+        &same,
+        &[],
+        src.clone(),
+        t.path().join("dst_same").into(),
+    );
+    r.expect_code(0);
+
+    let other = replaying_server(t.path(), "other", &empty_pull_stream("9.9.9"));
+    let r = run_client(&sshd, &other, &[], src, t.path().join("dst_other").into());
+    r.expect_code(1);
+    for s in ["127.0.0.1", "9.9.9"] {
+        assert!(
+            r.stderr.contains(s),
+            "no {s:?} in the error\n{}",
+            r.describe()
         );
     }
 }
