@@ -95,7 +95,8 @@ pub(crate) fn send_tree(
         root.try_clone()
             .map_err(|e| ConnError::Io(format!("opening source: {e}")))?,
         opts.filter,
-    );
+    )
+    .open_only();
     for e in walk {
         match e {
             Ok(e) => s.add(&e.rel, &e.st, &e.dir, &e.name, e.data)?,
