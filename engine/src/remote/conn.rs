@@ -248,6 +248,19 @@ impl Conn {
         }
     }
 
+    /// The inbound queue, for waiting on several sessions at once.
+    pub(crate) fn inbound(&self) -> &Receiver<Result<Received, ConnError>> {
+        &self.rx
+    }
+
+    /// A message taken from [`Conn::inbound`], as [`Conn::recv`] gives it.
+    pub(crate) fn message(r: Result<Received, ConnError>) -> Result<Message, ConnError> {
+        match r? {
+            Received::Message(m) => Ok(m),
+            Received::Preamble(_) => Err(ConnError::Wire("a second preamble".into())),
+        }
+    }
+
     /// The next message if one is queued already.
     pub(crate) fn try_recv(&self) -> Result<Option<Message>, ConnError> {
         match self.rx.try_recv() {
