@@ -23,7 +23,7 @@ use crate::corpus::{self, Corpus};
 use crate::error::{bail, Context, Error, Result};
 use crate::measure::{self, Run};
 use crate::report::{Cell, Goal, Pair, Results, Section, Verdict};
-use crate::session::{self, Common, RunInfo};
+use crate::session::{self, shell_quote, Common, RunInfo};
 use crate::tree::{self, Summary};
 
 /// One scenario of the issue's table (`--measures`).
@@ -123,18 +123,6 @@ impl Tool {
     /// Whether it runs haul, and so `haul serve` on the remote side.
     fn is_haul(self) -> bool {
         matches!(self, Tool::Haul | Tool::HaulTwice)
-    }
-}
-
-/// Quotes `s` for a POSIX shell if it needs it.
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.,/=:@+%".contains(&b))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
