@@ -44,13 +44,44 @@ fn parse_chown(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// `--bwlimit RATE`: KiB/s as a plain number (rsync), or with a suffix
+/// K, M or G (powers of 1024); bytes per second.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("{s:?}: the suffix must be K, M or G")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1 << 10),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate (e.g. 500, 500K, 2M)"))?;
+    let v = (n * mult as f64) as u64;
+    if !(n.is_finite() && v >= 1) {
+        return Err(format!(
+            "{s:?}: the rate must be at least 1 byte per second"
+        ));
+    }
+    Ok(v)
+}
+
 /// Flags follow rsync's names where rsync has the same feature.
 #[derive(Args, Debug)]
 pub struct CopyArgs {
-    /// Source directory (or single file). A trailing slash makes no difference.
+    /// Source directory (or single file), or a remote one as [USER@]HOST:PATH
+    /// or ssh://[USER@]HOST[:PORT]/PATH. A trailing slash makes no difference.
     pub src: PathBuf,
-    /// Destination; created if missing. It becomes a mirror of SRC's contents.
-    pub dst: PathBuf,
+    /// Destination, created if missing; it becomes a mirror of SRC's contents.
+    /// Local or remote (as SRC); several remote destinations fan out.
+    #[arg(required = true, num_args = 1..)]
+    pub dst: Vec<PathBuf>,
     /// Worker threads, 1-1024 [default: one per CPU].
     #[arg(short = 'j', long, value_name = "N", value_parser = jobs_parser())]
     pub jobs: Option<usize>,
@@ -101,9 +132,31 @@ pub struct CopyArgs {
     /// List every change as it is made, and every entry not fully preserved.
     #[arg(short = 'v', long)]
     pub verbose: bool,
+    /// The ssh command for remote locations, split on spaces (rsync's -e).
+    #[arg(short = 'e', long = "rsh", value_name = "CMD", default_value = "ssh")]
+    pub rsh: String,
+    /// The haul to run on the remote host.
+    #[arg(long, value_name = "PATH", default_value = "haul")]
+    pub remote_haul: String,
+    /// With several destinations: one host at a time.
+    #[arg(long)]
+    pub serial: bool,
+    /// Send at most RATE per connection: KiB/s, or with a suffix K, M or G.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<u64>,
+    /// zstd level on the wire, 1-19 [default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub compress_level: Option<i32>,
+    /// Send the wire uncompressed.
+    #[arg(long, conflicts_with = "compress_level")]
+    pub no_compress: bool,
 }
 
 pub fn run(a: CopyArgs) -> Result<u8> {
+    if let Some(code) = crate::remote_cmd::run(&a)? {
+        return Ok(code);
+    }
+    let dst = a.dst[0].clone();
     let mut ids = IdMap::new();
     for m in &a.usermap {
         ids = ids.usermap(m).with_context(|| format!("--usermap {m}"))?;
@@ -133,7 +186,7 @@ pub fn run(a: CopyArgs) -> Result<u8> {
     };
     let sink = change_sink(record, a.json);
     let reporter = Reporter::new(!a.no_progress && !a.json, sink);
-    let result = copy(&a.src, &a.dst, &opts, &reporter);
+    let result = copy(&a.src, &dst, &opts, &reporter);
     let changes = reporter.finish();
     // A fatal error: `main` prints it (and its JSON object with --json).
     let summary = result?;

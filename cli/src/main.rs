@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod archive_cmd;
 mod copy_cmd;
 mod exit;
+mod remote_cmd;
 mod render;
 mod snapshot_cmd;
 mod snapshot_io_cmd;
@@ -43,6 +44,12 @@ enum Command {
     /// Deduplicated, compressed snapshots of trees in a repository.
     #[command(subcommand)]
     Snapshot(snapshot_cmd::SnapshotCommand),
+    /// The other end of `haul copy` over ssh (run by ssh, or from a
+    /// `command=` in authorized_keys).
+    Serve(remote_cmd::ServeArgs),
+    /// Ask a host (over ssh, or this one) what `migrate` needs to know:
+    /// its users and groups, and whether a path is in use.
+    Query(remote_cmd::QueryArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,12 +69,16 @@ fn main() -> ExitCode {
         Command::Archive(c) => c.json(),
         Command::Repo(c) => c.json(),
         Command::Snapshot(c) => c.json(),
+        Command::Serve(_) => false,
+        Command::Query(_) => true,
     };
     let r = match cli.command {
         Command::Copy(args) => copy_cmd::run(args),
         Command::Archive(c) => archive_cmd::run(c),
         Command::Repo(c) => snapshot_cmd::run_repo(c),
         Command::Snapshot(c) => snapshot_cmd::run(c),
+        Command::Serve(a) => remote_cmd::serve(a),
+        Command::Query(a) => remote_cmd::query(a),
     };
     match r {
         Ok(code) => ExitCode::from(code),

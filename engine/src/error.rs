@@ -26,6 +26,10 @@ pub enum ErrorKind {
     Corrupt,
     /// Another process holds a lock that conflicts with this operation.
     Locked,
+    /// The other end of a transfer failed: it could not be reached or
+    /// started, spoke another protocol version, broke the protocol, or
+    /// reported a fatal error.
+    Remote,
 }
 
 /// The engine's public error: a kind, the path involved and the cause.
@@ -85,6 +89,21 @@ impl Error {
             op: "invalid request",
             path: path.as_ref().to_path_buf(),
             cause: io::Error::new(io::ErrorKind::InvalidInput, msg.into()),
+        }
+    }
+
+    /// A failure of the session with `peer` (`host:path`, or `stdin` for
+    /// the serving side).
+    pub(crate) fn remote(
+        op: &'static str,
+        peer: impl AsRef<Path>,
+        msg: impl Into<String>,
+    ) -> Error {
+        Error {
+            kind: ErrorKind::Remote,
+            op,
+            path: peer.as_ref().to_path_buf(),
+            cause: io::Error::other(msg.into()),
         }
     }
 

@@ -39,8 +39,8 @@ enum Space {
     Group,
 }
 
-/// Name lookups for the source side. A local copy reads this host's
-/// databases; a remote peer can supply its own tables later.
+/// Name lookups for the source side: this host's databases (a remote
+/// peer supplies its own names, [`IdMap::add_source_name`]).
 fn source_name(space: Space, id: u32) -> Option<String> {
     match space {
         Space::User => User::from_uid(Uid::from_raw(id))
@@ -52,6 +52,11 @@ fn source_name(space: Space, id: u32) -> Option<String> {
             .flatten()
             .map(|g| g.name),
     }
+}
+
+/// This host's name of a uid (`user`) or gid, as a sender tells its peer.
+pub(crate) fn local_name(user: bool, id: u32) -> Option<String> {
+    source_name(if user { Space::User } else { Space::Group }, id)
 }
 
 fn dest_id(space: Space, name: &str) -> Option<u32> {
@@ -128,6 +133,10 @@ pub struct IdMap {
     groups: Rules,
     by_name: bool,
     cache: RwLock<HashMap<(bool, u32), u32>>,
+    /// The source's names, when the source is another host (it sends the
+    /// name of each id it uses before the first entry that uses it);
+    /// `None`: this host's databases.
+    names: Option<RwLock<HashMap<(bool, u32), String>>>,
 }
 
 impl Clone for IdMap {
@@ -138,6 +147,7 @@ impl Clone for IdMap {
             groups: self.groups.clone(),
             by_name: self.by_name,
             cache: RwLock::default(),
+            names: self.names.as_ref().map(|_| RwLock::default()),
         }
     }
 }
@@ -181,6 +191,40 @@ impl IdMap {
     pub fn map_by_name(mut self, on: bool) -> IdMap {
         self.by_name = on;
         self
+    }
+
+    /// Source names come from the peer ([`IdMap::add_source_name`]), not
+    /// from this host's databases.
+    pub(crate) fn remote_source(mut self) -> IdMap {
+        self.names = Some(RwLock::default());
+        self
+    }
+
+    /// Whether names of source ids are needed at all: rules that name
+    /// users or groups, or `--map-by-name`.
+    pub(crate) fn needs_names(&self) -> bool {
+        let named = |r: &Rules| r.rules.iter().any(|(f, _)| matches!(f, From::Name(_)));
+        self.by_name || named(&self.users) || named(&self.groups)
+    }
+
+    /// Records the source's name of a uid (`user`) or gid.
+    pub(crate) fn add_source_name(&self, user: bool, id: u32, name: String) {
+        if let Some(n) = &self.names {
+            n.write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert((user, id), name);
+        }
+    }
+
+    fn source_name(&self, space: Space, id: u32) -> Option<String> {
+        match &self.names {
+            None => source_name(space, id),
+            Some(n) => n
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(space == Space::User, id))
+                .cloned(),
+        }
     }
 
     /// Whether every id maps to itself.
@@ -235,7 +279,7 @@ impl IdMap {
                 From::Id(n) => *n == id,
                 From::Range(a, b) => (*a..=*b).contains(&id),
                 From::Name(n) => {
-                    name.get_or_insert_with(|| source_name(space, id))
+                    name.get_or_insert_with(|| self.source_name(space, id))
                         .as_deref()
                         == Some(n)
                 }
@@ -245,7 +289,7 @@ impl IdMap {
             }
         }
         if self.by_name {
-            if let Some(n) = name.get_or_insert_with(|| source_name(space, id)) {
+            if let Some(n) = name.get_or_insert_with(|| self.source_name(space, id)) {
                 if let Some(d) = dest_id(space, n) {
                     return d;
                 }

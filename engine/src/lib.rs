@@ -24,6 +24,8 @@ mod filter;
 mod idmap;
 mod meta;
 mod progress;
+mod query;
+mod remote;
 mod repo;
 mod sys;
 mod walk;
@@ -36,10 +38,15 @@ pub use copy::{copy, CopyOptions};
 pub use dest::{CopySummary, EntryIssue, SourceCounts, WriteOptions};
 pub use error::{Error, ErrorKind};
 pub use filter::{Filter, FilterError};
+pub use haul_formats::wire::QueryKind;
 pub use haul_formats::{Id, Snapshot, Timestamp};
 pub use idmap::{IdMap, IdMapError};
 pub use meta::FileKind;
 pub use progress::{Action, NoProgress, Progress};
+pub use query::query_local;
+pub use remote::{
+    pull, push, query, serve_stdio, RemoteOptions, RemotePath, RemoteSummary, ServeOptions,
+};
 pub use repo::retention::{parse_duration, parse_interval};
 pub use repo::{
     Bucket, CheckOptions, CheckReport, CreateOptions, CreateSummary, DamagedSnapshot, DiffChange,

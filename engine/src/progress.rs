@@ -3,10 +3,10 @@
 //! has a no-op default, and [`NoProgress`] ignores them all.
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A change made to the destination (or, in a dry run, one that would be).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// The entry did not exist and was created.

@@ -413,12 +413,12 @@ const MAX_INFLIGHT: usize = 512;
 
 /// The leaves being written on the pool: their paths (with counts, as a
 /// name may come twice) and the directories above them, and their bytes.
-struct InFlight {
+pub(crate) struct InFlight {
     leaves: HashMap<PathBuf, u32>,
     above: HashMap<PathBuf, u32>,
     bytes: usize,
     count: usize,
-    tx: crossbeam_channel::Sender<(PathBuf, usize)>,
+    pub(crate) tx: crossbeam_channel::Sender<(PathBuf, usize)>,
     rx: crossbeam_channel::Receiver<(PathBuf, usize)>,
 }
 
@@ -434,7 +434,7 @@ fn bump(m: &mut HashMap<PathBuf, u32>, p: &Path, up: bool) {
 }
 
 impl InFlight {
-    fn new() -> InFlight {
+    pub(crate) fn new() -> InFlight {
         let (tx, rx) = crossbeam_channel::unbounded();
         InFlight {
             leaves: HashMap::new(),
@@ -446,7 +446,7 @@ impl InFlight {
         }
     }
 
-    fn add(&mut self, rel: &Path, n: usize) {
+    pub(crate) fn add(&mut self, rel: &Path, n: usize) {
         bump(&mut self.leaves, rel, true);
         for a in rel.ancestors().skip(1) {
             bump(&mut self.above, a, true);
@@ -465,14 +465,14 @@ impl InFlight {
         self.count -= 1;
     }
 
-    fn wait_for_room(&mut self, n: usize) {
+    pub(crate) fn wait_for_room(&mut self, n: usize) {
         while self.count > 0 && (self.count >= MAX_INFLIGHT || self.bytes + n > MAX_INFLIGHT_BYTES)
         {
             self.wait_one();
         }
     }
 
-    fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         while self.count > 0 {
             self.wait_one();
         }
@@ -480,7 +480,7 @@ impl InFlight {
 
     /// Whether a member at `rel` (a non-directory if `leaf`), linking to
     /// `target`, touches a path a leaf in flight touches.
-    fn conflicts(&self, rel: &Path, leaf: bool, target: Option<&Path>) -> bool {
+    pub(crate) fn conflicts(&self, rel: &Path, leaf: bool, target: Option<&Path>) -> bool {
         if self.count == 0 {
             return false;
         }
@@ -569,14 +569,14 @@ impl LeafSource for BufLeaf {
     }
 }
 
-fn path_hash(p: &Path) -> u128 {
+pub(crate) fn path_hash(p: &Path) -> u128 {
     let h = blake3::hash(p.as_os_str().as_bytes());
     u128::from_le_bytes(h.as_bytes()[..16].try_into().expect("16 bytes"))
 }
 
 /// `--delete`: removes what DST holds that the archive did not name,
 /// walking DST's directories that the archive named.
-fn remove_unseen(w: &DestWriter<'_>, root: &File, seen: &HashSet<u128>) {
+pub(crate) fn remove_unseen(w: &DestWriter<'_>, root: &File, seen: &HashSet<u128>) {
     // Each directory is opened when taken off the stack, through its
     // parent's handle (shared), so a wide tree holds few descriptors.
     let root = match root.try_clone() {
@@ -615,7 +615,7 @@ fn remove_unseen(w: &DestWriter<'_>, root: &File, seen: &HashSet<u128>) {
     }
 }
 
-fn filter_xattrs(x: Xattrs, w: &WriteOptions) -> Xattrs {
+pub(crate) fn filter_xattrs(x: Xattrs, w: &WriteOptions) -> Xattrs {
     x.into_iter()
         .filter(|(k, _)| {
             let acl = k.as_bytes().starts_with(b"system.posix_acl_");

@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::meta::{FileKind, Xattrs};
 
 mod create;
-mod extract;
+pub(crate) mod extract;
 pub(crate) mod frames;
 mod tar;
 mod zip;

@@ -184,7 +184,17 @@ impl<'w, 'a> PathWriter<'w, 'a> {
         components(target)?;
         let (name, parents) = comps.split_last().expect("not empty");
         match self.dir(parents)? {
-            Some((parent, _)) => self.w.make_link(&parent, name, rel, target, None),
+            Some((parent, _)) => {
+                // The first name's inode, so that a name already linked to
+                // it is left alone (a re-run changes nothing).
+                let leader = self
+                    .w
+                    .open_dst_parent(target)
+                    .ok()
+                    .and_then(|(d, n)| sys::stat_at_opt(&d, &n).ok().flatten())
+                    .map(|st| (st.dev, st.ino));
+                self.w.make_link(&parent, name, rel, target, leader)
+            }
             None => {
                 // A dry run below a directory that does not exist.
                 self.w.record(super::Outcome::Created, rel);

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::filter::Filter;
 use crate::idmap::IdMap;
@@ -99,7 +99,7 @@ pub(crate) struct DestWriter<'a> {
 }
 
 /// Entries seen in SRC, by kind.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SourceCounts {
     /// Regular files (the first name of each hardlinked inode included).
     pub files: u64,
@@ -116,7 +116,7 @@ pub struct SourceCounts {
 }
 
 /// One entry that failed or was not fully preserved.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EntryIssue {
     /// Path relative to the root of the copy.
     #[serde(serialize_with = "lossy_path")]
@@ -130,7 +130,7 @@ fn lossy_path<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// The outcome of a copy. Every entry's fate is in here: nothing is dropped.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CopySummary {
     /// Whether this was a dry run.
     pub dry_run: bool,

@@ -14,6 +14,7 @@
 //! paths, which no machine they run on would otherwise take.
 #![allow(unsafe_code)]
 
+pub(crate) mod hostinfo;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]

@@ -286,6 +286,8 @@ pub struct Options {
     pub no_acls: bool,
     /// `--map-by-name`: resolved with the receiving host's databases.
     pub map_by_name: bool,
+    /// `-n`/`-v`: the receiver lists each change in its summary.
+    pub record_changes: bool,
     /// `--exclude` globs, in order.
     pub exclude: Vec<String>,
     /// `--usermap` specs, in order.
@@ -372,6 +374,10 @@ pub struct Entry {
     /// For a further name of a hardlinked inode: the index of the entry
     /// that first named it (not a directory).
     pub hardlink_of: Option<u64>,
+    /// The first name of an inode the sender saw with further names
+    /// (`nlink > 1`, not a directory): later entries may name it in
+    /// `hardlink_of`. Never with `hardlink_of`.
+    pub link_leader: bool,
     /// A sparse file's data regions (offset, length): in order, not
     /// overlapping, within `size`; files only. `None` means all data.
     pub regions: Option<Vec<(u64, u64)>>,
@@ -636,6 +642,12 @@ fn entry_checks(e: &Entry) -> Result<(), (&'static str, String)> {
             return Err(("hardlink_of", "a directory cannot be a hardlink".into()));
         }
     }
+    if e.link_leader && (e.hardlink_of.is_some() || e.kind == EntryKind::Dir) {
+        return Err((
+            "hardlink_of",
+            "a link leader is neither a further name nor a directory".into(),
+        ));
+    }
     if let Some(r) = &e.regions {
         if e.kind != EntryKind::File {
             return Err(("regions", "only files have data regions".into()));
@@ -773,6 +785,7 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>, checked: bool) -> Result<(),
                 o.no_xattrs,
                 o.no_acls,
                 o.map_by_name,
+                o.record_changes,
             ]
             .iter()
             .enumerate()
@@ -845,12 +858,15 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>, checked: bool) -> Result<(),
                     put_bytes(out, t);
                 }
             }
-            match en.hardlink_of {
-                None => out.push(0),
-                Some(h) => {
+            // 0: no link; 1: a further name, with the first's index;
+            // 2: the first name of an inode with more to come.
+            match (en.hardlink_of, en.link_leader) {
+                (Some(h), _) => {
                     out.push(1);
                     put_varint(out, h);
                 }
+                (None, false) => out.push(0),
+                (None, true) => out.push(2),
             }
             match &en.regions {
                 None => out.push(0),
@@ -1276,7 +1292,7 @@ fn decode_payload(kind: u8, p: &[u8]) -> Result<Message, Bad> {
             let root = r.path("root")?;
             let at = r.pos;
             let flags = r.varint("flags")?;
-            if flags >> 8 != 0 {
+            if flags >> 9 != 0 {
                 return Err(Bad {
                     field: "flags",
                     at,
@@ -1317,6 +1333,7 @@ fn decode_payload(kind: u8, p: &[u8]) -> Result<Message, Bad> {
                     no_xattrs: bit(5),
                     no_acls: bit(6),
                     map_by_name: bit(7),
+                    record_changes: bit(8),
                     exclude,
                     usermap,
                     groupmap,
@@ -1479,10 +1496,14 @@ fn decode_entry(r: &mut Rd<'_>) -> Result<Entry, Bad> {
     } else {
         None
     };
-    let hardlink_of = if r.flag("hardlink_of")? {
-        Some(r.varint("hardlink_of")?)
-    } else {
-        None
+    let (hardlink_of, link_leader) = match r.u8("hardlink_of")? {
+        0 => (None, false),
+        1 => (Some(r.varint("hardlink_of")?), false),
+        2 => (None, true),
+        b => {
+            r.pos -= 1;
+            return Err(r.bad("hardlink_of", format!("link tag {b} is not 0, 1 or 2")));
+        }
     };
     let regions = if r.flag("regions")? {
         let n = r.count("regions", MAX_REGIONS, 2)?;
@@ -1508,6 +1529,7 @@ fn decode_entry(r: &mut Rd<'_>) -> Result<Entry, Bad> {
         xattrs,
         symlink_target,
         hardlink_of,
+        link_leader,
         regions,
     };
     let at = r.pos;

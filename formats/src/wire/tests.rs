@@ -22,6 +22,7 @@ fn entry() -> Entry {
         xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
         symlink_target: None,
         hardlink_of: Some(1),
+        link_leader: false,
         regions: Some(vec![(0, 10), (4096, 100)]),
     }
 }
@@ -216,6 +217,7 @@ prop_compose! {
             xattrs,
             symlink_target: (kind == EntryKind::Symlink).then_some(target),
             hardlink_of: link.filter(|_| kind != EntryKind::Dir).map(|h| h % (index.max(1))).filter(|&h| h < index),
+            link_leader: false,
             regions,
         }
     }
@@ -488,6 +490,15 @@ fn every_cap_is_enforced() {
     refused(with(|e| e.hardlink_of = Some(3)), "hardlink_of");
     refused(
         with(|e| {
+            e.hardlink_of = None;
+            e.kind = EntryKind::Dir;
+            e.regions = None;
+            e.link_leader = true;
+        }),
+        "hardlink_of",
+    );
+    refused(
+        with(|e| {
             e.kind = EntryKind::Dir;
             e.regions = None;
         }),
@@ -586,7 +597,7 @@ fn malformed_payloads_are_refused() {
     assert_eq!(field_error(&frame(1, 0, &h)).0, "role");
     h[role_at] = 2;
     h[role_at + 2] = 0x80;
-    h.insert(role_at + 3, 2);
+    h.insert(role_at + 3, 4);
     assert!(field_error(&frame(1, 0, &h)).1.contains("option bits"));
     // Entry: file type, uid width.
     let mut e = Vec::new();

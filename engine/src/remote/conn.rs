@@ -1,0 +1,330 @@
+//! One session's byte pipe, as messages: frames are encoded (and
+//! compressed) on the thread that sends them, written by a writer thread,
+//! and read and decoded by a reader thread, so neither side's disk work
+//! ever waits on the pipe and the pipe never waits on the disk.
+//!
+//! The reader hands messages over a channel bounded by count; the frames
+//! it decodes are at most [`DATA_PIECE`] plus headers for data, so what a
+//! fast peer can make this side hold is bounded
+//! (`IN_QUEUE * MAX_FRAME` at the very worst, a few MiB in practice).
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use haul_formats::wire::{
+    encode_frame, encode_preamble, Decoder, Message, Preamble, Received, WireError,
+};
+
+/// Bytes of file data per Data message.
+pub(crate) const DATA_PIECE: usize = 256 << 10;
+/// Messages decoded and not yet taken, at most, on a receiving side.
+const IN_QUEUE: usize = 64;
+
+/// Encoded frames waiting for the writer, at most.
+const OUT_QUEUE: usize = 64;
+
+/// Why the session's pipe stopped.
+#[derive(Debug, Clone)]
+pub(crate) enum ConnError {
+    /// The peer's bytes broke the protocol.
+    Wire(String),
+    /// Reading or writing the pipe failed.
+    Io(String),
+    /// The peer closed its end.
+    Closed,
+    /// Nothing came within the deadline.
+    Timeout(&'static str),
+    /// The peer reported a fatal error (an Error message for the session).
+    Peer(String),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Wire(m) => write!(f, "protocol error: {m}"),
+            ConnError::Io(m) => write!(f, "{m}"),
+            ConnError::Closed => write!(f, "the connection closed early"),
+            ConnError::Timeout(what) => write!(f, "timed out waiting for {what}"),
+            ConnError::Peer(m) => write!(f, "the peer failed: {m}"),
+        }
+    }
+}
+
+impl From<WireError> for ConnError {
+    fn from(e: WireError) -> ConnError {
+        ConnError::Wire(e.to_string())
+    }
+}
+
+/// Bytes that crossed the pipe, each way.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+}
+
+/// The sending half: cheap to clone, one per thread that sends.
+#[derive(Clone)]
+pub(crate) struct Out {
+    tx: Sender<Vec<u8>>,
+    level: Option<i32>,
+    /// Set by the writer when writing fails: later sends report it.
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl Out {
+    /// Encodes `msg` here (compressing it) and queues it for the writer.
+    pub(crate) fn send(&self, msg: &Message) -> Result<(), ConnError> {
+        let mut buf = Vec::new();
+        encode_frame(msg, self.level, &mut buf)?;
+        self.send_raw(buf)
+    }
+
+    /// Queues bytes already encoded (the preamble).
+    pub(crate) fn send_raw(&self, buf: Vec<u8>) -> Result<(), ConnError> {
+        self.tx.send(buf).map_err(|_| self.failure())
+    }
+
+    fn failure(&self) -> ConnError {
+        match &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(m) => ConnError::Io(m.clone()),
+            None => ConnError::Closed,
+        }
+    }
+}
+
+/// One session's pipe: messages out through [`Out`], messages in through
+/// [`Conn::recv`].
+pub(crate) struct Conn {
+    pub(crate) out: Out,
+    rx: Receiver<Result<Received, ConnError>>,
+    pub(crate) counters: Arc<Counters>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// How the writer paces itself (`--bwlimit`): bytes per second.
+fn pace(start: Instant, total: u64, rate: u64) {
+    let due = Duration::from_secs_f64(total as f64 / rate as f64);
+    let spent = start.elapsed();
+    if due > spent {
+        std::thread::sleep(due - spent);
+    }
+}
+
+impl Conn {
+    /// Starts the threads over `reader` and `writer`, and sends this side's
+    /// preamble. `level` is the zstd level of outgoing frames (`None`:
+    /// plain); `bwlimit` caps bytes written per second.
+    pub(crate) fn start(
+        reader: impl Read + Send + 'static,
+        writer: impl Write + Send + 'static,
+        level: Option<i32>,
+        bwlimit: Option<u64>,
+    ) -> Conn {
+        let counters = Arc::new(Counters::default());
+        let (tx, wrx) = bounded::<Vec<u8>>(OUT_QUEUE);
+        let failed = Arc::new(Mutex::new(None));
+        let (rtx, rx) = bounded(IN_QUEUE);
+        let mut threads = Vec::new();
+        {
+            let counters = counters.clone();
+            let failed = failed.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("wire-out".into())
+                    .spawn(move || {
+                        if let Err(e) = write_loop(writer, &wrx, &counters, bwlimit) {
+                            *failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(format!("writing to the peer: {e}"));
+                        }
+                    })
+                    .expect("spawning a thread"),
+            );
+        }
+        {
+            let counters = counters.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("wire-in".into())
+                    .spawn(move || read_loop(reader, &rtx, &counters))
+                    .expect("spawning a thread"),
+            );
+        }
+        let out = Out { tx, level, failed };
+        let conn = Conn {
+            out,
+            rx,
+            counters,
+            threads,
+        };
+        // A preamble always encodes: the version is ours.
+        if let Ok(p) = encode_preamble(env!("CARGO_PKG_VERSION")) {
+            let _ = conn.out.send_raw(p);
+        }
+        conn
+    }
+
+    /// Sets the zstd level of frames sent from now on (before [`Out`] is
+    /// cloned: clones keep theirs).
+    pub(crate) fn set_level(&mut self, level: Option<i32>) {
+        self.out.level = level;
+    }
+
+    /// From now on the reader never waits: messages are relayed into an
+    /// unbounded queue, and more than `limit` queued is a protocol error.
+    /// For a sender, whose peer would otherwise deadlock against it: the
+    /// receiver blocks sending its answers while the sender blocks
+    /// sending content the receiver is not reading. Answers are bounded
+    /// by the entries announced, hence the limit.
+    pub(crate) fn unbound(&mut self, limit: usize) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let old = std::mem::replace(&mut self.rx, rx);
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("wire-relay".into())
+                .spawn(move || {
+                    while let Ok(m) = old.recv() {
+                        if tx.len() >= limit {
+                            let _ = tx.send(Err(ConnError::Wire(format!(
+                                "the peer sent more than {limit} messages ahead of what was asked"
+                            ))));
+                            return;
+                        }
+                        if tx.send(m).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawning a thread"),
+        );
+    }
+
+    /// The peer's preamble, within `deadline`.
+    pub(crate) fn preamble(&self, deadline: Duration) -> Result<Preamble, ConnError> {
+        match self.rx.recv_timeout(deadline) {
+            Ok(Ok(Received::Preamble(p))) => Ok(p),
+            Ok(Ok(Received::Message(m))) => Err(ConnError::Wire(format!(
+                "a {} message came before the preamble",
+                m.name()
+            ))),
+            Ok(Err(e)) => Err(e),
+            Err(RecvTimeoutError::Timeout) => Err(ConnError::Timeout("the peer's preamble")),
+            Err(RecvTimeoutError::Disconnected) => Err(ConnError::Closed),
+        }
+    }
+
+    /// The next message; an error once the pipe has broken or closed.
+    pub(crate) fn recv(&self) -> Result<Message, ConnError> {
+        self.recv_within(None)
+    }
+
+    /// The next message within `deadline` (`None`: no deadline).
+    pub(crate) fn recv_within(&self, deadline: Option<Duration>) -> Result<Message, ConnError> {
+        let r = match deadline {
+            Some(d) => self.rx.recv_timeout(d).map_err(|e| match e {
+                RecvTimeoutError::Timeout => ConnError::Timeout("the peer"),
+                RecvTimeoutError::Disconnected => ConnError::Closed,
+            })?,
+            None => self.rx.recv().map_err(|_| ConnError::Closed)?,
+        };
+        match r? {
+            Received::Message(m) => Ok(m),
+            Received::Preamble(_) => Err(ConnError::Wire("a second preamble".into())),
+        }
+    }
+
+    /// The next message if one is queued already.
+    pub(crate) fn try_recv(&self) -> Result<Option<Message>, ConnError> {
+        match self.rx.try_recv() {
+            Ok(r) => match r? {
+                Received::Message(m) => Ok(Some(m)),
+                Received::Preamble(_) => Err(ConnError::Wire("a second preamble".into())),
+            },
+            Err(crossbeam_channel::TryRecvError::Empty) => Ok(None),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Err(ConnError::Closed),
+        }
+    }
+
+    /// Closes the sending half (the writer flushes and closes the pipe) and
+    /// waits for the writer; the reader is left to end with the peer.
+    pub(crate) fn close(self) -> (u64, u64) {
+        let Conn {
+            out,
+            rx,
+            counters,
+            mut threads,
+        } = self;
+        drop(out);
+        drop(rx);
+        // The writer is first; the reader may still block on a live peer.
+        if !threads.is_empty() {
+            let _ = threads.remove(0).join();
+        }
+        (counters.sent.load(Relaxed), counters.received.load(Relaxed))
+    }
+}
+
+fn write_loop(
+    w: impl Write,
+    rx: &Receiver<Vec<u8>>,
+    counters: &Counters,
+    bwlimit: Option<u64>,
+) -> io::Result<()> {
+    let mut w = io::BufWriter::with_capacity(256 << 10, w);
+    let start = Instant::now();
+    while let Ok(buf) = rx.recv() {
+        w.write_all(&buf)?;
+        let total = counters.sent.fetch_add(buf.len() as u64, Relaxed) + buf.len() as u64;
+        if let Some(rate) = bwlimit {
+            w.flush()?;
+            pace(start, total, rate);
+        } else if rx.is_empty() {
+            // Nothing more queued: send what there is now, so the peer
+            // is never left waiting on a buffer.
+            w.flush()?;
+        }
+    }
+    w.flush()
+}
+
+fn read_loop(mut r: impl Read, tx: &Sender<Result<Received, ConnError>>, counters: &Counters) {
+    let mut d = Decoder::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => {
+                let end = match d.finish() {
+                    Ok(()) => ConnError::Closed,
+                    Err(e) => e.into(),
+                };
+                let _ = tx.send(Err(end));
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = tx.send(Err(ConnError::Io(format!("reading from the peer: {e}"))));
+                return;
+            }
+        };
+        counters.received.fetch_add(n as u64, Relaxed);
+        d.feed(&buf[..n]);
+        loop {
+            match d.next() {
+                Ok(Some(m)) => {
+                    if tx.send(Ok(m)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+            }
+        }
+    }
+}
