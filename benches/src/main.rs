@@ -3,6 +3,7 @@
 //! `cargo run --release -p haul-benches -- copy [--rounds N] [--scale F] [--keep-corpus]`
 //! `cargo run --release -p haul-benches -- snapshot [--rounds N] [--scale F] [--keep-corpus]`
 //! `cargo run --release -p haul-benches -- archive [--rounds N] [--scale F] [--keep-corpus]`
+//! `cargo run --release -p haul-benches -- ssh [--rounds N] [--scale F] [--keep-corpus]`
 //! See benches/README.md, or run with `--help`.
 
 mod archive;
@@ -15,6 +16,7 @@ mod prng;
 mod report;
 mod session;
 mod snapshot;
+mod ssh;
 mod sys;
 mod tree;
 
@@ -35,11 +37,14 @@ subcommands:
             unchanged re-create, full restore (kernel corpus by default)
   archive   haul archive create/extract (.tar.zst, .zip) and snapshot download vs
             tar+zstd, zip, unzip (kernel corpus by default)
+  ssh       haul copy over ssh to a local sshd vs rsync -e ssh and tar|zstd|ssh:
+            initial push, no-change and append re-runs, fan-out, peak RSS of
+            both sides (kernel corpus by default; needs root and openssh-server)
   compare   compare two results files: compare BASELINE.md NEW.md
   corpus    only build the corpora (implies --keep-corpus) and print their summaries
   clean     remove the scratch directory (--root)
 
-options (copy, snapshot, archive, corpus):
+options (copy, snapshot, archive, ssh, corpus):
   --rounds N         interleaved rounds per tool (default 3)
   --scale F          scale the corpora's file counts and sizes (default 1; e.g. 0.02 to try)
   --corpora LIST     comma-separated: kernel,empty1m (default both; snapshot: kernel)
@@ -47,7 +52,8 @@ options (copy, snapshot, archive, corpus):
                      (default all); haul-base too (copy, snapshot), with --baseline BINARY
                      (added if left out)
   --measures LIST    archive only: tzst-create,tzst-extract-haul,tzst-extract-gnu,
-                     zip-create,zip-extract,download (default all)
+                     zip-create,zip-extract,download (default all);
+                     ssh: push,no-change,append,fan-out (default all)
   --keep-corpus      keep the corpora for the next run (rebuilt only if parameters change)
   --seed N           corpus seed (default 1)
   --root DIR         scratch directory, should be tmpfs (default /dev/shm/haul-bench)
@@ -159,6 +165,30 @@ fn run(argv: Vec<String>) -> Result<bool> {
                 sides,
                 measures,
             })
+        }
+        "ssh" => {
+            let corpora_given = argv
+                .iter()
+                .any(|a| a == "--corpora" || a.starts_with("--corpora="));
+            let mut measures = ssh::Measure::ALL.to_vec();
+            let mut common = parse_common(&mut args, argv, |flag, args| {
+                if flag != "--measures" {
+                    return Ok(false);
+                }
+                measures = parse_list(&value(args, flag)?, ssh::Measure::parse, "measure")?;
+                Ok(true)
+            })?;
+            if !corpora_given {
+                common.corpora = vec![Kind::Kernel];
+            }
+            if common.haul_base.is_some() {
+                bail!("ssh has no haul-base arm: compare two results files instead");
+            }
+            measures = ssh::Measure::ALL
+                .into_iter()
+                .filter(|m| measures.contains(m))
+                .collect();
+            ssh::run(ssh::SshOpts { common, measures })
         }
         "corpus" => {
             let mut common = parse_common(&mut args, argv, |_, _| Ok(false))?;

@@ -39,16 +39,28 @@ impl Run {
 
 pub const RUNNER_SUBCOMMAND: &str = "__measure";
 
+/// `__measure --stdout FILE PROGRAM ARGS...`: the tool's stdout goes to FILE.
+const STDOUT_FLAG: &str = "--stdout";
+
 /// Runs `cmd` (its program, arguments, environment changes and working
 /// directory; nothing else of it is used) with stdin and stdout on /dev/null
 /// and stderr in `stderr_path`.
 pub fn run(cmd: &Command, stderr_path: &Path) -> Result<Run> {
+    run_to(cmd, stderr_path, None)
+}
+
+/// [`run`], with the tool's stdout in `stdout_path` (a `--json` summary,
+/// say) instead of /dev/null.
+pub fn run_to(cmd: &Command, stderr_path: &Path, stdout_path: Option<&Path>) -> Result<Run> {
     let err =
         File::create(stderr_path).with_context(|| format!("creating {}", stderr_path.display()))?;
     let exe = std::env::current_exe().context("locating haul-benches itself")?;
     let mut runner = Command::new(exe);
+    runner.arg(RUNNER_SUBCOMMAND);
+    if let Some(out) = stdout_path {
+        runner.arg(STDOUT_FLAG).arg(out);
+    }
     runner
-        .arg(RUNNER_SUBCOMMAND)
         .arg(cmd.get_program())
         .args(cmd.get_args())
         .stdin(Stdio::null())
@@ -139,19 +151,36 @@ fn busy_secs() -> Option<f64> {
     Some(busy as f64 / sys::clock_ticks_per_sec())
 }
 
-/// The `__measure PROGRAM ARGS...` runner: spawns the program (stdout to
-/// /dev/null, stderr inherited), reaps it (with its rusage), and prints
-/// `<raw wait status> <wall s> <cpu s> <max rss KiB>` on stdout.
+/// The `__measure [--stdout FILE] PROGRAM ARGS...` runner: spawns the
+/// program (stdout to FILE or /dev/null, stderr inherited), reaps it (with
+/// its rusage), and prints `<raw wait status> <wall s> <cpu s> <max rss KiB>`
+/// on stdout.
 pub fn runner_main(mut args: impl Iterator<Item = String>) -> ExitCode {
-    let Some(program) = args.next() else {
-        eprintln!("usage: {RUNNER_SUBCOMMAND} PROGRAM [ARGS...]");
+    let mut program = args.next();
+    let mut stdout = Stdio::null();
+    if program.as_deref() == Some(STDOUT_FLAG) {
+        let Some(path) = args.next() else {
+            eprintln!("{RUNNER_SUBCOMMAND}: {STDOUT_FLAG} needs a file");
+            return ExitCode::from(2);
+        };
+        match File::create(&path) {
+            Ok(f) => stdout = Stdio::from(f),
+            Err(e) => {
+                eprintln!("{RUNNER_SUBCOMMAND}: creating {path}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        program = args.next();
+    }
+    let Some(program) = program else {
+        eprintln!("usage: {RUNNER_SUBCOMMAND} [{STDOUT_FLAG} FILE] PROGRAM [ARGS...]");
         return ExitCode::from(2);
     };
     let start = Instant::now();
     let mut child = match Command::new(&program)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .spawn()
     {
         Ok(c) => c,

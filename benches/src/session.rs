@@ -220,7 +220,8 @@ pub fn each_corpus(
     }
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` quoted for a POSIX shell, if it needs quoting.
+pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.,/=:@+".contains(&b))

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 use haul_engine::{
-    pull, push, serve_stdio, RemoteOptions, RemotePath, RemoteSummary, ServeOptions,
+    pull, push, push_many, serve_stdio, RemoteOptions, RemotePath, RemoteSummary, ServeOptions,
 };
 use serde_json::json;
 
@@ -174,28 +174,21 @@ fn report_one(
 /// One push per destination, all at once (or one after another with
 /// `--serial`); one failing host does not stop the others.
 fn fan_out(a: &CopyArgs, src: &Path, dsts: &[RemotePath], o: &RemoteOptions) -> Result<u8> {
-    let record = a.dry_run || a.verbose;
-    let one = |d: &RemotePath| {
-        // Changes are kept per host and shown after its summary.
-        let reporter = Reporter::new(false, change_sink(record, true));
-        let r = push(src, d, o, &reporter);
-        (r, reporter.finish())
-    };
+    // No bar: the hosts' summaries follow one another.
+    let reporter = Reporter::new(false, crate::render::ChangeSink::None);
     let results: Vec<_> = if a.serial {
-        dsts.iter().map(one).collect()
+        dsts.iter()
+            .flat_map(|d| push_many(src, std::slice::from_ref(d), o, &reporter))
+            .collect()
     } else {
-        std::thread::scope(|sc| {
-            let hs: Vec<_> = dsts.iter().map(|d| sc.spawn(move || one(d))).collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("a push thread panicked"))
-                .collect()
-        })
+        push_many(src, dsts, o, &reporter)
     };
+    reporter.finish();
     let mut hosts = Vec::new();
     let mut fatal = false;
     let mut worst = exit::OK;
     let mut err = std::io::stderr().lock();
-    for (d, (r, changes)) in dsts.iter().zip(results) {
+    for (d, r) in dsts.iter().zip(results) {
         let dest = d.to_string();
         match r {
             Ok(s) => {
@@ -203,12 +196,16 @@ fn fan_out(a: &CopyArgs, src: &Path, dsts: &[RemotePath], o: &RemoteOptions) -> 
                 worst = worst.max(code);
                 if a.json {
                     let mut v = one_json(&s, code)?;
-                    changes.add_to(&mut v);
+                    v["changes"] = s
+                        .changes
+                        .iter()
+                        .map(|(act, p)| json!({"action": crate::render::action_word(*act), "path": p}))
+                        .collect();
                     v["dest"] = json!(dest);
                     hosts.push(v);
                 } else {
                     writeln!(err, "host {}:", escape_str(&dest))?;
-                    for (act, p) in &changes.listed {
+                    for (act, p) in &s.changes {
                         println!("{dest}: {} {p}", crate::render::action_word(*act));
                     }
                     drop(err);

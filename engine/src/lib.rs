@@ -45,7 +45,8 @@ pub use meta::FileKind;
 pub use progress::{Action, NoProgress, Progress};
 pub use query::query_local;
 pub use remote::{
-    pull, push, query, serve_stdio, RemoteOptions, RemotePath, RemoteSummary, ServeOptions,
+    pull, push, push_many, query, serve_stdio, RemoteOptions, RemotePath, RemoteSummary,
+    ServeOptions,
 };
 pub use repo::retention::{parse_duration, parse_interval};
 pub use repo::{

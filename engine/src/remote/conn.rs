@@ -25,6 +25,8 @@ const IN_QUEUE: usize = 64;
 
 /// Encoded frames waiting for the writer, at most.
 const OUT_QUEUE: usize = 64;
+/// Frames waiting for the writer from which on new frames are compressed.
+const PRESSURE: usize = 8;
 
 /// Why the session's pipe stopped.
 #[derive(Debug, Clone)]
@@ -76,10 +78,20 @@ pub(crate) struct Out {
 }
 
 impl Out {
-    /// Encodes `msg` here (compressing it) and queues it for the writer.
+    /// Encodes `msg` here and queues it for the writer. The frame is
+    /// compressed only when frames are queuing for the pipe: then the link
+    /// (or ssh's cipher) is what limits, and compression buys time; when
+    /// the writer keeps up, compressing would only spend the CPU the rest
+    /// of the copy needs (on loopback or a fast LAN, zstd is slower than
+    /// the pipe).
     pub(crate) fn send(&self, msg: &Message) -> Result<(), ConnError> {
         let mut buf = Vec::new();
-        encode_frame(msg, self.level, &mut buf)?;
+        // Only content is worth it: an entry's few hundred bytes compress
+        // poorly alone and cost a context's set-up each.
+        let level = self
+            .level
+            .filter(|_| matches!(msg, Message::Data { .. }) && self.tx.len() >= PRESSURE);
+        encode_frame(msg, level, &mut buf)?;
         self.send_raw(buf)
     }
 
@@ -230,6 +242,19 @@ impl Conn {
             })?,
             None => self.rx.recv().map_err(|_| ConnError::Closed)?,
         };
+        match r? {
+            Received::Message(m) => Ok(m),
+            Received::Preamble(_) => Err(ConnError::Wire("a second preamble".into())),
+        }
+    }
+
+    /// The inbound queue, for waiting on several sessions at once.
+    pub(crate) fn inbound(&self) -> &Receiver<Result<Received, ConnError>> {
+        &self.rx
+    }
+
+    /// A message taken from [`Conn::inbound`], as [`Conn::recv`] gives it.
+    pub(crate) fn message(r: Result<Received, ConnError>) -> Result<Message, ConnError> {
         match r? {
             Received::Message(m) => Ok(m),
             Received::Preamble(_) => Err(ConnError::Wire("a second preamble".into())),

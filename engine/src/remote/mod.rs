@@ -300,6 +300,10 @@ pub struct RemoteSummary {
     pub bytes_sent: u64,
     /// Bytes this side read from it.
     pub bytes_received: u64,
+    /// The changes the receiving side reported (with `-n` or `-v`; for a
+    /// pull they went to the progress hooks instead), paths lossy.
+    #[serde(skip)]
+    pub changes: Vec<(Action, String)>,
 }
 
 fn merge(mut into: CopySummary, from: Option<CopySummary>) -> CopySummary {
@@ -329,12 +333,14 @@ fn ssh_command(remote: &RemotePath, o: &RemoteOptions) -> Result<Command, String
         .split_first()
         .ok_or_else(|| "the --rsh command is empty".to_string())?;
     let mut cmd = Command::new(prog);
-    cmd.args(args);
-    // haul compresses; ssh's compression would only cost CPU.
-    cmd.args(["-o", "Compression=no"]);
+    // A port in an ssh:// location comes first: ssh keeps the first value
+    // it is given, and the location names this host's port.
     if let Some(p) = remote.port {
         cmd.args(["-p", &p.to_string()]);
     }
+    cmd.args(args);
+    // haul compresses; ssh's compression would only cost CPU.
+    cmd.args(["-o", "Compression=no"]);
     cmd.arg(match &remote.user {
         Some(u) => format!("{u}@{}", remote.host),
         None => remote.host.clone(),
@@ -449,7 +455,7 @@ impl Session {
                 if said.is_empty() { String::new() } else { format!(": {said}") }
             )
             }
-            (ConnError::Closed, Some(255)) => format!("ssh failed: {said}"),
+            (ConnError::Closed | ConnError::Wire(_), Some(255)) => format!("ssh failed: {said}"),
             (ConnError::Closed, Some(c)) if c != 0 => {
                 format!("the remote side exited with status {c}: {said}")
             }
@@ -499,12 +505,84 @@ pub fn push(
     o: &RemoteOptions,
     progress: &dyn Progress,
 ) -> Result<RemoteSummary, Error> {
+    let r = push_many(src, std::slice::from_ref(dst), o, progress)
+        .pop()
+        .expect("one result per destination")?;
+    for (a, p) in &r.changes {
+        progress.change(*a, Path::new(p));
+    }
+    Ok(r)
+}
+
+/// Copies `src` to several hosts at once (fan-out): the sessions are
+/// opened in parallel, the source is walked once and each entry sent to
+/// every host, and each host's requests for content are answered as they
+/// come. A host that cannot be reached, or whose session fails, does not
+/// stop the others. One result per destination, in order.
+pub fn push_many(
+    src: &Path,
+    dsts: &[RemotePath],
+    o: &RemoteOptions,
+    progress: &dyn Progress,
+) -> Vec<Result<RemoteSummary, Error>> {
     sys::raise_nofile_limit();
-    let root = sys::open_dir_path(src).map_err(|e| Error::io("opening source", src, e))?;
-    let f = flags(&o.wire(), false).map_err(|m| Error::invalid(src, m))?;
-    let pool = worker_pool(o.jobs, "send").map_err(|e| Error::io("starting workers", src, e))?;
-    let mut s = Session::open(dst, o, Role::Push)?;
-    s.conn.unbound(send::WINDOW + 64);
+    let all_err = |e: &Error| {
+        dsts.iter()
+            .map(|_| {
+                Err(Error::io(
+                    "opening source",
+                    src,
+                    std::io::Error::other(e.to_string()),
+                ))
+            })
+            .collect()
+    };
+    let root = match sys::open_dir_path(src) {
+        Ok(r) => r,
+        Err(e) => return all_err(&Error::io("opening source", src, e)),
+    };
+    let f = match flags(&o.wire(), false) {
+        Ok(f) => f,
+        Err(m) => return all_err(&Error::invalid(src, m)),
+    };
+    let pool = match worker_pool(o.jobs, "send") {
+        Ok(p) => p,
+        Err(e) => return all_err(&Error::io("starting workers", src, e)),
+    };
+    let opened: Vec<Result<Session, Error>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = dsts
+            .iter()
+            .map(|d| sc.spawn(move || Session::open(d, o, Role::Push)))
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::remote("remote session", "", "a thread panicked"))
+                })
+            })
+            .collect()
+    });
+    let mut sessions: Vec<Option<Session>> = Vec::new();
+    let mut results: Vec<Option<Result<RemoteSummary, Error>>> = Vec::new();
+    for r in opened {
+        match r {
+            Ok(mut s) => {
+                s.conn.unbound(send::WINDOW + 64);
+                sessions.push(Some(s));
+                results.push(None);
+            }
+            Err(e) => {
+                sessions.push(None);
+                results.push(Some(Err(e)));
+            }
+        }
+    }
+    let live: Vec<usize> = (0..sessions.len())
+        .filter(|&i| sessions[i].is_some())
+        .collect();
+    if live.is_empty() {
+        return results.into_iter().map(|r| r.expect("set")).collect();
+    }
     let opts = send::SendOptions {
         filter: &f.filter,
         policy: XattrPolicy {
@@ -514,24 +592,29 @@ pub fn push(
         dry_run: o.dry_run,
         names: f.write.ids.needs_names(),
     };
-    let mine = match pool.install(|| send::send_tree(&s.conn, root, &opts, progress)) {
-        Ok(m) => m,
-        Err(e) => return Err(s.fail(e)),
-    };
-    // The receiver's summary, then its Done.
-    let theirs = match peer_summary(&s.conn) {
-        Ok(t) => t,
-        Err(e) => return Err(s.fail(e)),
-    };
-    for (a, p) in &theirs.changes {
-        progress.change(*a, Path::new(p));
+    let conns: Vec<&Conn> = live
+        .iter()
+        .map(|&i| &sessions[i].as_ref().expect("live").conn)
+        .collect();
+    let sent = pool.install(|| send::send_to_all(&conns, root, &opts, progress));
+    drop(conns);
+    for (&i, mine) in live.iter().zip(sent) {
+        let s = sessions[i].take().expect("live");
+        let r = mine.and_then(|mine| peer_summary(&s.conn).map(|t| (mine, t)));
+        results[i] = Some(match r {
+            Ok((mine, theirs)) => {
+                let (bytes_sent, bytes_received) = s.finish();
+                Ok(RemoteSummary {
+                    summary: merge(theirs.summary, Some(mine)),
+                    bytes_sent,
+                    bytes_received,
+                    changes: theirs.changes,
+                })
+            }
+            Err(e) => Err(s.fail(e)),
+        });
     }
-    let (bytes_sent, bytes_received) = s.finish();
-    Ok(RemoteSummary {
-        summary: merge(theirs.summary, Some(mine)),
-        bytes_sent,
-        bytes_received,
-    })
+    results.into_iter().map(|r| r.expect("set")).collect()
 }
 
 /// The peer's Summary and Done, at the end of a session.
@@ -605,6 +688,7 @@ pub fn pull(
         summary: merge(summary, theirs),
         bytes_sent,
         bytes_received,
+        changes: Vec::new(),
     })
 }
 

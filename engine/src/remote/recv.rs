@@ -1093,20 +1093,11 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
             want,
             old: None,
         };
-        if want == 0 {
-            // Nothing to ask for: an empty file, or one that is all hole.
-            let leaf = self.leaf(&a, Body::Pieces(Vec::new()));
-            self.put(&a, &leaf, None);
-            return Ok(());
-        }
         let cur = match sys::stat_at_opt(&a.dir.0, &a.name) {
             Ok(c) => c,
             Err(err) => {
                 self.fail_index(a.index, &a.rel, format!("stat destination: {err}"));
-                self.inbox
-                    .conn
-                    .out
-                    .send(&Message::Skip { index: a.index })?;
+                self.skip(want, a.index)?;
                 return Ok(());
             }
         };
@@ -1122,10 +1113,13 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
             // The quick check: the same size and mtime.
             let leaf = self.leaf(&a, Body::Same);
             self.put(&a, &leaf, None);
-            self.inbox
-                .conn
-                .out
-                .send(&Message::Skip { index: a.index })?;
+            self.skip(want, a.index)?;
+            return Ok(());
+        }
+        if want == 0 {
+            // Nothing to ask for: an empty file, or one that is all hole.
+            let leaf = self.leaf(&a, Body::Pieces(Vec::new()));
+            self.put(&a, &leaf, None);
             return Ok(());
         }
         let with_delta = cur.as_ref().is_some_and(|c| {
@@ -1163,6 +1157,14 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
             old_chunks: need,
         })?;
         self.awaiting.push_back(a);
+        Ok(())
+    }
+
+    /// Tells the sender not to send a file's content (if it has any).
+    fn skip(&self, want: u64, index: u64) -> Result<(), ConnError> {
+        if want > 0 {
+            self.inbox.conn.out.send(&Message::Skip { index })?;
+        }
         Ok(())
     }
 

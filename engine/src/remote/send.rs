@@ -13,7 +13,7 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use haul_formats::wire::{self, EntryKind, Message, OldChunk, WireTime};
 use haul_formats::ChunkerParams;
@@ -29,8 +29,6 @@ use crate::walk::ordered::{OrderedWalk, Prepared};
 
 /// Files announced and not yet answered, at most.
 pub(crate) const WINDOW: usize = 2048;
-/// Bytes of prepared (read-ahead) data held for files not yet answered.
-const HELD_BYTES: usize = 48 << 20;
 
 /// What the sending side is asked to do.
 pub(crate) struct SendOptions<'a> {
@@ -45,21 +43,26 @@ pub(crate) struct SendOptions<'a> {
 
 /// A file announced and waiting for the receiver's answer.
 struct Waiting {
-    rel: PathBuf,
     file: File,
-    bytes: Option<Vec<u8>>,
     size: u64,
     regions: Option<Vec<(u64, u64)>>,
 }
 
-struct Sender<'a> {
-    out: Out,
+/// One receiver: its session and the files it has yet to answer. A peer
+/// whose session fails is dropped; the others go on.
+struct Peer<'a> {
     conn: &'a Conn,
+    out: Out,
+    waiting: HashMap<u64, Waiting>,
+    dead: Option<ConnError>,
+}
+
+/// The walk's side, shared by every peer: one walk of the source, each
+/// entry read and described once.
+struct Walker<'a> {
     opts: &'a SendOptions<'a>,
     progress: &'a dyn Progress,
     next: u64,
-    waiting: HashMap<u64, Waiting>,
-    held: usize,
     links: HashMap<(u64, u64), u64>,
     named: HashSet<(bool, u32)>,
     failed: IssueTally,
@@ -75,41 +78,59 @@ pub(crate) fn send_tree(
     opts: &SendOptions<'_>,
     progress: &dyn Progress,
 ) -> Result<CopySummary, ConnError> {
-    let mut s = Sender {
-        out: conn.out.clone(),
-        conn,
+    send_to_all(&[conn], root, opts, progress)
+        .pop()
+        .expect("one result per peer")
+}
+
+/// [`send_tree`] to several receivers at once (fan-out): the source is
+/// walked once and each entry is announced to every peer; each peer's
+/// Needs are answered as they come. One result per peer, in order.
+pub(crate) fn send_to_all(
+    conns: &[&Conn],
+    root: File,
+    opts: &SendOptions<'_>,
+    progress: &dyn Progress,
+) -> Vec<Result<CopySummary, ConnError>> {
+    let mut peers: Vec<Peer<'_>> = conns
+        .iter()
+        .map(|c| Peer {
+            conn: c,
+            out: c.out.clone(),
+            waiting: HashMap::new(),
+            dead: None,
+        })
+        .collect();
+    let mut w = Walker {
         opts,
         progress,
         next: 0,
-        waiting: HashMap::new(),
-        held: 0,
         links: HashMap::new(),
         named: HashSet::new(),
         failed: IssueTally::default(),
         notices: IssueTally::default(),
     };
-    let st = sys::stat_fd(&root).map_err(|e| ConnError::Io(format!("stat source: {e}")))?;
-    let x = read_xattrs(&XTarget::Fd(&root), opts.policy);
-    s.announce_root(&st, x)?;
-    let walk = OrderedWalk::new(
-        root.try_clone()
-            .map_err(|e| ConnError::Io(format!("opening source: {e}")))?,
-        opts.filter,
-    );
-    for e in walk {
-        match e {
-            Ok(e) => s.add(&e.rel, &e.st, &e.dir, &e.name, e.data)?,
-            Err((rel, err)) => s.failed.push(&rel, err.to_string()),
+    if let Err(e) = w.walk(&mut peers, root) {
+        for p in &mut peers {
+            p.dead.get_or_insert(e.clone());
         }
-        s.answer_ready()?;
     }
-    s.out.send(&Message::EndOfList)?;
-    while !s.waiting.is_empty() {
-        let m = s.conn.recv()?;
-        s.answer(m)?;
+    for p in &mut peers {
+        if p.dead.is_none() {
+            if let Err(e) = p.out.send(&Message::EndOfList) {
+                p.dead = Some(e);
+            }
+        }
     }
-    let (failed, failed_not_listed) = std::mem::take(&mut s.failed).into_sorted();
-    let (notices, notices_not_listed) = std::mem::take(&mut s.notices).into_sorted();
+    // Every file answered, on every peer.
+    while peers
+        .iter()
+        .any(|p| p.dead.is_none() && !p.waiting.is_empty())
+    {
+        w.answer_any(&mut peers);
+    }
+    let (failed, failed_not_listed) = std::mem::take(&mut w.failed).into_sorted();
+    let (notices, notices_not_listed) = std::mem::take(&mut w.notices).into_sorted();
     let mine = CopySummary {
         dry_run: opts.dry_run,
         failed,
@@ -122,10 +143,18 @@ pub(crate) fn send_tree(
         summary: mine.clone(),
         changes: Vec::new(),
     })
-    .map_err(|e| ConnError::Io(format!("encoding the summary: {e}")))?;
-    s.out.send(&Message::Summary { json })?;
-    s.out.send(&Message::Done)?;
-    Ok(mine)
+    .unwrap_or_default();
+    peers
+        .into_iter()
+        .map(|p| {
+            if let Some(e) = p.dead {
+                return Err(e);
+            }
+            p.out.send(&Message::Summary { json: json.clone() })?;
+            p.out.send(&Message::Done)?;
+            Ok(mine.clone())
+        })
+        .collect()
 }
 
 fn wire_time(t: (i64, i64)) -> WireTime {
@@ -186,61 +215,164 @@ pub(crate) fn data_len(e: &wire::Entry) -> u64 {
     }
 }
 
-impl Sender<'_> {
-    fn announce_root(
-        &mut self,
-        st: &Stat,
-        x: io::Result<crate::meta::Xattrs>,
-    ) -> Result<(), ConnError> {
-        let mut e = base_entry(0, b".".to_vec(), st);
-        match x {
+impl Walker<'_> {
+    fn walk(&mut self, peers: &mut [Peer<'_>], root: File) -> Result<(), ConnError> {
+        let st = sys::stat_fd(&root).map_err(|e| ConnError::Io(format!("stat source: {e}")))?;
+        let mut e = base_entry(0, b".".to_vec(), &st);
+        match read_xattrs(&XTarget::Fd(&root), self.opts.policy) {
             Ok(x) => e.xattrs = to_wire_xattrs(x),
             Err(err) => self
                 .notices
                 .push(Path::new(""), format!("attributes not read: {err}")),
         }
-        self.send_entry(e)
-    }
-
-    fn send_entry(&mut self, e: wire::Entry) -> Result<(), ConnError> {
-        if self.opts.names {
-            for (user, id) in [(true, e.uid), (false, e.gid)] {
-                if self.named.insert((user, id)) {
-                    if let Some(n) = crate::idmap::local_name(user, id) {
-                        let key = if user { "users" } else { "groups" };
-                        let json = serde_json::json!({ "names": { key: [[id, n]] } });
-                        self.out.send(&Message::QueryReply {
-                            json: json.to_string().into_bytes(),
-                        })?;
+        self.announce(peers, e, None);
+        let walk = OrderedWalk::new(
+            root.try_clone()
+                .map_err(|e| ConnError::Io(format!("opening source: {e}")))?,
+            self.opts.filter,
+        )
+        .open_only();
+        for e in walk {
+            match e {
+                Ok(e) => {
+                    if let Some((entry, data)) =
+                        self.describe(&e.rel, &e.st, &e.dir, &e.name, e.data)
+                    {
+                        self.announce(peers, entry, data);
+                    }
+                }
+                Err((rel, err)) => self.failed.push(&rel, err.to_string()),
+            }
+            // Answer what is there already, without waiting.
+            for p in peers.iter_mut() {
+                while p.dead.is_none() {
+                    match p.conn.try_recv() {
+                        Ok(Some(m)) => self.answer(p, m),
+                        Ok(None) => break,
+                        Err(e) => p.dead = Some(e),
                     }
                 }
             }
+            if peers.iter().all(|p| p.dead.is_some()) {
+                break;
+            }
         }
-        self.next += 1;
-        self.out.send(&Message::Entry(Box::new(e)))
+        Ok(())
     }
 
-    /// Announces one entry of the walk.
-    fn add(
+    /// Announces `e` to every live peer; a file with content waits for
+    /// each one's answer (the walk first waits for room in its window).
+    fn announce(&mut self, peers: &mut [Peer<'_>], e: wire::Entry, data: Option<(File, u64)>) {
+        let want = data_len(&e);
+        let names = self.new_names(&e);
+        for i in 0..peers.len() {
+            while peers[i].dead.is_none() && peers[i].waiting.len() >= WINDOW {
+                self.answer_any(peers);
+            }
+            let p = &mut peers[i];
+            if p.dead.is_some() {
+                continue;
+            }
+            if want > 0 {
+                let Some((f, size)) = &data else { continue };
+                let file = match f.try_clone() {
+                    Ok(f) => f,
+                    Err(err) => {
+                        p.dead = Some(ConnError::Io(format!("duplicating a handle: {err}")));
+                        continue;
+                    }
+                };
+                p.waiting.insert(
+                    e.index,
+                    Waiting {
+                        file,
+                        size: *size,
+                        regions: e.regions.clone(),
+                    },
+                );
+            }
+            let r = match &names {
+                Some(n) => p.out.send(n),
+                None => Ok(()),
+            };
+            if let Err(err) = r.and_then(|()| p.out.send(&Message::Entry(Box::new(e.clone())))) {
+                p.dead = Some(err);
+            }
+        }
+        self.next += 1;
+        if want == 0 {
+            self.progress.entry_done();
+        }
+    }
+
+    /// The names of `e`'s owner and group not told yet (when names are
+    /// asked for), as the message that tells them. Every peer gets every
+    /// entry in the same order, so this is the first entry using them for
+    /// each peer.
+    fn new_names(&mut self, e: &wire::Entry) -> Option<Message> {
+        if !self.opts.names {
+            return None;
+        }
+        let mut names = serde_json::Map::new();
+        for (user, id) in [(true, e.uid), (false, e.gid)] {
+            if self.named.insert((user, id)) {
+                if let Some(n) = crate::idmap::local_name(user, id) {
+                    let key = if user { "users" } else { "groups" };
+                    names.insert(key.into(), serde_json::json!([[id, n]]));
+                }
+            }
+        }
+        (!names.is_empty()).then(|| Message::QueryReply {
+            json: serde_json::json!({ "names": names })
+                .to_string()
+                .into_bytes(),
+        })
+    }
+
+    /// Waits for one answer from any live peer with files waiting, and
+    /// handles it.
+    fn answer_any(&mut self, peers: &mut [Peer<'_>]) {
+        let live: Vec<usize> = (0..peers.len())
+            .filter(|&i| peers[i].dead.is_none() && !peers[i].waiting.is_empty())
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        let mut sel = crossbeam_channel::Select::new();
+        for &i in &live {
+            sel.recv(peers[i].conn.inbound());
+        }
+        let op = sel.select();
+        let i = live[op.index()];
+        let r = op.recv(peers[i].conn.inbound());
+        match r.map_err(|_| ConnError::Closed).and_then(Conn::message) {
+            Ok(m) => self.answer(&mut peers[i], m),
+            Err(e) => peers[i].dead = Some(e),
+        }
+    }
+
+    /// Describes one entry of the walk, reading what it needs once; `None`
+    /// if it failed (recorded).
+    fn describe(
         &mut self,
         rel: &Path,
         st: &Stat,
         dir: &File,
         name: &CStr,
         data: Option<io::Result<Prepared>>,
-    ) -> Result<(), ConnError> {
+    ) -> Option<(wire::Entry, Option<(File, u64)>)> {
         let kind = st.kind();
         let mut e = base_entry(self.next, rel.as_os_str().as_bytes().to_vec(), st);
         if e.path.len() > wire::MAX_PATH {
             self.failed
                 .push(rel, "path longer than 4096 bytes: not sent".into());
-            return Ok(());
+            return None;
         }
         let prepared = match data {
             Some(Ok(p)) => Some(p),
             Some(Err(err)) => {
                 self.failed.push(rel, format!("open: {err}"));
-                return Ok(());
+                return None;
             }
             None => None,
         };
@@ -264,21 +396,19 @@ impl Sender<'_> {
                 }
                 Err(err) => {
                     self.failed.push(rel, format!("readlink: {err}"));
-                    return Ok(());
+                    return None;
                 }
             }
         }
-        let mut leader = None;
         if kind != FileKind::Dir && st.nlink > 1 {
             match self.links.get(&(st.dev, st.ino)) {
                 Some(&first) => {
                     e.hardlink_of = Some(first);
-                    e.regions = None;
-                    return self.send_entry(e);
+                    return Some((e, None));
                 }
                 None => {
                     e.link_leader = true;
-                    leader = Some((st.dev, st.ino));
+                    self.links.insert((st.dev, st.ino), e.index);
                 }
             }
         }
@@ -290,122 +420,94 @@ impl Sender<'_> {
                     }
                     Ok(_) => {}
                     Err(err) => {
+                        if e.link_leader {
+                            self.links.remove(&(st.dev, st.ino));
+                        }
                         self.failed.push(rel, format!("finding holes: {err}"));
-                        return Ok(());
+                        return None;
                     }
                 }
             }
         }
-        let index = e.index;
-        let want = data_len(&e);
-        let regions = e.regions.clone();
-        if let Some(l) = leader {
-            self.links.insert(l, index);
+        if data_len(&e) > 0 && prepared.is_none() {
+            self.failed.push(rel, "no data to send".into());
+            return None;
         }
-        if want > 0 {
-            let Some(p) = prepared else {
-                self.failed.push(rel, "no data to send".into());
-                return Ok(());
-            };
-            while self.waiting.len() >= WINDOW
-                || (self.held > HELD_BYTES && !self.waiting.is_empty())
-            {
-                let m = self.conn.recv()?;
-                self.answer(m)?;
-            }
-            self.held += p.bytes.as_ref().map_or(0, Vec::len);
-            self.waiting.insert(
-                index,
-                Waiting {
-                    rel: rel.to_path_buf(),
-                    file: p.file,
-                    bytes: p.bytes,
-                    size: st.size,
-                    regions,
-                },
-            );
-        }
-        self.send_entry(e)?;
-        if want == 0 {
-            self.progress.entry_done();
-        }
-        Ok(())
+        Some((e, prepared.map(|p| (p.file, st.size))))
     }
 
-    /// Answers every message already queued, without waiting.
-    fn answer_ready(&mut self) -> Result<(), ConnError> {
-        while let Some(m) = self.conn.try_recv()? {
-            self.answer(m)?;
-        }
-        Ok(())
-    }
-
-    fn take(&mut self, kind: &str, index: u64) -> Result<Waiting, ConnError> {
-        let w = self.waiting.remove(&index).ok_or_else(|| {
-            ConnError::Wire(format!(
-                "{kind} for entry {index}, which is not a file waiting for an answer"
-            ))
-        })?;
-        self.held -= w.bytes.as_ref().map_or(0, Vec::len);
-        Ok(w)
-    }
-
-    fn answer(&mut self, m: Message) -> Result<(), ConnError> {
-        match m {
-            Message::Skip { index } => {
-                self.take("Skip", index)?;
-                self.progress.entry_done();
-            }
-            Message::Need { index, old_chunks } => {
-                let w = self.take("Need", index)?;
-                self.send_file(index, w, old_chunks)?;
-                self.progress.entry_done();
-            }
+    fn answer(&mut self, p: &mut Peer<'_>, m: Message) {
+        let r = match m {
+            Message::Skip { index } => take(p, "Skip", index).map(|_| ()),
+            Message::Need { index, old_chunks } => take(p, "Need", index)
+                .and_then(|w| send_file(p, self.opts, self.progress, index, w, old_chunks)),
             Message::Error {
                 index: None,
                 message,
-            } => return Err(ConnError::Peer(message)),
-            m => {
-                return Err(ConnError::Wire(format!(
-                    "unexpected {} message from the receiver",
-                    m.name()
-                )))
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends one file's content: as Data, or with `old` (the receiver's
-    /// chunks of its old version) as Chunk references where it has them.
-    fn send_file(
-        &mut self,
-        index: u64,
-        w: Waiting,
-        old: Option<Vec<OldChunk>>,
-    ) -> Result<(), ConnError> {
-        let mut hasher = blake3::Hasher::new();
-        let r = match old {
-            Some(old) if w.regions.is_none() => self.send_delta(index, &w, &old, &mut hasher),
-            _ => self.send_plain(index, &w, &mut hasher),
+            } => Err(ConnError::Peer(message)),
+            m => Err(ConnError::Wire(format!(
+                "unexpected {} message from the receiver",
+                m.name()
+            ))),
         };
         match r {
-            Ok(Sent::Same) => self.out.send(&Message::Skip { index }),
-            Ok(Sent::Content) => self.out.send(&Message::FileDone {
-                index,
-                blake3: *hasher.finalize().as_bytes(),
-            }),
-            Err(Failed::Conn(e)) => Err(e),
-            Err(Failed::Source(msg)) => {
-                // The receiver records the failure under the entry's path.
-                let _ = &w.rel;
-                self.out.send(&Message::Error {
-                    index: Some(index),
-                    message: msg,
-                })
-            }
+            Ok(()) => self.progress.entry_done(),
+            Err(e) => p.dead = Some(e),
         }
     }
+}
 
+fn take(p: &mut Peer<'_>, kind: &str, index: u64) -> Result<Waiting, ConnError> {
+    p.waiting.remove(&index).ok_or_else(|| {
+        ConnError::Wire(format!(
+            "{kind} for entry {index}, which is not a file waiting for an answer"
+        ))
+    })
+}
+
+/// Sends one file's content: as Data, or with `old` (the receiver's
+/// chunks of its old version) as Chunk references where it has them.
+fn send_file(
+    p: &Peer<'_>,
+    opts: &SendOptions<'_>,
+    progress: &dyn Progress,
+    index: u64,
+    w: Waiting,
+    old: Option<Vec<OldChunk>>,
+) -> Result<(), ConnError> {
+    let s = Content {
+        out: &p.out,
+        opts,
+        progress,
+    };
+    let mut hasher = blake3::Hasher::new();
+    let r = match old {
+        Some(old) if w.regions.is_none() => s.send_delta(index, &w, &old, &mut hasher),
+        _ => s.send_plain(index, &w, &mut hasher),
+    };
+    match r {
+        Ok(Sent::Same) => p.out.send(&Message::Skip { index }),
+        Ok(Sent::Content) => p.out.send(&Message::FileDone {
+            index,
+            blake3: *hasher.finalize().as_bytes(),
+        }),
+        Err(Failed::Conn(e)) => Err(e),
+        // The receiver records the failure under the entry's path.
+        Err(Failed::Source(msg)) => p.out.send(&Message::Error {
+            index: Some(index),
+            message: msg,
+        }),
+    }
+}
+
+/// What sending one file's content needs.
+struct Content<'a> {
+    out: &'a Out,
+    opts: &'a SendOptions<'a>,
+    progress: &'a dyn Progress,
+}
+
+impl Content<'_> {
     fn data(
         &self,
         index: u64,
@@ -434,13 +536,6 @@ impl Sender<'_> {
         w: &Waiting,
         hasher: &mut blake3::Hasher,
     ) -> Result<Sent, Failed> {
-        if let (Some(b), None) = (&w.bytes, &w.regions) {
-            if b.len() as u64 != w.size {
-                return Err(changed());
-            }
-            self.data(index, 0, b, hasher)?;
-            return Ok(Sent::Content);
-        }
         let regions = w.regions.clone().unwrap_or_else(|| vec![(0, w.size)]);
         let mut buf = vec![0u8; DATA_PIECE.min(w.size as usize).max(1)];
         for (off, len) in regions {

@@ -74,6 +74,8 @@ pub(crate) struct OrderedWalk<'f> {
     /// Entries taken off the stack, in stream order, some being prepared.
     ahead: VecDeque<Pending>,
     errors: VecDeque<(PathBuf, io::Error)>,
+    /// Small files are read ahead, not only opened.
+    read_ahead: bool,
 }
 
 impl<'f> OrderedWalk<'f> {
@@ -85,9 +87,17 @@ impl<'f> OrderedWalk<'f> {
             stack: Vec::new(),
             ahead: VecDeque::new(),
             errors: VecDeque::new(),
+            read_ahead: true,
         };
         w.push_dir(Arc::new(root), PathBuf::new());
         w
+    }
+
+    /// Files are only opened ahead, not read: for a sink that may not want
+    /// their data (the wire's sender, whose receiver may have it already).
+    pub(crate) fn open_only(mut self) -> Self {
+        self.read_ahead = false;
+        self
     }
 
     /// Lists a directory, by name, onto the stack.
@@ -146,7 +156,8 @@ impl<'f> OrderedWalk<'f> {
             let Some(mut p) = self.take() else { break };
             if p.st.kind() == FileKind::File {
                 let (tx, rx) = bounded(1);
-                let (dir, name, size) = (p.dir.clone(), p.name.clone(), p.st.size);
+                let (dir, name) = (p.dir.clone(), p.name.clone());
+                let size = if self.read_ahead { p.st.size } else { u64::MAX };
                 rayon::spawn(move || {
                     let _ = tx.send(prepare(&dir, &name, size));
                 });
@@ -157,7 +168,8 @@ impl<'f> OrderedWalk<'f> {
     }
 }
 
-/// Opens a file without following a symlink and, if small, reads it whole.
+/// Opens a file without following a symlink and, if small, reads it whole
+/// (`size` `u64::MAX`: only opens it).
 fn prepare(dir: &File, name: &CString, size: u64) -> io::Result<Prepared> {
     let file = sys::open_read_at(dir, name)?;
     let bytes = if size <= SMALL {
