@@ -953,6 +953,22 @@ fn a_hostile_server_cannot_write_outside_dst_in_a_pull() {
             ],
         ),
     ];
+    // Entries that need no content (no Need to wait for) through a symlink entry.
+    cases.push(("a fifo and a directory through a symlink".into(), {
+        let mut fifo = entry(2, b"link/fifo", EntryKind::Fifo, 0);
+        fifo.perm = 0o644;
+        vec![
+            root_entry(),
+            symlink_entry(1, b"link", &outside),
+            Message::Entry(Box::new(fifo)),
+            Message::Entry(Box::new(entry(3, b"link/dir", EntryKind::Dir, 0))),
+            Message::EndOfList,
+            Message::Summary {
+                json: SERVER_SUMMARY.to_vec(),
+            },
+            Message::Done,
+        ]
+    }));
     // A Delete through a symlink the server made.
     cases.push((
         "a Delete through a symlink".into(),
@@ -1079,11 +1095,13 @@ fn a_hostile_server_with_oversized_frames_or_garbage_is_refused() {
     }
 }
 
+/// The serving side's summary of an empty tree, as haul serve sends it.
+const SERVER_SUMMARY: &[u8] = br#"{"summary":{"dry_run":false,"seconds":0.0,"source":{"files":0,"dirs":1,"symlinks":0,"hardlinks":0,"specials":0,"bytes":0},"created":0,"updated":0,"metadata_only":0,"unchanged":0,"deleted":0,"bytes_copied":0,"failed":[],"partial":[],"verify_mismatches":[],"failed_not_listed":0,"partial_not_listed":0,"notices":[],"notices_not_listed":0},"changes":[]}"#;
+
 /// A whole pull of an empty directory, as a server of haul `version` would send it.
 fn empty_pull_stream(version: &str) -> Vec<u8> {
     let mut b = encode_preamble(version).unwrap();
-    // The serving side's summary of an empty tree, as haul serve sends it.
-    let summary = br#"{"summary":{"dry_run":false,"seconds":0.0,"source":{"files":0,"dirs":1,"symlinks":0,"hardlinks":0,"specials":0,"bytes":0},"created":0,"updated":0,"metadata_only":0,"unchanged":0,"deleted":0,"bytes_copied":0,"failed":[],"partial":[],"verify_mismatches":[],"failed_not_listed":0,"partial_not_listed":0,"notices":[],"notices_not_listed":0},"changes":[]}"#;
+
     b.extend(frames(&[
         Message::HelloOk {
             protocol: PROTOCOL_VERSION,
@@ -1092,7 +1110,7 @@ fn empty_pull_stream(version: &str) -> Vec<u8> {
         root_entry(),
         Message::EndOfList,
         Message::Summary {
-            json: summary.to_vec(),
+            json: SERVER_SUMMARY.to_vec(),
         },
         Message::Done,
     ]));
