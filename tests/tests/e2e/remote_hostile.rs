@@ -278,6 +278,7 @@ impl Ended {
     /// Refused: a non-zero exit, an Error message or a failure in the Summary; no panic;
     /// not killed by a signal.
     fn assert_refused(&self, what: &str) {
+        eprintln!("{what}: {}", self.describe().replace('\n', " | "));
         assert!(
             self.status.signal().is_none(),
             "{what}: serve died of a signal\n{}",
