@@ -1348,3 +1348,141 @@ fn compression_flags_and_bwlimit() {
     }
     assert!(!exists(&t.path().join("never")));
 }
+
+// ---------------------------------------------------------------------------------------
+// More of the local copy's flags and cases, remotely
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn hardlink_changes_between_runs_are_mirrored_remotely() {
+    require_root("hardlink_changes_between_runs_are_mirrored_remotely");
+    let sshd = start_sshd();
+    let t = tmp();
+    let src = t.path().join("src");
+    let dst = t.path().join("dst");
+    let back = t.path().join("back");
+    fixture::write_file(&src.join("x"), b"x content\n");
+    fixture::write_file(&src.join("z"), b"z content\n");
+    fixture::write_file(&src.join("d/w"), b"w content\n");
+    for j in ["1", "4"] {
+        let _ = fs::remove_dir_all(&dst);
+        let _ = fs::remove_dir_all(&back);
+        push(&sshd, &["-j", j], &src, &dst).expect_clean();
+        pull(&sshd, &["-j", j], &dst, &back).expect_clean();
+        fixture::hardlink(&src.join("x"), &src.join("y"));
+        fixture::hardlink(&src.join("x"), &src.join("d/x3"));
+        push(&sshd, &["--delete", "-j", j], &src, &dst).expect_clean();
+        assert_trees_equal(&walk(&src), &walk(&dst), &all(), "push: hardlinks added");
+        pull(&sshd, &["--delete", "-j", j], &dst, &back).expect_clean();
+        assert_trees_equal(&walk(&src), &walk(&back), &all(), "pull: hardlinks added");
+
+        fs::remove_file(src.join("y")).unwrap();
+        fixture::write_file(&src.join("y"), b"x content\n");
+        fixture::hardlink(&src.join("z"), &src.join("x2"));
+        fs::remove_file(src.join("d/w")).unwrap();
+        fixture::hardlink(&src.join("z"), &src.join("d/w"));
+        push(&sshd, &["--delete", "-j", j], &src, &dst).expect_clean();
+        assert_trees_equal(&walk(&src), &walk(&dst), &all(), "push: links re-pointed");
+        pull(&sshd, &["--delete", "-j", j], &dst, &back).expect_clean();
+        assert_trees_equal(&walk(&src), &walk(&back), &all(), "pull: links re-pointed");
+
+        // Back to the start for the next round.
+        for f in ["y", "x2", "d/x3", "d/w"] {
+            fs::remove_file(src.join(f)).unwrap();
+        }
+        fixture::write_file(&src.join("d/w"), b"w content\n");
+    }
+}
+
+#[test]
+fn no_owner_no_xattrs_no_acls_remotely() {
+    require_root("no_owner_no_xattrs_no_acls_remotely");
+    let sshd = start_sshd();
+    let t = tmp();
+    let src = t.path().join("src");
+    fixture::build_full_as_root(&src);
+    let s = walk(&src);
+
+    for (i, (flag, opts)) in [
+        (
+            "--no-xattrs",
+            CompareOpts {
+                xattrs: false,
+                acls: false,
+                ..all()
+            },
+        ),
+        (
+            "--no-acls",
+            CompareOpts {
+                acls: false,
+                ..all()
+            },
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (dir, pushing) in [("push", true), ("pull", false)] {
+            let dst = t.path().join(format!("{dir}{i}"));
+            let r = if pushing {
+                push(&sshd, &[flag], &src, &dst)
+            } else {
+                pull(&sshd, &[flag], &src, &dst)
+            };
+            r.expect_clean();
+            let d = walk(&dst);
+            assert_trees_equal(&s, &d, &opts, &format!("{dir} {flag}"));
+            let dropped: Vec<String> = d
+                .iter()
+                .flat_map(|(p, e)| {
+                    e.xattrs
+                        .keys()
+                        .filter(|k| {
+                            haul_tests::is_acl_xattr(k)
+                                || (flag == "--no-xattrs"
+                                    && !k.as_bytes().starts_with(b"security.selinux"))
+                        })
+                        .map(move |k| format!("{p:?}: {}", k.to_string_lossy()))
+                })
+                .collect();
+            assert!(dropped.is_empty(), "{dir} {flag} still copied {dropped:?}");
+        }
+    }
+
+    // --no-owner: as root on the receiving side everything is root's; the one setuid
+    // file with a foreign owner loses its setuid and setgid bits, and says so (exit 4).
+    for (dir, pushing) in [("push", true), ("pull", false)] {
+        let dst = t.path().join(format!("{dir}_no_owner"));
+        let r = if pushing {
+            push(&sshd, &["--no-owner"], &src, &dst)
+        } else {
+            pull(&sshd, &["--no-owner"], &src, &dst)
+        };
+        r.expect_code(4);
+        assert_eq!(
+            json_paths(&r.json(), "partial"),
+            ["owners/suid1234"],
+            "{dir}\n{}",
+            r.describe()
+        );
+        let mut d = walk(&dst);
+        let suid = Path::new("owners/suid1234");
+        assert_eq!(d[suid].mode, 0o755 & s[suid].mode, "{dir}");
+        d.get_mut(suid).unwrap().mode = s[suid].mode;
+        let no_owner = CompareOpts {
+            owner: false,
+            ..all()
+        };
+        assert_trees_equal(&s, &d, &no_owner, &format!("{dir} --no-owner"));
+        let foreign: Vec<_> = d
+            .iter()
+            .filter(|(_, e)| e.uid != 0)
+            .map(|(p, _)| p)
+            .collect();
+        assert!(
+            foreign.is_empty(),
+            "{dir} --no-owner left owners: {foreign:?}"
+        );
+    }
+}
