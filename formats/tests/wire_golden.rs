@@ -87,8 +87,9 @@ fn vectors() -> Vec<(Message, &'static str)> {
                 hardlink_of: Some(1),
                 link_leader: false,
                 regions: Some(vec![(0, 10), (200, 100)]),
+                attrs: 2,
             })),
-            "2a000000 03 00 | 02 03 642f66 00 a403 e807 64 ac02 00 | 01 05 | 80c49fd50c 00 | 01 06 757365722e6b 01 76 | 00 | 01 01 | 01 02 00 0a c801 64",
+            "2b000000 03 00 | 02 03 642f66 00 a403 e807 64 ac02 00 | 01 05 | 80c49fd50c 00 | 01 06 757365722e6b 01 76 | 00 | 01 01 | 01 02 00 0a c801 64 | 02",
         ),
         (
             Message::Entry(Box::new(Entry {
@@ -107,8 +108,9 @@ fn vectors() -> Vec<(Message, &'static str)> {
                 hardlink_of: None,
                 link_leader: false,
                 regions: None,
+                attrs: 0,
             })),
-            "14000000 03 00 | 03 01 6c 02 ff03 00 00 01 00 | 00 00 | 00 00 | 00 | 01 01 66 | 00 | 00",
+            "15000000 03 00 | 03 01 6c 02 ff03 00 00 01 00 | 00 00 | 00 00 | 00 | 01 01 66 | 00 | 00 | 00",
         ),
         (
             Message::Entry(Box::new(Entry {
@@ -127,8 +129,9 @@ fn vectors() -> Vec<(Message, &'static str)> {
                 hardlink_of: None,
                 link_leader: true,
                 regions: None,
+                attrs: 0,
             })),
-            "12000000 03 00 | 04 01 68 00 8003 00 00 00 00 | 00 00 | 00 00 | 00 | 00 | 02 | 00",
+            "13000000 03 00 | 04 01 68 00 8003 00 00 00 00 | 00 00 | 00 00 | 00 | 00 | 02 | 00 | 00",
         ),
         (
             Message::Need {

@@ -473,7 +473,7 @@ fn dest_entry(e: &wire::Entry) -> Entry {
         rdev: e.rdev,
         atime: (e.atime.secs, i64::from(e.atime.nanos)),
         mtime: (e.mtime.secs, i64::from(e.mtime.nanos)),
-        attrs: 0,
+        attrs: e.attrs,
         link: group.map(LinkKey::Group),
     }
 }

@@ -201,6 +201,7 @@ fn base_entry(index: u64, path: Vec<u8>, st: &Stat) -> wire::Entry {
         hardlink_of: None,
         link_leader: false,
         regions: None,
+        attrs: st.attrs & (sys::ATTR_IMMUTABLE | sys::ATTR_APPEND),
     }
 }
 

@@ -381,6 +381,8 @@ pub struct Entry {
     /// A sparse file's data regions (offset, length): in order, not
     /// overlapping, within `size`; files only. `None` means all data.
     pub regions: Option<Vec<(u64, u64)>>,
+    /// `chattr` flags: bit 0 immutable (`+i`), bit 1 append-only (`+a`).
+    pub attrs: u32,
 }
 
 /// One content-defined chunk of the receiver's old version of a file.
@@ -642,6 +644,9 @@ fn entry_checks(e: &Entry) -> Result<(), (&'static str, String)> {
             return Err(("hardlink_of", "a directory cannot be a hardlink".into()));
         }
     }
+    if e.attrs & !3 != 0 {
+        return Err(("attrs", format!("unknown chattr bits {:#x}", e.attrs)));
+    }
     if e.link_leader && (e.hardlink_of.is_some() || e.kind == EntryKind::Dir) {
         return Err((
             "hardlink_of",
@@ -879,6 +884,7 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>, checked: bool) -> Result<(),
                     }
                 }
             }
+            put_varint(out, u64::from(en.attrs));
         }
         Message::Need { index, old_chunks } => {
             put_varint(out, *index);
@@ -1515,6 +1521,7 @@ fn decode_entry(r: &mut Rd<'_>) -> Result<Entry, Bad> {
     } else {
         None
     };
+    let attrs = r.u32("attrs")?;
     let e = Entry {
         index,
         path,
@@ -1531,6 +1538,7 @@ fn decode_entry(r: &mut Rd<'_>) -> Result<Entry, Bad> {
         hardlink_of,
         link_leader,
         regions,
+        attrs,
     };
     let at = r.pos;
     entry_checks(&e).map_err(|(field, reason)| Bad { field, at, reason })?;

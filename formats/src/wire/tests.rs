@@ -24,6 +24,7 @@ fn entry() -> Entry {
         hardlink_of: Some(1),
         link_leader: false,
         regions: Some(vec![(0, 10), (4096, 100)]),
+        attrs: 0,
     }
 }
 
@@ -219,6 +220,7 @@ prop_compose! {
             hardlink_of: link.filter(|_| kind != EntryKind::Dir).map(|h| h % (index.max(1))).filter(|&h| h < index),
             link_leader: false,
             regions,
+            attrs: (index % 4) as u32,
         }
     }
 }
@@ -487,6 +489,7 @@ fn every_cap_is_enforced() {
     refused(with(|e| e.mtime.nanos = 1_000_000_000), "mtime");
     refused(with(|e| e.atime.nanos = u32::MAX), "atime");
     refused(with(|e| e.perm = 0o10000), "perm");
+    refused(with(|e| e.attrs = 4), "attrs");
     refused(with(|e| e.hardlink_of = Some(3)), "hardlink_of");
     refused(
         with(|e| {
