@@ -87,6 +87,7 @@ fn entry(index: u64, path: &[u8], kind: EntryKind, size: u64) -> Entry {
         hardlink_of: None,
         link_leader: false,
         regions: None,
+        attrs: 0,
     }
 }
 
