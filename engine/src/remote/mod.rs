@@ -323,6 +323,8 @@ struct Session {
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_thread: Option<std::thread::JoinHandle<()>>,
     peer: String,
+    /// The remote haul's version, from its preamble.
+    peer_version: String,
 }
 
 /// The ssh command line for `remote` (`-e` words, then haul's options,
@@ -402,12 +404,13 @@ impl Session {
             })
             .ok();
         let conn = Conn::start(stdout, stdin, o.compress_level, o.bwlimit);
-        let s = Session {
+        let mut s = Session {
             conn,
             child,
             stderr,
             stderr_thread,
             peer,
+            peer_version: String::new(),
         };
         let hello = Message::Hello {
             protocol: PROTOCOL_VERSION,
@@ -421,7 +424,10 @@ impl Session {
             .out
             .send(&hello)
             .and_then(|()| s.conn.preamble(CLIENT_HANDSHAKE))
-            .and_then(|_| s.conn.recv_within(Some(CLIENT_HANDSHAKE)));
+            .and_then(|p| {
+                s.peer_version = p.haul_version;
+                s.conn.recv_within(Some(CLIENT_HANDSHAKE))
+            });
         match r {
             Ok(Message::HelloOk { .. }) => Ok(s),
             Ok(Message::Error { message, .. }) => Err(s.fail(ConnError::Peer(message))),
@@ -463,6 +469,21 @@ impl Session {
             _ => e.to_string(),
         };
         Error::remote("remote session", host, msg)
+    }
+
+    /// A notice when the remote haul is another version (the protocol
+    /// is the same, or the handshake would have failed).
+    fn version_notice(&self, into: &mut CopySummary) {
+        let mine = env!("CARGO_PKG_VERSION");
+        if self.peer_version != mine {
+            into.notices.push(crate::dest::EntryIssue {
+                path: PathBuf::new(),
+                reason: format!(
+                    "the haul on {} is version {} (this one is {mine}); both speak protocol {PROTOCOL_VERSION}",
+                    self.peer, self.peer_version
+                ),
+            });
+        }
     }
 
     /// Ends the session cleanly: closes the pipe and waits for ssh.
@@ -603,9 +624,11 @@ pub fn push_many(
         let r = mine.and_then(|mine| peer_summary(&s.conn).map(|t| (mine, t)));
         results[i] = Some(match r {
             Ok((mine, theirs)) => {
+                let mut summary = merge(theirs.summary, Some(mine));
+                s.version_notice(&mut summary);
                 let (bytes_sent, bytes_received) = s.finish();
                 Ok(RemoteSummary {
-                    summary: merge(theirs.summary, Some(mine)),
+                    summary,
                     bytes_sent,
                     bytes_received,
                     changes: theirs.changes,
@@ -683,9 +706,11 @@ pub fn pull(
     .unwrap_or_default();
     let _ = s.conn.out.send(&Message::Summary { json });
     let _ = s.conn.out.send(&Message::Done);
+    let mut summary = merge(summary, theirs);
+    s.version_notice(&mut summary);
     let (bytes_sent, bytes_received) = s.finish();
     Ok(RemoteSummary {
-        summary: merge(summary, theirs),
+        summary,
         bytes_sent,
         bytes_received,
         changes: Vec::new(),
@@ -722,17 +747,19 @@ impl Progress for Collect {
 /// failed (the client was told, if it could be).
 pub fn serve_stdio(opts: &ServeOptions) -> Result<(), Error> {
     let mut conn = Conn::start(std::io::stdin(), std::io::stdout(), None, None);
-    let fail = |conn: &Conn, msg: String| {
+    // The Error reaches the client before this process exits: closing
+    // waits for the writer.
+    let fail = |conn: Conn, msg: String| {
         let _ = conn.out.send(&Message::Error {
             index: None,
             message: msg.clone(),
         });
+        let _ = conn.close();
         Error::remote("serving", "stdin", msg)
     };
-    let peer = conn
-        .preamble(HANDSHAKE)
-        .map_err(|e| Error::remote("serving", "stdin", e.to_string()))?;
-    let _ = peer;
+    if let Err(e) = conn.preamble(HANDSHAKE) {
+        return Err(fail(conn, e.to_string()));
+    }
     let (role, root, options) = match conn.recv_within(Some(HANDSHAKE)) {
         Ok(Message::Hello {
             role,
@@ -740,8 +767,8 @@ pub fn serve_stdio(opts: &ServeOptions) -> Result<(), Error> {
             options,
             ..
         }) => (role, root, options),
-        Ok(m) => return Err(fail(&conn, format!("expected Hello, got {}", m.name()))),
-        Err(e) => return Err(fail(&conn, e.to_string())),
+        Ok(m) => return Err(fail(conn, format!("expected Hello, got {}", m.name()))),
+        Err(e) => return Err(fail(conn, e.to_string())),
     };
     let root = PathBuf::from(OsStr::from_bytes(&root));
     let root = if root.as_os_str().is_empty() {
@@ -750,17 +777,17 @@ pub fn serve_stdio(opts: &ServeOptions) -> Result<(), Error> {
         root
     };
     if let Err(m) = allowed(&root, opts) {
-        return Err(fail(&conn, m));
+        return Err(fail(conn, m));
     }
     if role == Role::Push && opts.read_only {
         return Err(fail(
-            &conn,
+            conn,
             "this haul serve is --read-only: pushes are refused".into(),
         ));
     }
     let f = match flags(&options, role == Role::Push) {
         Ok(f) => f,
-        Err(m) => return Err(fail(&conn, m)),
+        Err(m) => return Err(fail(conn, m)),
     };
     conn.set_level(options.compress_level);
     let ok = Message::HelloOk {
@@ -924,18 +951,19 @@ fn serve_push(conn: Conn, root: &Path, f: &Flags) -> Result<(), Error> {
 }
 
 fn serve_pull(mut conn: Conn, root: &Path, f: &Flags, o: &wire::Options) -> Result<(), Error> {
-    let fail = |conn: &Conn, e: String| {
+    let fail = |conn: Conn, e: String| {
         let _ = conn.out.send(&Message::Error {
             index: None,
             message: e.clone(),
         });
+        let _ = conn.close();
         Error::remote("serving", root, e)
     };
     let dir = match sys::open_dir_path(root) {
         Ok(d) => d,
         Err(e) => {
             return Err(fail(
-                &conn,
+                conn,
                 format!("{}: opening source: {e}", root.display()),
             ))
         }
@@ -954,7 +982,7 @@ fn serve_pull(mut conn: Conn, root: &Path, f: &Flags, o: &wire::Options) -> Resu
     if let Err(e) =
         pool.install(|| send::send_tree(&conn, dir, &opts, &crate::progress::NoProgress))
     {
-        return Err(fail(&conn, e.to_string()));
+        return Err(fail(conn, e.to_string()));
     }
     let r = peer_summary(&conn);
     let _ = conn.close();

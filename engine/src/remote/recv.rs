@@ -328,6 +328,8 @@ struct StreamLeaf<'i, 'c> {
     /// The content's digest once complete.
     digest: RefCell<Option<[u8; 32]>>,
     written: RefCell<u64>,
+    /// The content's last message (FileDone or Error) was read.
+    consumed: std::cell::Cell<bool>,
 }
 
 impl LeafSource for StreamLeaf<'_, '_> {
@@ -375,6 +377,7 @@ impl LeafSource for StreamLeaf<'_, '_> {
                     }
                 }
                 Message::FileDone { index: i, blake3 } if *i == index => {
+                    self.consumed.set(true);
                     match self.asm.borrow().done(blake3) {
                         Ok(h) => *self.digest.borrow_mut() = Some(h),
                         Err(e) => return Err(self.refuse(e)),
@@ -385,6 +388,7 @@ impl LeafSource for StreamLeaf<'_, '_> {
                     index: Some(i),
                     message,
                 } if *i == index => {
+                    self.consumed.set(true);
                     return Err(step("on the sending side", message.clone()));
                 }
                 Message::Entry(_) | Message::QueryReply { .. } | Message::EndOfList => {
@@ -420,8 +424,10 @@ impl StreamLeaf<'_, '_> {
                 step("receiving", m)
             }
             PieceError::Entry(m) => {
-                // The rest of this entry's content is still on its way.
-                *self.inbox.fatal.borrow_mut() = self.skip_rest().err();
+                // The rest of this entry's content may still be on its way.
+                if !self.consumed.get() {
+                    *self.inbox.fatal.borrow_mut() = self.skip_rest().err();
+                }
                 step("receiving", m)
             }
         }
@@ -436,7 +442,8 @@ impl StreamLeaf<'_, '_> {
                 Message::FileDone { index: i, .. } | Message::Error { index: Some(i), .. }
                     if i == index =>
                 {
-                    return Ok(())
+                    self.consumed.set(true);
+                    return Ok(());
                 }
                 m @ (Message::Entry(_) | Message::QueryReply { .. } | Message::EndOfList) => {
                     self.inbox.backlog.borrow_mut().push_back(m)
@@ -910,10 +917,12 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
                 .and_then(|(f, m)| f.try_clone().ok().map(|f| (f, m.clone()))),
             digest: RefCell::new(None),
             written: RefCell::new(0),
+            consumed: std::cell::Cell::new(false),
         };
         let r = put_leaf_at(self.w, Some(&a.dir), &a.name, &a.rel, &leaf);
         self.w.copied(*leaf.written.borrow());
         let digest = *leaf.digest.borrow();
+        let consumed = leaf.consumed.get();
         drop(leaf);
         if let Some(e) = self.inbox.fatal.borrow_mut().take() {
             return Err(e);
@@ -929,7 +938,7 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
                 self.w.fail(&a.rel, e);
                 // Content the write did not take (it failed before the
                 // end): read past it.
-                if digest.is_none() {
+                if !consumed {
                     self.skip_content(a.index)?;
                 }
             }
@@ -1106,10 +1115,15 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
                 && c.size == a.entry.size
                 && (c.nlink == 1 || a.entry.link.is_some())
         });
-        if same_size
-            && !self.opts.checksum
-            && cur.as_ref().is_some_and(|c| c.mtime == a.entry.mtime)
-        {
+        // The first name of a hardlinked inode whose old version stands
+        // alone: the tree's links changed, and size and mtime say nothing
+        // of which file's content is there (a name re-linked to another
+        // file of the same size and mtime would keep the wrong one, and
+        // its further names would follow it). Its content is compared
+        // by chunks instead, as with --checksum.
+        let relinked = a.entry.link.is_some() && cur.as_ref().is_some_and(|c| c.nlink == 1);
+        let doubt = self.opts.checksum || relinked;
+        if same_size && !doubt && cur.as_ref().is_some_and(|c| c.mtime == a.entry.mtime) {
             // The quick check: the same size and mtime.
             let leaf = self.leaf(&a, Body::Same);
             self.put(&a, &leaf, None);
@@ -1125,9 +1139,9 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
         let with_delta = cur.as_ref().is_some_and(|c| {
             c.kind() == FileKind::File
                 && a.regions_plain()
-                && (c.size >= DELTA_MIN || (self.opts.checksum && same_size))
+                && (c.size >= DELTA_MIN || (doubt && same_size))
         });
-        if self.opts.write.dry_run && !(self.opts.checksum && same_size) {
+        if self.opts.write.dry_run && !(doubt && same_size) {
             let leaf = self.leaf(&a, Body::Changed);
             self.put(&a, &leaf, None);
             self.inbox
