@@ -24,9 +24,11 @@ pub(crate) const DATA_PIECE: usize = 256 << 10;
 const IN_QUEUE: usize = 64;
 
 /// Encoded frames waiting for the writer, at most.
-const OUT_QUEUE: usize = 64;
+const OUT_QUEUE: usize = 16;
 /// Frames waiting for the writer from which on new frames are compressed.
-const PRESSURE: usize = 8;
+const PRESSURE: usize = 4;
+/// How long the writer waits for more frames before sending what it has.
+const COALESCE: Duration = Duration::from_micros(200);
 
 /// Why the session's pipe stopped.
 #[derive(Debug, Clone)]
@@ -61,37 +63,83 @@ impl From<WireError> for ConnError {
     }
 }
 
-/// Bytes that crossed the pipe, each way.
+/// Bytes that crossed the pipe, each way, and the rates that decide
+/// whether compressing pays.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) sent: AtomicU64,
     pub(crate) received: AtomicU64,
+    /// Bytes per second the pipe took while frames were queued for it
+    /// (0: not measured yet).
+    link_rate: AtomicU64,
+    /// Bytes zstd took in, and the nanoseconds it spent, on this side.
+    zstd_bytes: AtomicU64,
+    zstd_nanos: AtomicU64,
 }
+
+impl Counters {
+    /// Whether compressing a frame now is likely to pay: the link, measured
+    /// while backlogged, takes bytes at less than half the rate zstd
+    /// compresses them here (so at a ratio of 2 or more, zstd keeps up and
+    /// the link carries more content per second). Once the link is known
+    /// to limit, the first few MiB are compressed to learn zstd's rate.
+    fn compression_pays(&self) -> bool {
+        let (zb, zn) = (self.zstd_bytes.load(Relaxed), self.zstd_nanos.load(Relaxed));
+        let link = self.link_rate.load(Relaxed);
+        if link == 0 {
+            // The writer has not been kept busy for a whole sample: the
+            // link is not what limits.
+            return false;
+        }
+        if zb < LEARN_BYTES || zn == 0 {
+            return true;
+        }
+        let zstd_rate = (u128::from(zb) * 1_000_000_000 / u128::from(zn)) as u64;
+        link.saturating_mul(2) < zstd_rate
+    }
+}
+
+/// Bytes compressed before zstd's rate is trusted.
+const LEARN_BYTES: u64 = 4 << 20;
+/// How often the writer measures the link's rate, while backlogged.
+const LINK_SAMPLE: Duration = Duration::from_millis(100);
 
 /// The sending half: cheap to clone, one per thread that sends.
 #[derive(Clone)]
 pub(crate) struct Out {
     tx: Sender<Vec<u8>>,
     level: Option<i32>,
+    counters: Arc<Counters>,
     /// Set by the writer when writing fails: later sends report it.
     failed: Arc<Mutex<Option<String>>>,
 }
 
 impl Out {
-    /// Encodes `msg` here and queues it for the writer. The frame is
-    /// compressed only when frames are queuing for the pipe: then the link
-    /// (or ssh's cipher) is what limits, and compression buys time; when
-    /// the writer keeps up, compressing would only spend the CPU the rest
-    /// of the copy needs (on loopback or a fast LAN, zstd is slower than
-    /// the pipe).
+    /// Encodes `msg` here and queues it for the writer. Content is
+    /// compressed only when frames are queuing for the pipe (the link, or
+    /// ssh's cipher, is what limits) and the link is clearly slower than
+    /// zstd here ([`Counters::compression_pays`]); otherwise compressing
+    /// would only spend the CPU the rest of the copy needs (on a fast LAN,
+    /// or with both ends on one host, zstd is no faster than the pipe).
     pub(crate) fn send(&self, msg: &Message) -> Result<(), ConnError> {
         let mut buf = Vec::new();
         // Only content is worth it: an entry's few hundred bytes compress
         // poorly alone and cost a context's set-up each.
-        let level = self
-            .level
-            .filter(|_| matches!(msg, Message::Data { .. }) && self.tx.len() >= PRESSURE);
+        let level = self.level.filter(|_| {
+            matches!(msg, Message::Data { .. })
+                && self.tx.len() >= PRESSURE
+                && self.counters.compression_pays()
+        });
+        let t = level.map(|_| Instant::now());
         encode_frame(msg, level, &mut buf)?;
+        if let (Some(t), Message::Data { bytes, .. }) = (t, msg) {
+            self.counters
+                .zstd_bytes
+                .fetch_add(bytes.len() as u64, Relaxed);
+            self.counters
+                .zstd_nanos
+                .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+        }
         self.send_raw(buf)
     }
 
@@ -165,7 +213,12 @@ impl Conn {
                     .expect("spawning a thread"),
             );
         }
-        let out = Out { tx, level, failed };
+        let out = Out {
+            tx,
+            level,
+            counters: counters.clone(),
+            failed,
+        };
         let conn = Conn {
             out,
             rx,
@@ -300,16 +353,45 @@ fn write_loop(
 ) -> io::Result<()> {
     let mut w = io::BufWriter::with_capacity(256 << 10, w);
     let start = Instant::now();
-    while let Ok(buf) = rx.recv() {
+    let mut unflushed = false;
+    // The link's rate over the last sample, counted only while frames
+    // kept queuing (otherwise it measures the sender, not the link).
+    let mut sample = (Instant::now(), 0u64, true);
+    loop {
+        // With bytes waiting, a moment's grace for more before they go:
+        // a stream of small frames (entries, answers) then leaves in a
+        // few large writes, not one write (and one ssh packet) each.
+        let next = if unflushed {
+            match rx.recv_timeout(COALESCE) {
+                Ok(b) => Some(b),
+                Err(RecvTimeoutError::Timeout) => {
+                    w.flush()?;
+                    unflushed = false;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            }
+        } else {
+            rx.recv().ok()
+        };
+        let Some(buf) = next else { break };
         w.write_all(&buf)?;
+        unflushed = true;
+        sample.1 += buf.len() as u64;
+        sample.2 &= !rx.is_empty();
+        let spent = sample.0.elapsed();
+        if spent >= LINK_SAMPLE {
+            if sample.2 {
+                let rate = (sample.1 as f64 / spent.as_secs_f64()) as u64;
+                counters.link_rate.store(rate.max(1), Relaxed);
+            }
+            sample = (Instant::now(), 0, true);
+        }
         let total = counters.sent.fetch_add(buf.len() as u64, Relaxed) + buf.len() as u64;
         if let Some(rate) = bwlimit {
             w.flush()?;
+            unflushed = false;
             pace(start, total, rate);
-        } else if rx.is_empty() {
-            // Nothing more queued: send what there is now, so the peer
-            // is never left waiting on a buffer.
-            w.flush()?;
         }
     }
     w.flush()

@@ -76,6 +76,8 @@ pub(crate) struct OrderedWalk<'f> {
     errors: VecDeque<(PathBuf, io::Error)>,
     /// Small files are read ahead, not only opened.
     read_ahead: bool,
+    /// Files are not even opened: their data is `None`.
+    names_only: bool,
 }
 
 impl<'f> OrderedWalk<'f> {
@@ -88,15 +90,24 @@ impl<'f> OrderedWalk<'f> {
             ahead: VecDeque::new(),
             errors: VecDeque::new(),
             read_ahead: true,
+            names_only: false,
         };
         w.push_dir(Arc::new(root), PathBuf::new());
         w
     }
 
-    /// Files are only opened ahead, not read: for a sink that may not want
-    /// their data (the wire's sender, whose receiver may have it already).
+    /// Files are only opened ahead, not read.
+    #[allow(dead_code)]
     pub(crate) fn open_only(mut self) -> Self {
         self.read_ahead = false;
+        self
+    }
+
+    /// Files are neither opened nor read (their `data` is `None`): for a
+    /// sink that opens only the files it turns out to want (the wire's
+    /// sender, whose receiver has most of them already on a re-run).
+    pub(crate) fn names_only(mut self) -> Self {
+        self.names_only = true;
         self
     }
 
@@ -154,7 +165,7 @@ impl<'f> OrderedWalk<'f> {
     fn fill(&mut self) {
         while self.ahead.len() < AHEAD_FILES {
             let Some(mut p) = self.take() else { break };
-            if p.st.kind() == FileKind::File {
+            if p.st.kind() == FileKind::File && !self.names_only {
                 let (tx, rx) = bounded(1);
                 let (dir, name) = (p.dir.clone(), p.name.clone());
                 let size = if self.read_ahead { p.st.size } else { u64::MAX };
