@@ -150,6 +150,11 @@ pub struct CopyArgs {
     /// Send the wire uncompressed.
     #[arg(long, conflicts_with = "compress_level")]
     pub no_compress: bool,
+    /// Fail a remote copy when the other side sends nothing at all (it
+    /// sends keepalives while busy) for SECS seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
 }
 
 pub fn run(a: CopyArgs) -> Result<u8> {

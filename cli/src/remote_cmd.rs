@@ -27,12 +27,18 @@ pub struct ServeArgs {
     /// Refuse pushes: nothing is written.
     #[arg(long)]
     pub read_only: bool,
+    /// End the session when the client sends nothing at all (it sends
+    /// keepalives while busy) for SECS seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
 }
 
 pub fn serve(a: ServeArgs) -> Result<u8> {
     let opts = ServeOptions {
         restrict_to: a.restrict_to_path,
         read_only: a.read_only,
+        timeout: std::time::Duration::from_secs(a.timeout),
     };
     serve_stdio(&opts)?;
     Ok(exit::OK)
@@ -80,6 +86,7 @@ fn options(a: &CopyArgs) -> RemoteOptions {
             Some(a.compress_level.unwrap_or(1))
         },
         bwlimit: a.bwlimit,
+        timeout: std::time::Duration::from_secs(a.timeout),
     }
 }
 

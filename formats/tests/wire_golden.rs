@@ -183,6 +183,7 @@ fn vectors() -> Vec<(Message, &'static str)> {
         ),
         (Message::EndOfList, "00000000 0a 00"),
         (Message::Done, "00000000 0b 00"),
+        (Message::KeepAlive, "00000000 10 00"),
         (
             Message::Summary {
                 json: b"{}".to_vec(),
@@ -240,7 +241,7 @@ fn one_frame_of_each_kind() {
         assert_eq!(decode_frame(&unhex(want), 0).unwrap().unwrap().0, m);
         kinds.insert(m.kind_byte());
     }
-    assert_eq!(kinds, (1..=15).collect());
+    assert_eq!(kinds, (1..=16).collect());
 }
 
 /// A zstd-flagged frame (as zstd 1.5 at level 3 wrote it; the compressed

@@ -29,6 +29,8 @@ const OUT_QUEUE: usize = 16;
 const PRESSURE: usize = 4;
 /// How long the writer waits for more frames before sending what it has.
 const COALESCE: Duration = Duration::from_micros(200);
+/// How often a waiting receive checks whether the peer went silent.
+const POLL: Duration = Duration::from_secs(1);
 
 /// Why the session's pipe stopped.
 #[derive(Debug, Clone)]
@@ -43,6 +45,8 @@ pub(crate) enum ConnError {
     Timeout(&'static str),
     /// The peer reported a fatal error (an Error message for the session).
     Peer(String),
+    /// The peer sent nothing, not even a keepalive, for this many seconds.
+    Silent(u64),
 }
 
 impl std::fmt::Display for ConnError {
@@ -53,6 +57,10 @@ impl std::fmt::Display for ConnError {
             ConnError::Closed => write!(f, "the connection closed early"),
             ConnError::Timeout(what) => write!(f, "timed out waiting for {what}"),
             ConnError::Peer(m) => write!(f, "the peer failed: {m}"),
+            ConnError::Silent(s) => write!(
+                f,
+                "the peer sent nothing for {s} s (not even a keepalive): it hung or the link is down"
+            ),
         }
     }
 }
@@ -63,12 +71,16 @@ impl From<WireError> for ConnError {
     }
 }
 
-/// Bytes that crossed the pipe, each way, and the rates that decide
-/// whether compressing pays.
-#[derive(Debug, Default)]
+/// Bytes that crossed the pipe, each way, when the peer was last heard,
+/// and the rates that decide whether compressing pays.
+#[derive(Debug)]
 pub(crate) struct Counters {
     pub(crate) sent: AtomicU64,
     pub(crate) received: AtomicU64,
+    /// When the session started, and milliseconds after it that bytes last
+    /// came from the peer.
+    base: Instant,
+    heard_ms: AtomicU64,
     /// Bytes per second the pipe took while frames were queued for it
     /// (0: not measured yet).
     link_rate: AtomicU64,
@@ -78,6 +90,29 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    fn new() -> Counters {
+        Counters {
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            base: Instant::now(),
+            heard_ms: AtomicU64::new(0),
+            link_rate: AtomicU64::new(0),
+            zstd_bytes: AtomicU64::new(0),
+            zstd_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn heard(&self) {
+        self.heard_ms
+            .store(self.base.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// How long since the peer last sent anything.
+    fn silence(&self) -> Duration {
+        let now = self.base.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.heard_ms.load(Relaxed)))
+    }
+
     /// Whether compressing a frame now is likely to pay: the link, measured
     /// while backlogged, takes bytes at less than half the rate zstd
     /// compresses them here (so at a ratio of 2 or more, zstd keeps up and
@@ -163,6 +198,8 @@ pub(crate) struct Conn {
     rx: Receiver<Result<Received, ConnError>>,
     pub(crate) counters: Arc<Counters>,
     threads: Vec<JoinHandle<()>>,
+    /// How long the peer may stay silent (it sends keepalives while busy).
+    idle: Duration,
 }
 
 /// How the writer paces itself (`--bwlimit`): bytes per second.
@@ -177,14 +214,19 @@ fn pace(start: Instant, total: u64, rate: u64) {
 impl Conn {
     /// Starts the threads over `reader` and `writer`, and sends this side's
     /// preamble. `level` is the zstd level of outgoing frames (`None`:
-    /// plain); `bwlimit` caps bytes written per second.
+    /// plain); `bwlimit` caps bytes written per second; `idle` is how long
+    /// the peer may send nothing at all (not even a keepalive) before the
+    /// session fails. This side sends a keepalive after a quarter of that
+    /// (at most 10 s) without sending anything else.
     pub(crate) fn start(
         reader: impl Read + Send + 'static,
         writer: impl Write + Send + 'static,
         level: Option<i32>,
         bwlimit: Option<u64>,
+        idle: Duration,
     ) -> Conn {
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new());
+        let keepalive = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
         let (tx, wrx) = bounded::<Vec<u8>>(OUT_QUEUE);
         let failed = Arc::new(Mutex::new(None));
         let (rtx, rx) = bounded(IN_QUEUE);
@@ -196,7 +238,7 @@ impl Conn {
                 std::thread::Builder::new()
                     .name("wire-out".into())
                     .spawn(move || {
-                        if let Err(e) = write_loop(writer, &wrx, &counters, bwlimit) {
+                        if let Err(e) = write_loop(writer, &wrx, &counters, bwlimit, keepalive) {
                             *failed.lock().unwrap_or_else(|e| e.into_inner()) =
                                 Some(format!("writing to the peer: {e}"));
                         }
@@ -224,6 +266,7 @@ impl Conn {
             rx,
             counters,
             threads,
+            idle,
         };
         // A preamble always encodes: the version is ours.
         if let Ok(p) = encode_preamble(env!("CARGO_PKG_VERSION")) {
@@ -286,19 +329,33 @@ impl Conn {
         self.recv_within(None)
     }
 
-    /// The next message within `deadline` (`None`: no deadline).
+    /// The next message within `deadline` (`None`: as long as the peer
+    /// is heard from, [`Conn::silent`]).
     pub(crate) fn recv_within(&self, deadline: Option<Duration>) -> Result<Message, ConnError> {
         let r = match deadline {
             Some(d) => self.rx.recv_timeout(d).map_err(|e| match e {
                 RecvTimeoutError::Timeout => ConnError::Timeout("the peer"),
                 RecvTimeoutError::Disconnected => ConnError::Closed,
             })?,
-            None => self.rx.recv().map_err(|_| ConnError::Closed)?,
+            None => loop {
+                match self.rx.recv_timeout(POLL.min(self.idle)) {
+                    Ok(r) => break r,
+                    Err(RecvTimeoutError::Timeout) => self.silent()?,
+                    Err(RecvTimeoutError::Disconnected) => return Err(ConnError::Closed),
+                }
+            },
         };
-        match r? {
-            Received::Message(m) => Ok(m),
-            Received::Preamble(_) => Err(ConnError::Wire("a second preamble".into())),
+        Conn::message(r)
+    }
+
+    /// An error if the peer has sent nothing at all for longer than the
+    /// session allows (a live peer sends keepalives while it is busy).
+    pub(crate) fn silent(&self) -> Result<(), ConnError> {
+        let quiet = self.counters.silence();
+        if quiet > self.idle {
+            return Err(ConnError::Silent(quiet.as_secs()));
         }
+        Ok(())
     }
 
     /// The inbound queue, for waiting on several sessions at once.
@@ -334,6 +391,7 @@ impl Conn {
             rx,
             counters,
             mut threads,
+            ..
         } = self;
         drop(out);
         drop(rx);
@@ -350,7 +408,11 @@ fn write_loop(
     rx: &Receiver<Vec<u8>>,
     counters: &Counters,
     bwlimit: Option<u64>,
+    keepalive: Duration,
 ) -> io::Result<()> {
+    let mut ping = Vec::new();
+    // An empty message always encodes.
+    let _ = encode_frame(&Message::KeepAlive, None, &mut ping);
     let mut w = io::BufWriter::with_capacity(256 << 10, w);
     let start = Instant::now();
     let mut unflushed = false;
@@ -372,7 +434,18 @@ fn write_loop(
                 Err(RecvTimeoutError::Disconnected) => None,
             }
         } else {
-            rx.recv().ok()
+            match rx.recv_timeout(keepalive) {
+                Ok(b) => Some(b),
+                Err(RecvTimeoutError::Timeout) => {
+                    // Nothing to send for a while: tell the peer this side
+                    // is alive (busy on its disk, or waiting for the peer).
+                    w.write_all(&ping)?;
+                    w.flush()?;
+                    counters.sent.fetch_add(ping.len() as u64, Relaxed);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            }
         };
         let Some(buf) = next else { break };
         w.write_all(&buf)?;
@@ -418,9 +491,11 @@ fn read_loop(mut r: impl Read, tx: &Sender<Result<Received, ConnError>>, counter
             }
         };
         counters.received.fetch_add(n as u64, Relaxed);
+        counters.heard();
         d.feed(&buf[..n]);
         loop {
             match d.next() {
+                Ok(Some(Received::Message(Message::KeepAlive))) => {}
                 Ok(Some(m)) => {
                     if tx.send(Ok(m)).is_err() {
                         return;

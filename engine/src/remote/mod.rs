@@ -38,6 +38,8 @@ mod send;
 
 use conn::{Conn, ConnError};
 
+/// How long a peer may be silent, unless told otherwise (`--timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the serving side waits for the client's preamble and Hello.
 const HANDSHAKE: Duration = Duration::from_secs(30);
 /// How long a client waits for the server's answer to its Hello (ssh may
@@ -189,6 +191,9 @@ pub struct RemoteOptions {
     pub compress_level: Option<i32>,
     /// Bytes per second this side sends, at most.
     pub bwlimit: Option<u64>,
+    /// How long the other side may send nothing at all (it sends
+    /// keepalives while busy) before the session fails (`--timeout`).
+    pub timeout: Duration,
 }
 
 impl Default for RemoteOptions {
@@ -212,6 +217,7 @@ impl Default for RemoteOptions {
             remote_haul: "haul".into(),
             compress_level: Some(1),
             bwlimit: None,
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 }
@@ -403,7 +409,7 @@ impl Session {
                 }
             })
             .ok();
-        let conn = Conn::start(stdout, stdin, o.compress_level, o.bwlimit);
+        let conn = Conn::start(stdout, stdin, o.compress_level, o.bwlimit, o.timeout);
         let mut s = Session {
             conn,
             child,
@@ -718,13 +724,26 @@ pub fn pull(
 }
 
 /// What `haul serve` allows its clients.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ServeOptions {
     /// Roots must be at or below one of these (after resolving symlinks);
     /// empty: anywhere the login may go.
     pub restrict_to: Vec<PathBuf>,
     /// Refuse pushes (nothing is written).
     pub read_only: bool,
+    /// How long the client may send nothing at all before the session
+    /// fails.
+    pub timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            restrict_to: Vec::new(),
+            read_only: false,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
 }
 
 /// Collects the changes a serving receiver makes, for the client's `-n`
@@ -746,7 +765,13 @@ impl Progress for Collect {
 /// runs it). Returns when the client is done; `Err` when the session
 /// failed (the client was told, if it could be).
 pub fn serve_stdio(opts: &ServeOptions) -> Result<(), Error> {
-    let mut conn = Conn::start(std::io::stdin(), std::io::stdout(), None, None);
+    let mut conn = Conn::start(
+        std::io::stdin(),
+        std::io::stdout(),
+        None,
+        None,
+        opts.timeout,
+    );
     // The Error reaches the client before this process exits: closing
     // waits for the writer.
     let fail = |conn: Conn, msg: String| {

@@ -53,6 +53,10 @@ const SMALL: u64 = 1 << 20;
 /// chunk: only `--checksum` asks for theirs, to learn they are the same).
 const DELTA_MIN: u64 = 256 << 10;
 
+/// The most old chunks one Need lists: each takes at most 52 bytes (an
+/// id and two varints), and a frame at most 16 MiB.
+const MAX_OLD_CHUNKS: usize = wire::MAX_FRAME / 52 - 1;
+
 /// What the receiving side is asked to do.
 pub(crate) struct RecvOptions<'a> {
     pub(crate) write: &'a WriteOptions,
@@ -1160,10 +1164,13 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
                     old_chunks(&f, size).map(|(l, m)| (f, l, m))
                 });
             // An old version that cannot be read is no reason to fail:
-            // the whole content is asked for instead.
+            // the whole content is asked for instead; so is one with more
+            // chunks than one Need frame holds (about 400 GiB).
             if let Ok((f, list, map)) = old {
-                need = Some(list);
-                a.old = Some((f, map));
+                if list.len() <= MAX_OLD_CHUNKS {
+                    need = Some(list);
+                    a.old = Some((f, map));
+                }
             }
         }
         self.inbox.conn.out.send(&Message::Need {

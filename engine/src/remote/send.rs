@@ -14,6 +14,7 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use haul_formats::wire::{self, EntryKind, Message, OldChunk, WireTime};
 use haul_formats::ChunkerParams;
@@ -356,7 +357,15 @@ impl Walker<'_> {
         for &i in &live {
             sel.recv(peers[i].conn.inbound());
         }
-        let op = sel.select();
+        let Ok(op) = sel.select_timeout(Duration::from_secs(1)) else {
+            // Nothing for a second: a peer silent for too long is dropped.
+            for &i in &live {
+                if let Err(e) = peers[i].conn.silent() {
+                    peers[i].dead = Some(e);
+                }
+            }
+            return;
+        };
         let i = live[op.index()];
         let r = op.recv(peers[i].conn.inbound());
         match r.map_err(|_| ConnError::Closed).and_then(Conn::message) {

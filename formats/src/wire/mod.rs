@@ -501,10 +501,13 @@ pub enum Message {
         /// The JSON bytes (not checked here).
         json: Vec<u8>,
     },
+    /// Kind 16: nothing; sent by a side that has sent nothing else for a
+    /// while, so that its peer can tell a busy side from a dead one.
+    KeepAlive,
 }
 
 /// The kind bytes, in [`Message`] order; index 0 is unused.
-const KIND_NAMES: [&str; 16] = [
+const KIND_NAMES: [&str; 17] = [
     "",
     "Hello",
     "HelloOk",
@@ -521,6 +524,7 @@ const KIND_NAMES: [&str; 16] = [
     "Error",
     "Query",
     "QueryReply",
+    "KeepAlive",
 ];
 
 impl Message {
@@ -542,6 +546,7 @@ impl Message {
             Message::Error { .. } => 13,
             Message::Query { .. } => 14,
             Message::QueryReply { .. } => 15,
+            Message::KeepAlive => 16,
         }
     }
 
@@ -935,7 +940,7 @@ fn encode_payload(msg: &Message, out: &mut Vec<u8>, checked: bool) -> Result<(),
             e.check("path", raw_path(path))?;
             put_bytes(out, path);
         }
-        Message::EndOfList | Message::Done => {}
+        Message::EndOfList | Message::Done | Message::KeepAlive => {}
         Message::Summary { json } | Message::QueryReply { json } => out.extend_from_slice(json),
         Message::Error { index, message } => {
             e.check("message", cap(message.len(), MAX_TEXT))?;
@@ -1421,6 +1426,7 @@ fn decode_payload(kind: u8, p: &[u8]) -> Result<Message, Bad> {
         },
         10 => Message::EndOfList,
         11 => Message::Done,
+        16 => Message::KeepAlive,
         12 => Message::Summary {
             json: r.rest().to_vec(),
         },

@@ -1153,3 +1153,56 @@ fn a_remote_haul_of_another_version_is_named() {
         );
     }
 }
+
+/// A server that answers the handshake and then falls silent (it neither sends nor
+/// closes) must not hang the client: with `--timeout 2`, a pull (waiting for entries)
+/// and a push (waiting for answers) each end with exit 1 and a message saying the
+/// peer sent nothing, well within the test's deadline. A live but busy peer sends
+/// keepalives (the other tests run with the default timeout and pass).
+#[test]
+fn a_silent_server_ends_the_session_at_the_timeout() {
+    require_root("a_silent_server_ends_the_session_at_the_timeout (sshd)");
+    let sshd = start_sshd();
+    let t = tmp();
+    let mut stream = encode_preamble(VERSION).unwrap();
+    stream.extend(frames(&[Message::HelloOk {
+        protocol: PROTOCOL_VERSION,
+        haul_version: VERSION.into(),
+    }]));
+    let mute = replaying_server(t.path(), "mute", &stream);
+
+    // Pull: the root comes, then nothing.
+    let mut pull_stream = stream.clone();
+    pull_stream.extend(frames(&[root_entry()]));
+    let mute_pull = replaying_server(t.path(), "mute_pull", &pull_stream);
+    let mut remote = OsString::from(format!("{}:", sshd.user_at_host()));
+    remote.push(t.path().join("whatever"));
+    let started = Instant::now();
+    let r = run_client(
+        &sshd,
+        &mute_pull,
+        &["--timeout", "2"],
+        remote.clone(),
+        t.path().join("dst_pull").into(),
+    );
+    r.expect_code(1);
+    assert!(r.stderr.contains("sent nothing"), "{}", r.describe());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{}",
+        r.describe()
+    );
+
+    // Push: the client announces a file and waits for an answer that never comes.
+    let src = t.path().join("src");
+    fixture::write_file(&src.join("f"), b"content");
+    let started = Instant::now();
+    let r = run_client(&sshd, &mute, &["--timeout", "2"], src.into(), remote);
+    r.expect_code(1);
+    assert!(r.stderr.contains("sent nothing"), "{}", r.describe());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{}",
+        r.describe()
+    );
+}
