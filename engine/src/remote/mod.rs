@@ -12,9 +12,7 @@
 //! No async runtime: three threads per session (reader, writer, and in a
 //! sender a relay) carry the pipe, and the disk work is the walker's and
 //! the writer's as for a local copy.
-use std::ffi::OsStr;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -33,8 +31,13 @@ use crate::sys;
 use crate::walk::worker_pool;
 
 mod conn;
+mod location;
 mod recv;
 mod send;
+mod serve;
+
+pub use location::RemotePath;
+pub use serve::{serve_stdio, ServeOptions};
 
 use conn::{Conn, ConnError};
 
@@ -45,110 +48,6 @@ const HANDSHAKE: Duration = Duration::from_secs(30);
 /// How long a client waits for the server's answer to its Hello (ssh may
 /// be slow to connect; it has its own timeouts).
 const CLIENT_HANDSHAKE: Duration = Duration::from_secs(120);
-
-/// A path on another host, as `[user@]host:path` or
-/// `ssh://[user@]host[:port]/path` name it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemotePath {
-    /// The login name, if given.
-    pub user: Option<String>,
-    /// The host.
-    pub host: String,
-    /// The ssh port, if given (`ssh://` form only).
-    pub port: Option<u16>,
-    /// The path on that host, raw (empty: the login's home directory).
-    pub path: Vec<u8>,
-}
-
-impl std::fmt::Display for RemotePath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(u) = &self.user {
-            write!(f, "{u}@")?;
-        }
-        write!(f, "{}:{}", self.host, String::from_utf8_lossy(&self.path))
-    }
-}
-
-impl RemotePath {
-    /// Parses a command-line location: `None` for a local path (no colon,
-    /// or a slash before the first colon, as rsync decides), else the
-    /// remote path or why it is not one.
-    pub fn parse(s: &OsStr) -> Option<Result<RemotePath, String>> {
-        let b = s.as_bytes();
-        if let Some(rest) = b.strip_prefix(b"ssh://") {
-            return Some(parse_url(rest));
-        }
-        let colon = b.iter().position(|&c| c == b':')?;
-        if colon == 0 || b[..colon].contains(&b'/') {
-            return None;
-        }
-        let (login, path) = (&b[..colon], &b[colon + 1..]);
-        if path.first() == Some(&b':') {
-            return Some(Err(format!(
-                "{}: rsync daemon paths (host::module) are not supported; use host:path",
-                s.to_string_lossy()
-            )));
-        }
-        Some(split_login(login).map(|(user, host)| RemotePath {
-            user,
-            host,
-            port: None,
-            path: path.to_vec(),
-        }))
-    }
-}
-
-fn split_login(login: &[u8]) -> Result<(Option<String>, String), String> {
-    let login =
-        std::str::from_utf8(login).map_err(|_| "the user and host are not UTF-8".to_string())?;
-    let (user, host) = match login.rsplit_once('@') {
-        Some((u, h)) => (Some(u.to_string()), h),
-        None => (None, login),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let bad = |c: char| c.is_whitespace() || c.is_control() || c == '/';
-    if host.is_empty() || host.starts_with('-') || host.contains(bad) {
-        return Err(format!("{login:?} is not a host name"));
-    }
-    if let Some(u) = &user {
-        if u.is_empty() || u.starts_with('-') || u.contains(bad) {
-            return Err(format!("{u:?} is not a user name"));
-        }
-    }
-    Ok((user, host.to_string()))
-}
-
-fn parse_url(rest: &[u8]) -> Result<RemotePath, String> {
-    let slash = rest.iter().position(|&c| c == b'/').unwrap_or(rest.len());
-    let (auth, path) = rest.split_at(slash);
-    // The port follows the last colon outside brackets.
-    let (login, port) = match auth.iter().rposition(|&c| c == b':') {
-        Some(i) if !auth[i..].contains(&b']') => {
-            let p = std::str::from_utf8(&auth[i + 1..])
-                .ok()
-                .and_then(|p| p.parse::<u16>().ok())
-                .ok_or_else(|| {
-                    format!(
-                        "ssh://{}: the port is not a number",
-                        String::from_utf8_lossy(rest)
-                    )
-                })?;
-            (&auth[..i], Some(p))
-        }
-        _ => (auth, None),
-    };
-    let (user, host) = split_login(login)?;
-    Ok(RemotePath {
-        user,
-        host,
-        port,
-        path: if path.is_empty() {
-            b"/".to_vec()
-        } else {
-            path.to_vec()
-        },
-    })
-}
 
 /// A copy to or from another host: the copy's flags (which travel to the
 /// serving side in the Hello) and how to reach it.
@@ -723,139 +622,6 @@ pub fn pull(
     })
 }
 
-/// What `haul serve` allows its clients.
-#[derive(Clone, Debug)]
-pub struct ServeOptions {
-    /// Roots must be at or below one of these (after resolving symlinks);
-    /// empty: anywhere the login may go.
-    pub restrict_to: Vec<PathBuf>,
-    /// Refuse pushes (nothing is written).
-    pub read_only: bool,
-    /// How long the client may send nothing at all before the session
-    /// fails.
-    pub timeout: Duration,
-}
-
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            restrict_to: Vec::new(),
-            read_only: false,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-}
-
-/// Collects the changes a serving receiver makes, for the client's `-n`
-/// and `-v`.
-#[derive(Default)]
-struct Collect(Mutex<Vec<(Action, String)>>);
-
-impl Progress for Collect {
-    fn change(&self, action: Action, path: &Path) {
-        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded, as the summary's lists are.
-        if v.len() < crate::dest::MAX_ISSUES {
-            v.push((action, path.to_string_lossy().into_owned()));
-        }
-    }
-}
-
-/// Serves one session on stdin and stdout (`haul serve --stdio`, as ssh
-/// runs it). Returns when the client is done; `Err` when the session
-/// failed (the client was told, if it could be).
-pub fn serve_stdio(opts: &ServeOptions) -> Result<(), Error> {
-    let mut conn = Conn::start(
-        std::io::stdin(),
-        std::io::stdout(),
-        None,
-        None,
-        opts.timeout,
-    );
-    // The Error reaches the client before this process exits: closing
-    // waits for the writer.
-    let fail = |conn: Conn, msg: String| {
-        let _ = conn.out.send(&Message::Error {
-            index: None,
-            message: msg.clone(),
-        });
-        let _ = conn.close();
-        Error::remote("serving", "stdin", msg)
-    };
-    if let Err(e) = conn.preamble(HANDSHAKE) {
-        return Err(fail(conn, e.to_string()));
-    }
-    let (role, root, options) = match conn.recv_within(Some(HANDSHAKE)) {
-        Ok(Message::Hello {
-            role,
-            root,
-            options,
-            ..
-        }) => (role, root, options),
-        Ok(m) => return Err(fail(conn, format!("expected Hello, got {}", m.name()))),
-        Err(e) => return Err(fail(conn, e.to_string())),
-    };
-    let root = PathBuf::from(OsStr::from_bytes(&root));
-    let root = if root.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        root
-    };
-    if let Err(m) = allowed(&root, opts) {
-        return Err(fail(conn, m));
-    }
-    if role == Role::Push && opts.read_only {
-        return Err(fail(
-            conn,
-            "this haul serve is --read-only: pushes are refused".into(),
-        ));
-    }
-    let f = match flags(&options, role == Role::Push) {
-        Ok(f) => f,
-        Err(m) => return Err(fail(conn, m)),
-    };
-    conn.set_level(options.compress_level);
-    let ok = Message::HelloOk {
-        protocol: PROTOCOL_VERSION,
-        haul_version: env!("CARGO_PKG_VERSION").into(),
-    };
-    conn.out
-        .send(&ok)
-        .map_err(|e| Error::remote("serving", "stdin", e.to_string()))?;
-    match role {
-        Role::Push => serve_push(conn, &root, &f),
-        Role::Pull => serve_pull(conn, &root, &f, &options),
-        Role::Query => serve_queries(conn, &root),
-    }
-}
-
-/// Answers Query messages until the client is done.
-fn serve_queries(conn: Conn, root: &Path) -> Result<(), Error> {
-    loop {
-        match conn.recv() {
-            Ok(Message::Query { kind }) => {
-                let json = crate::query::answer(&kind);
-                if let Err(e) = conn.out.send(&Message::QueryReply { json }) {
-                    return Err(Error::remote("serving", root, e.to_string()));
-                }
-            }
-            Ok(Message::Done) | Err(ConnError::Closed) => break,
-            Ok(m) => {
-                let msg = format!("unexpected {} message in a query session", m.name());
-                let _ = conn.out.send(&Message::Error {
-                    index: None,
-                    message: msg.clone(),
-                });
-                let _ = conn.close();
-                return Err(Error::remote("serving", root, msg));
-            }
-            Err(e) => return Err(Error::remote("serving", root, e.to_string())),
-        }
-    }
-    let _ = conn.close();
-    Ok(())
-}
-
 /// Asks the host of `remote` each question in `kinds` (its user and group
 /// databases, whether a path is in use: for `migrate`'s pre-flight
 /// checks); the answers in order, as JSON.
@@ -890,167 +656,9 @@ pub fn query(
     Ok(out)
 }
 
-/// Whether `root` is within the allowed directories.
-fn allowed(root: &Path, opts: &ServeOptions) -> Result<(), String> {
-    if opts.restrict_to.is_empty() {
-        return Ok(());
-    }
-    if root
-        .components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return Err(format!("{}: `..` is refused here", root.display()));
-    }
-    // The longest existing ancestor, resolved; the rest cannot hold a
-    // symlink yet.
-    let mut base = root.to_path_buf();
-    let mut rest = Vec::new();
-    let resolved = loop {
-        match base.canonicalize() {
-            Ok(p) => break p,
-            Err(_) => match (base.parent(), base.file_name()) {
-                (Some(p), Some(n)) => {
-                    rest.push(n.to_os_string());
-                    base = if p.as_os_str().is_empty() {
-                        PathBuf::from(".")
-                    } else {
-                        p.to_path_buf()
-                    };
-                }
-                _ => return Err(format!("{}: cannot be resolved", root.display())),
-            },
-        }
-    };
-    let full: PathBuf = resolved.join(rest.iter().rev().collect::<PathBuf>());
-    for r in &opts.restrict_to {
-        if let Ok(r) = r.canonicalize() {
-            if full.starts_with(&r) {
-                return Ok(());
-            }
-        }
-    }
-    Err(format!(
-        "{}: outside the paths this haul serve is restricted to",
-        root.display()
-    ))
-}
-
-fn serve_push(conn: Conn, root: &Path, f: &Flags) -> Result<(), Error> {
-    let collect = Collect::default();
-    let opts = recv::RecvOptions {
-        write: &f.write,
-        delete: f.delete,
-        filter: &f.filter,
-        checksum: f.checksum,
-        verify: f.verify,
-        record_changes: f.record_changes,
-        jobs: 0,
-    };
-    let (summary, _) = match recv::receive_tree(&conn, root, &opts, &collect) {
-        Ok(r) => r,
-        Err(recv::RecvError::Local(e)) => {
-            let _ = conn.out.send(&Message::Error {
-                index: None,
-                message: e.to_string(),
-            });
-            let _ = conn.close();
-            return Err(e);
-        }
-        Err(recv::RecvError::Conn(e)) => {
-            let _ = conn.out.send(&Message::Error {
-                index: None,
-                message: e.to_string(),
-            });
-            let _ = conn.close();
-            return Err(Error::remote("serving", root, e.to_string()));
-        }
-    };
-    let changes = std::mem::take(&mut *collect.0.lock().unwrap_or_else(|e| e.into_inner()));
-    let json = serde_json::to_vec(&PeerSummary { summary, changes }).unwrap_or_default();
-    let r = conn
-        .out
-        .send(&Message::Summary { json })
-        .and_then(|()| conn.out.send(&Message::Done));
-    let _ = conn.close();
-    r.map_err(|e| Error::remote("serving", root, e.to_string()))
-}
-
-fn serve_pull(mut conn: Conn, root: &Path, f: &Flags, o: &wire::Options) -> Result<(), Error> {
-    let fail = |conn: Conn, e: String| {
-        let _ = conn.out.send(&Message::Error {
-            index: None,
-            message: e.clone(),
-        });
-        let _ = conn.close();
-        Error::remote("serving", root, e)
-    };
-    let dir = match sys::open_dir_path(root) {
-        Ok(d) => d,
-        Err(e) => {
-            return Err(fail(
-                conn,
-                format!("{}: opening source: {e}", root.display()),
-            ))
-        }
-    };
-    conn.unbound(send::WINDOW + 64);
-    let opts = send::SendOptions {
-        filter: &f.filter,
-        policy: XattrPolicy {
-            xattrs: !o.no_xattrs,
-            acls: !o.no_acls && !o.no_xattrs,
-        },
-        dry_run: o.dry_run,
-        names: f.write.ids.needs_names(),
-    };
-    let pool = worker_pool(0, "send").map_err(|e| Error::io("starting workers", root, e))?;
-    if let Err(e) =
-        pool.install(|| send::send_tree(&conn, dir, &opts, &crate::progress::NoProgress))
-    {
-        return Err(fail(conn, e.to_string()));
-    }
-    let r = peer_summary(&conn);
-    let _ = conn.close();
-    r.map(drop)
-        .map_err(|e| Error::remote("serving", root, e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn p(s: &str) -> Option<Result<RemotePath, String>> {
-        RemotePath::parse(OsStr::new(s))
-    }
-
-    #[test]
-    fn locations_parse_as_rsync_does() {
-        assert_eq!(p("/a/b"), None);
-        assert_eq!(p("./a:b"), None);
-        assert_eq!(p("a/b:c"), None);
-        assert_eq!(p(":x"), None);
-        let r = p("root@h:/opt/x").unwrap().unwrap();
-        assert_eq!(
-            r,
-            RemotePath {
-                user: Some("root".into()),
-                host: "h".into(),
-                port: None,
-                path: b"/opt/x".to_vec()
-            }
-        );
-        let r = p("h:").unwrap().unwrap();
-        assert_eq!((r.user, r.path), (None, Vec::new()));
-        let r = p("ssh://u@127.0.0.1:2222/srv/d").unwrap().unwrap();
-        assert_eq!(r.port, Some(2222));
-        assert_eq!(r.host, "127.0.0.1");
-        assert_eq!(r.path, b"/srv/d");
-        let r = p("ssh://[::1]:22/x").unwrap().unwrap();
-        assert_eq!((r.host.as_str(), r.port), ("::1", Some(22)));
-        assert!(p("h::mod").unwrap().is_err());
-        assert!(p("-oProxyCommand=x:y").unwrap().is_err());
-        assert!(p("ssh://h:notaport/x").unwrap().is_err());
-    }
 
     #[test]
     fn remote_words_are_quoted() {
