@@ -75,8 +75,12 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 /// Flags follow rsync's names where rsync has the same feature.
 #[derive(Args, Debug)]
 pub struct CopyArgs {
-    /// Source directory (or single file), or a remote one as [USER@]HOST:PATH
-    /// or ssh://[USER@]HOST[:PORT]/PATH. A trailing slash makes no difference.
+    // The help is an attribute, not a doc comment: its brackets are not
+    // rustdoc links.
+    #[arg(
+        help = "Source directory (or single file), or a remote one as [USER@]HOST:PATH \
+                  or ssh://[USER@]HOST[:PORT]/PATH. A trailing slash makes no difference"
+    )]
     pub src: PathBuf,
     /// Destination, created if missing; it becomes a mirror of SRC's contents.
     /// Local or remote (as SRC); several remote destinations fan out.

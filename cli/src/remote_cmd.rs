@@ -268,8 +268,10 @@ pub enum Question {
 /// `haul query`: what `migrate` will ask a host before moving a tree.
 #[derive(Args, Debug)]
 pub struct QueryArgs {
-    /// The host and path asked about: [USER@]HOST:PATH, ssh://..., or a
-    /// local path (answered here).
+    #[arg(
+        help = "The host and path asked about: [USER@]HOST:PATH, ssh://..., or a \
+                  local path (answered here)"
+    )]
     pub target: PathBuf,
     /// The questions, answered in order (one JSON object per line).
     #[arg(required = true, value_enum)]

@@ -1,13 +1,14 @@
 //! The sending side of a session: the ordered walk's entries as Entry
 //! messages, and each file's content when the receiver asks for it.
 //!
-//! One thread does it all, in turns: it announces entries, and between
-//! them answers the receiver's Need and Skip messages, which a reader
-//! thread has queued. The walk prepares file data ahead on the pool, the
-//! writer thread writes, and the peer works at the same time, so the
-//! pipe stays busy while either side stats files. At most [`WINDOW`] files
-//! (and [`HELD_BYTES`] of their prepared data) wait for an answer; past
-//! that the walk waits.
+//! One thread does it all, in turns: it announces entries (to one peer, or
+//! to several in a fan-out, from one walk), and between them answers the
+//! peers' Need and Skip messages, which their reader threads have queued.
+//! A file is opened only when a peer asks for its content. The writer
+//! threads write and the peers work at the same time, so the pipes stay
+//! busy while either side stats files. At most [`WINDOW`] files (in at most
+//! [`WINDOW_DIRS`] directories) wait for a peer's answer; past that the
+//! walk waits.
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::fs::File;
