@@ -1206,3 +1206,59 @@ fn a_silent_server_ends_the_session_at_the_timeout() {
         r.describe()
     );
 }
+
+/// A server whose content for a large (streamed) file does not match its own FileDone
+/// digest fails that file only: nothing is named with the bad content, the session
+/// goes on, and the next file arrives exact (exit 3). Also for a small (assembled)
+/// file. The receiver must not read the next file's content as the rest of the bad
+/// one's.
+#[test]
+fn a_wrong_digest_fails_that_file_and_the_next_arrives() {
+    require_root("a_wrong_digest_fails_that_file_and_the_next_arrives (sshd)");
+    let sshd = start_sshd();
+    let t = tmp();
+    for (what, size) in [("streamed", 3usize << 20), ("assembled", 100 << 10)] {
+        let big: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let good = b"good file\n".to_vec();
+        let mut msgs = vec![
+            root_entry(),
+            file_entry(1, b"bad", &big),
+            file_entry(2, b"good", &good),
+            Message::EndOfList,
+        ];
+        for (i, piece) in big.chunks(256 << 10).enumerate() {
+            msgs.push(Message::Data {
+                index: 1,
+                offset: (i * (256 << 10)) as u64,
+                bytes: piece.to_vec(),
+            });
+        }
+        msgs.push(Message::FileDone {
+            index: 1,
+            blake3: *blake3::hash(b"something else").as_bytes(),
+        });
+        msgs.extend(content_msgs(2, &good));
+        msgs.extend([
+            Message::Summary {
+                json: SERVER_SUMMARY.to_vec(),
+            },
+            Message::Done,
+        ]);
+        let mut stream = encode_preamble(VERSION).unwrap();
+        stream.extend(frames(&[Message::HelloOk {
+            protocol: PROTOCOL_VERSION,
+            haul_version: VERSION.into(),
+        }]));
+        stream.extend(frames(&msgs));
+        let server = replaying_server(t.path(), &format!("server-{what}"), &stream);
+        let dst = t.path().join(format!("dst-{what}"));
+        let mut src = OsString::from(format!("{}:", sshd.user_at_host()));
+        src.push(t.path().join("whatever"));
+        let r = run_client(&sshd, &server, &[], src, dst.clone().into());
+        r.expect_code(3);
+        assert!(r.stderr.contains("bad"), "{what}: {}", r.describe());
+        assert!(r.stderr.contains("blake3"), "{what}: {}", r.describe());
+        assert!(!exists(&dst.join("bad")), "{what}: bad content was named");
+        assert_eq!(read(&dst.join("good")), good, "{what}: {}", r.describe());
+    }
+}
