@@ -234,6 +234,31 @@ impl Inbox<'_> {
         }
         self.conn.recv()
     }
+
+    /// Reads past the rest of entry `index`'s content, to its FileDone or
+    /// Error, from the pipe (the backlog never holds content); other
+    /// messages are kept in the backlog, in order.
+    pub(super) fn skip_content(&self, index: u64) -> Result<(), ConnError> {
+        loop {
+            match self.conn.recv()? {
+                Message::Data { index: i, .. } | Message::Chunk { index: i, .. } if i == index => {}
+                Message::FileDone { index: i, .. } | Message::Error { index: Some(i), .. }
+                    if i == index =>
+                {
+                    return Ok(())
+                }
+                m @ (Message::Entry(_) | Message::QueryReply { .. } | Message::EndOfList) => {
+                    self.backlog.borrow_mut().push_back(m)
+                }
+                m => {
+                    return Err(ConnError::Wire(format!(
+                        "unexpected {} message inside entry {index}'s content",
+                        m.name()
+                    )))
+                }
+            }
+        }
+    }
 }
 
 /// A large file, written as its pieces arrive.
@@ -355,26 +380,8 @@ impl StreamLeaf<'_, '_> {
 
     /// Reads past the rest of this entry's pieces, to its FileDone.
     fn skip_rest(&self) -> Result<(), ConnError> {
-        let index = self.asm.borrow().index;
-        loop {
-            match self.inbox.conn.recv()? {
-                Message::Data { index: i, .. } | Message::Chunk { index: i, .. } if i == index => {}
-                Message::FileDone { index: i, .. } | Message::Error { index: Some(i), .. }
-                    if i == index =>
-                {
-                    self.consumed.set(true);
-                    return Ok(());
-                }
-                m @ (Message::Entry(_) | Message::QueryReply { .. } | Message::EndOfList) => {
-                    self.inbox.backlog.borrow_mut().push_back(m)
-                }
-                m => {
-                    return Err(ConnError::Wire(format!(
-                        "unexpected {} message inside entry {index}'s content",
-                        m.name()
-                    )))
-                }
-            }
-        }
+        self.inbox.skip_content(self.asm.borrow().index)?;
+        self.consumed.set(true);
+        Ok(())
     }
 }

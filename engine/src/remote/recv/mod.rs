@@ -437,27 +437,7 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
 
     /// Reads past the rest of `index`'s content (after its entry failed).
     fn skip_content(&mut self, index: u64) -> Result<(), ConnError> {
-        loop {
-            let m = self.inbox.next()?;
-            self.indexes.observe(&m).map_err(wire_err)?;
-            match m {
-                Message::Data { index: i, .. } | Message::Chunk { index: i, .. } if i == index => {}
-                Message::FileDone { index: i, .. } | Message::Error { index: Some(i), .. }
-                    if i == index =>
-                {
-                    return Ok(())
-                }
-                m @ (Message::Entry(_) | Message::QueryReply { .. } | Message::EndOfList) => {
-                    self.inbox.backlog.borrow_mut().push_back(m)
-                }
-                m => {
-                    return Err(ConnError::Wire(format!(
-                        "unexpected {} message inside entry {index}'s content",
-                        m.name()
-                    )))
-                }
-            }
-        }
+        self.inbox.skip_content(index)
     }
 
     fn peek(&self, what: &str, index: u64) -> Result<&Awaiting, ConnError> {
@@ -650,12 +630,7 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
         let excluded = self.opts.filter.excluded(&rel, is_dir);
         let want = data_len(&e);
         if excluded {
-            if want > 0 {
-                self.inbox
-                    .conn
-                    .out
-                    .send(&Message::Skip { index: e.index })?;
-            }
+            self.skip(want, e.index)?;
             return Ok(());
         }
         if self.opts.delete {
@@ -679,12 +654,7 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
         let Some(pw) = self.pw.as_mut() else {
             // A dry run into a DST that does not exist: all would be new.
             self.w.record(Outcome::Created, &rel);
-            if want > 0 {
-                self.inbox
-                    .conn
-                    .out
-                    .send(&Message::Skip { index: e.index })?;
-            }
+            self.skip(want, e.index)?;
             return Ok(());
         };
         // A path a leaf still being written on the pool touches waits for
@@ -721,22 +691,12 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
             Ok((None, _)) => {
                 // A dry run below a directory that does not exist yet.
                 self.w.record(Outcome::Created, &rel);
-                if want > 0 {
-                    self.inbox
-                        .conn
-                        .out
-                        .send(&Message::Skip { index: e.index })?;
-                }
+                self.skip(want, e.index)?;
                 return Ok(());
             }
             Err(err) => {
                 self.fail_index(e.index, &rel, err);
-                if want > 0 {
-                    self.inbox
-                        .conn
-                        .out
-                        .send(&Message::Skip { index: e.index })?;
-                }
+                self.skip(want, e.index)?;
                 return Ok(());
             }
         };
@@ -793,10 +753,7 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
         if self.opts.write.dry_run && !(doubt && same_size) {
             let leaf = self.leaf(&a, Body::Changed);
             self.put(&a, &leaf);
-            self.inbox
-                .conn
-                .out
-                .send(&Message::Skip { index: a.index })?;
+            self.skip(a.want, a.index)?;
             return Ok(());
         }
         let mut a = a;
