@@ -19,13 +19,14 @@ use haul_tests::{
 
 const ENOSPC: &str = "No space left on device";
 
-/// A tmpfs of a given size mounted on a temporary directory, unmounted on drop.
-struct SmallFs {
+/// A tmpfs of a given size mounted on a temporary directory, unmounted on drop
+/// (also used by the remote tests).
+pub(crate) struct SmallFs {
     dir: tempfile::TempDir,
 }
 
 impl SmallFs {
-    fn mount(kib: u64) -> SmallFs {
+    pub(crate) fn mount(kib: u64) -> SmallFs {
         let dir = tempfile::Builder::new()
             .prefix("haul-full-")
             .tempdir_in("/tmp")
@@ -35,7 +36,7 @@ impl SmallFs {
         SmallFs { dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 

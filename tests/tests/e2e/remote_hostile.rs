@@ -1262,3 +1262,60 @@ fn a_wrong_digest_fails_that_file_and_the_next_arrives() {
         assert_eq!(read(&dst.join("good")), good, "{what}: {}", r.describe());
     }
 }
+
+/// A large file whose write fails mid-way (the destination fills up) while entries of
+/// later files arrive in the middle of its content: the failed file is named nowhere,
+/// the rest of its content is read past, and the entries that came meanwhile are still
+/// handled (the small file after it arrives exact; exit 3). Skipping the content must
+/// read the pipe, not cycle through those waiting entries.
+#[test]
+fn a_file_that_fills_the_disk_mid_stream_fails_alone() {
+    require_root("a_file_that_fills_the_disk_mid_stream_fails_alone (sshd, mount)");
+    let sshd = start_sshd();
+    let t = tmp();
+    let fs = crate::full_disk::SmallFs::mount(1024);
+    let dst = fs.path().join("dst");
+    let big: Vec<u8> = (0..3usize << 20).map(|i| (i % 253) as u8).collect();
+    let small = b"small file\n".to_vec();
+    let mut msgs = vec![root_entry(), file_entry(1, b"big", &big)];
+    for (i, piece) in big.chunks(256 << 10).enumerate() {
+        msgs.push(Message::Data {
+            index: 1,
+            offset: (i * (256 << 10)) as u64,
+            bytes: piece.to_vec(),
+        });
+        if i == 0 {
+            // Entries of later files, in the middle of big's content.
+            msgs.push(file_entry(2, b"small", &small));
+            msgs.push(Message::Entry(Box::new(entry(3, b"sub", EntryKind::Dir, 0))));
+        }
+    }
+    msgs.push(Message::FileDone {
+        index: 1,
+        blake3: *blake3::hash(&big).as_bytes(),
+    });
+    msgs.extend(content_msgs(2, &small));
+    msgs.extend([
+        Message::EndOfList,
+        Message::Summary {
+            json: SERVER_SUMMARY.to_vec(),
+        },
+        Message::Done,
+    ]);
+    let mut stream = encode_preamble(VERSION).unwrap();
+    stream.extend(frames(&[Message::HelloOk {
+        protocol: PROTOCOL_VERSION,
+        haul_version: VERSION.into(),
+    }]));
+    stream.extend(frames(&msgs));
+    let server = replaying_server(t.path(), "server", &stream);
+    let mut src = OsString::from(format!("{}:", sshd.user_at_host()));
+    src.push(t.path().join("whatever"));
+    let r = run_client(&sshd, &server, &[], src, dst.clone().into());
+    r.expect_code(3);
+    assert!(r.stderr.contains("big"), "{}", r.describe());
+    assert!(r.stderr.contains("No space left"), "{}", r.describe());
+    assert!(!exists(&dst.join("big")), "a partial big was named");
+    assert_eq!(read(&dst.join("small")), small, "{}", r.describe());
+    assert!(dst.join("sub").is_dir(), "{}", r.describe());
+}
