@@ -1287,7 +1287,12 @@ fn a_file_that_fills_the_disk_mid_stream_fails_alone() {
         if i == 0 {
             // Entries of later files, in the middle of big's content.
             msgs.push(file_entry(2, b"small", &small));
-            msgs.push(Message::Entry(Box::new(entry(3, b"sub", EntryKind::Dir, 0))));
+            msgs.push(Message::Entry(Box::new(entry(
+                3,
+                b"sub",
+                EntryKind::Dir,
+                0,
+            ))));
         }
     }
     msgs.push(Message::FileDone {
