@@ -152,6 +152,35 @@ struct Flags {
     record_changes: bool,
 }
 
+impl Flags {
+    /// The receiving side's options, with `jobs` workers.
+    fn recv_options(&self, jobs: usize) -> recv::RecvOptions<'_> {
+        recv::RecvOptions {
+            write: &self.write,
+            delete: self.delete,
+            filter: &self.filter,
+            checksum: self.checksum,
+            verify: self.verify,
+            record_changes: self.record_changes,
+            jobs,
+        }
+    }
+
+    /// The sending side's options: what it reads is what the receiver
+    /// keeps.
+    fn send_options(&self) -> send::SendOptions<'_> {
+        send::SendOptions {
+            filter: &self.filter,
+            policy: XattrPolicy {
+                xattrs: self.write.xattrs,
+                acls: self.write.acls,
+            },
+            dry_run: self.write.dry_run,
+            names: self.write.ids.needs_names(),
+        }
+    }
+}
+
 fn flags(o: &wire::Options, receiving: bool) -> Result<Flags, String> {
     let mut ids = IdMap::new();
     for m in &o.usermap {
@@ -192,6 +221,16 @@ pub(crate) struct PeerSummary {
     pub(crate) summary: CopySummary,
     #[serde(default)]
     pub(crate) changes: Vec<(Action, String)>,
+}
+
+impl PeerSummary {
+    /// Ends this side's part of a session: its Summary, then Done.
+    fn send(&self, out: &conn::Out) -> Result<(), ConnError> {
+        let json = serde_json::to_vec(self)
+            .map_err(|e| ConnError::Io(format!("encoding the summary: {e}")))?;
+        out.send(&Message::Summary { json })?;
+        out.send(&Message::Done)
+    }
 }
 
 /// The outcome of a copy to or from another host.
@@ -391,6 +430,19 @@ impl Session {
         }
     }
 
+    /// Ends a session that ran: `summary` with the version notice, the
+    /// bytes that crossed, and the receiver's `changes`.
+    fn done(self, mut summary: CopySummary, changes: Vec<(Action, String)>) -> RemoteSummary {
+        self.version_notice(&mut summary);
+        let (bytes_sent, bytes_received) = self.finish();
+        RemoteSummary {
+            summary,
+            bytes_sent,
+            bytes_received,
+            changes,
+        }
+    }
+
     /// Ends the session cleanly: closes the pipe and waits for ssh.
     /// Returns the bytes sent and received.
     fn finish(self) -> (u64, u64) {
@@ -509,15 +561,7 @@ pub fn push_many(
     if live.is_empty() {
         return results.into_iter().map(|r| r.expect("set")).collect();
     }
-    let opts = send::SendOptions {
-        filter: &f.filter,
-        policy: XattrPolicy {
-            xattrs: o.xattrs,
-            acls: o.acls && o.xattrs,
-        },
-        dry_run: o.dry_run,
-        names: f.write.ids.needs_names(),
-    };
+    let opts = f.send_options();
     let conns: Vec<&Conn> = live
         .iter()
         .map(|&i| &sessions[i].as_ref().expect("live").conn)
@@ -528,17 +572,7 @@ pub fn push_many(
         let s = sessions[i].take().expect("live");
         let r = mine.and_then(|mine| peer_summary(&s.conn).map(|t| (mine, t)));
         results[i] = Some(match r {
-            Ok((mine, theirs)) => {
-                let mut summary = merge(theirs.summary, Some(mine));
-                s.version_notice(&mut summary);
-                let (bytes_sent, bytes_received) = s.finish();
-                Ok(RemoteSummary {
-                    summary,
-                    bytes_sent,
-                    bytes_received,
-                    changes: theirs.changes,
-                })
-            }
+            Ok((mine, theirs)) => Ok(s.done(merge(theirs.summary, Some(mine)), theirs.changes)),
             Err(e) => Err(s.fail(e)),
         });
     }
@@ -583,15 +617,7 @@ pub fn pull(
 ) -> Result<RemoteSummary, Error> {
     let f = flags(&o.wire(), true).map_err(|m| Error::invalid(dst, m))?;
     let s = Session::open(src, o, Role::Pull)?;
-    let opts = recv::RecvOptions {
-        write: &f.write,
-        delete: f.delete,
-        filter: &f.filter,
-        checksum: f.checksum,
-        verify: f.verify,
-        record_changes: f.record_changes,
-        jobs: o.jobs,
-    };
+    let opts = f.recv_options(o.jobs);
     let (summary, theirs) = match recv::receive_tree(&s.conn, dst, &opts, progress) {
         Ok(r) => r,
         Err(recv::RecvError::Local(e)) => {
@@ -604,22 +630,12 @@ pub fn pull(
         }
         Err(recv::RecvError::Conn(e)) => return Err(s.fail(e)),
     };
-    let json = serde_json::to_vec(&PeerSummary {
-        summary: summary.clone(),
-        changes: Vec::new(),
-    })
-    .unwrap_or_default();
-    let _ = s.conn.out.send(&Message::Summary { json });
-    let _ = s.conn.out.send(&Message::Done);
-    let mut summary = merge(summary, theirs);
-    s.version_notice(&mut summary);
-    let (bytes_sent, bytes_received) = s.finish();
-    Ok(RemoteSummary {
+    let mine = PeerSummary {
         summary,
-        bytes_sent,
-        bytes_received,
         changes: Vec::new(),
-    })
+    };
+    let _ = mine.send(&s.conn.out);
+    Ok(s.done(merge(mine.summary, theirs), Vec::new()))
 }
 
 /// Asks the host of `remote` each question in `kinds` (its user and group

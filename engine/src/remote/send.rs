@@ -152,20 +152,15 @@ pub(crate) fn send_to_all(
         notices_not_listed,
         ..CopySummary::default()
     };
-    let json = serde_json::to_vec(&super::PeerSummary {
-        summary: mine.clone(),
+    let end = super::PeerSummary {
+        summary: mine,
         changes: Vec::new(),
-    })
-    .unwrap_or_default();
+    };
     peers
         .into_iter()
-        .map(|p| {
-            if let Some(e) = p.dead {
-                return Err(e);
-            }
-            p.out.send(&Message::Summary { json: json.clone() })?;
-            p.out.send(&Message::Done)?;
-            Ok(mine.clone())
+        .map(|p| match p.dead {
+            Some(e) => Err(e),
+            None => end.send(&p.out).map(|()| end.summary.clone()),
         })
         .collect()
 }
@@ -524,14 +519,9 @@ struct Content<'a> {
 }
 
 impl Content<'_> {
-    fn data(
-        &self,
-        index: u64,
-        offset: u64,
-        b: &[u8],
-        hasher: &mut blake3::Hasher,
-    ) -> Result<(), ConnError> {
-        hasher.update(b);
+    /// Sends `b`, the content at `offset`, as Data pieces (not in a dry
+    /// run); the caller hashes it.
+    fn data(&self, index: u64, offset: u64, b: &[u8]) -> Result<(), ConnError> {
         self.progress.bytes(b.len() as u64);
         if self.opts.dry_run {
             return Ok(());
@@ -564,7 +554,8 @@ impl Content<'_> {
                 if n < want {
                     return Err(changed());
                 }
-                self.data(index, off + done, &buf[..n], hasher)?;
+                hasher.update(&buf[..n]);
+                self.data(index, off + done, &buf[..n])?;
                 done += n as u64;
             }
         }
@@ -612,19 +603,7 @@ impl Content<'_> {
                 if have.contains(&id) {
                     self.chunk_ref(index, off, id)
                 } else {
-                    // Hashed above: send the bytes without hashing again.
-                    self.progress.bytes(c.len() as u64);
-                    if self.opts.dry_run {
-                        return Ok(());
-                    }
-                    for (i, piece) in c.chunks(DATA_PIECE).enumerate() {
-                        self.out.send(&Message::Data {
-                            index,
-                            offset: off + (i * DATA_PIECE) as u64,
-                            bytes: piece.to_vec(),
-                        })?;
-                    }
-                    Ok(())
+                    self.data(index, off, c)
                 }
             },
         );

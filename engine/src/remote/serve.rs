@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use haul_formats::wire::{self, Message, Role, PROTOCOL_VERSION};
+use haul_formats::wire::{Message, Role, PROTOCOL_VERSION};
 
 use super::conn::{Conn, ConnError};
 use super::{flags, peer_summary, recv, send, Flags, PeerSummary, DEFAULT_TIMEOUT, HANDSHAKE};
 use crate::error::Error;
-use crate::meta::XattrPolicy;
 use crate::progress::{Action, Progress};
 use crate::sys;
 use crate::walk::worker_pool;
@@ -119,7 +118,7 @@ pub fn serve_stdio(opts: &ServeOptions) -> Result<(), Error> {
         .map_err(|e| Error::remote("serving", "stdin", e.to_string()))?;
     match role {
         Role::Push => serve_push(conn, &root, &f),
-        Role::Pull => serve_pull(conn, &root, &f, &options),
+        Role::Pull => serve_pull(conn, &root, &f),
         Role::Query => serve_queries(conn, &root),
     }
 }
@@ -198,15 +197,7 @@ fn allowed(root: &Path, opts: &ServeOptions) -> Result<(), String> {
 
 fn serve_push(conn: Conn, root: &Path, f: &Flags) -> Result<(), Error> {
     let collect = Collect::default();
-    let opts = recv::RecvOptions {
-        write: &f.write,
-        delete: f.delete,
-        filter: &f.filter,
-        checksum: f.checksum,
-        verify: f.verify,
-        record_changes: f.record_changes,
-        jobs: 0,
-    };
+    let opts = f.recv_options(0);
     let (summary, _) = match recv::receive_tree(&conn, root, &opts, &collect) {
         Ok(r) => r,
         Err(recv::RecvError::Local(e)) => {
@@ -227,16 +218,12 @@ fn serve_push(conn: Conn, root: &Path, f: &Flags) -> Result<(), Error> {
         }
     };
     let changes = std::mem::take(&mut *collect.0.lock().unwrap_or_else(|e| e.into_inner()));
-    let json = serde_json::to_vec(&PeerSummary { summary, changes }).unwrap_or_default();
-    let r = conn
-        .out
-        .send(&Message::Summary { json })
-        .and_then(|()| conn.out.send(&Message::Done));
+    let r = PeerSummary { summary, changes }.send(&conn.out);
     let _ = conn.close();
     r.map_err(|e| Error::remote("serving", root, e.to_string()))
 }
 
-fn serve_pull(mut conn: Conn, root: &Path, f: &Flags, o: &wire::Options) -> Result<(), Error> {
+fn serve_pull(mut conn: Conn, root: &Path, f: &Flags) -> Result<(), Error> {
     let fail = |conn: Conn, e: String| {
         let _ = conn.out.send(&Message::Error {
             index: None,
@@ -255,15 +242,7 @@ fn serve_pull(mut conn: Conn, root: &Path, f: &Flags, o: &wire::Options) -> Resu
         }
     };
     conn.unbound(send::WINDOW + 64);
-    let opts = send::SendOptions {
-        filter: &f.filter,
-        policy: XattrPolicy {
-            xattrs: !o.no_xattrs,
-            acls: !o.no_acls && !o.no_xattrs,
-        },
-        dry_run: o.dry_run,
-        names: f.write.ids.needs_names(),
-    };
+    let opts = f.send_options();
     let pool = worker_pool(0, "send").map_err(|e| Error::io("starting workers", root, e))?;
     if let Err(e) =
         pool.install(|| send::send_tree(&conn, dir, &opts, &crate::progress::NoProgress))
