@@ -1,3 +1,4 @@
+use super::encode::{encode_payload, put_varint};
 use super::*;
 use proptest::prelude::*;
 
