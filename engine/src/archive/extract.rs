@@ -359,7 +359,8 @@ pub fn extract_archive(
                         let tx = flight.tx.clone();
                         let rel = rel.clone();
                         scope.spawn(move |_| {
-                            if let Err(e) = put_leaf_at(w, dir.as_ref(), &cname, &rel, &leaf) {
+                            if let Err(e) = put_leaf_at(w, dir.as_ref(), &cname, &rel, &leaf, None)
+                            {
                                 w.fail(&rel, e);
                             } else {
                                 w.copied(leaf.written.load(std::sync::atomic::Ordering::Relaxed));

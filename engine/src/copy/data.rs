@@ -167,6 +167,7 @@ impl Copier<'_> {
             dir: dir.dst,
             fresh: dir.fresh,
             acl_inherit: dir.acl_inherit,
+            seen: None,
         };
         self.put_leaf(at, dname, rel, &src)
     }

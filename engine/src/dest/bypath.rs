@@ -22,7 +22,7 @@ use super::leaf::{LeafSource, Place};
 use super::DestWriter;
 use crate::error::{Step, StepError};
 use crate::meta::Xattrs;
-use crate::sys;
+use crate::sys::{self, Stat};
 
 /// Directory handles kept open at most; the cache is emptied when full.
 const MAX_OPEN_DIRS: usize = 64;
@@ -165,7 +165,7 @@ impl<'w, 'a> PathWriter<'w, 'a> {
     /// A leaf of the stream, through the writer's one leaf function.
     pub(crate) fn put_leaf<S: LeafSource>(&mut self, rel: &Path, src: &S) -> Result<(), StepError> {
         let (dir, name) = self.leaf_dir(rel)?;
-        put_leaf_at(self.w, dir.as_ref(), &name, rel, src)
+        put_leaf_at(self.w, dir.as_ref(), &name, rel, src, None)
     }
 
     /// Where the leaf `rel` goes: its directory (opened, or created, as
@@ -413,19 +413,22 @@ impl Deferred {
 }
 
 /// Puts one leaf into `dir` (from [`PathWriter::leaf_dir`]): what
-/// [`PathWriter::put_leaf`] does, callable from any thread.
+/// [`PathWriter::put_leaf`] does, callable from any thread. `seen`: what
+/// the caller found at `name` just now, if it looked.
 pub(crate) fn put_leaf_at<S: LeafSource>(
     w: &DestWriter<'_>,
     dir: Option<&Dir>,
     name: &CString,
     rel: &Path,
     src: &S,
+    seen: Option<Option<Stat>>,
 ) -> Result<(), StepError> {
     // No directory: a dry run below one that does not exist yet.
     let at = Place {
         dir: dir.map(|d| &*d.0),
         fresh: dir.is_none(),
         acl_inherit: dir.is_none_or(|d| d.1),
+        seen,
     };
     w.put_leaf(at, name, rel, src).map(drop)
 }

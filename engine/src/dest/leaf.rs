@@ -50,6 +50,9 @@ pub(crate) struct Place<'a> {
     pub(crate) dir: Option<&'a File>,
     pub(crate) fresh: bool,
     pub(crate) acl_inherit: bool,
+    /// What the caller found at the name just now, if it looked
+    /// (`Some(None)`: nothing there), so it is not looked up twice.
+    pub(crate) seen: Option<Option<Stat>>,
 }
 
 impl DestWriter<'_> {
@@ -67,8 +70,9 @@ impl DestWriter<'_> {
     ) -> Result<bool, StepError> {
         super::check_name(name)?;
         let st = src.entry();
-        let cur = match at.dir {
-            Some(d) if !at.fresh => sys::stat_at_opt(d, name).step("stat destination")?,
+        let cur = match (at.seen, at.dir) {
+            (Some(seen), _) => seen,
+            (None, Some(d)) if !at.fresh => sys::stat_at_opt(d, name).step("stat destination")?,
             _ => None,
         };
         let kind = st.kind();

@@ -67,6 +67,7 @@ fn place(d: &File) -> Place<'_> {
         dir: Some(d),
         fresh: false,
         acl_inherit: false,
+        seen: None,
     }
 }
 

@@ -591,6 +591,7 @@ impl DestWriter<'_> {
             dir: dst,
             fresh,
             acl_inherit: acl,
+            seen: None,
         };
         self.put_leaf(at, name, rel, &src)
     }

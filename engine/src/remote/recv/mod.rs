@@ -42,7 +42,7 @@ use crate::error::Error;
 use crate::filter::Filter;
 use crate::meta::{FileKind, Xattrs};
 use crate::progress::Progress;
-use crate::sys;
+use crate::sys::{self, Stat};
 use crate::walk::worker_pool;
 
 mod content;
@@ -344,7 +344,7 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
                         )));
                     }
                     let leaf = self.leaf(&a, Body::Same);
-                    self.put(&a, &leaf);
+                    self.put(&a, &leaf, None);
                 }
                 m @ (Message::Data { .. } | Message::Chunk { .. }) => {
                     let index = m.index().unwrap_or(0);
@@ -379,7 +379,7 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
                     let pieces = std::mem::take(&mut self.pieces);
                     if self.opts.write.dry_run {
                         let leaf = self.leaf(&a, Body::Changed);
-                        self.put(&a, &leaf);
+                        self.put(&a, &leaf, None);
                         continue;
                     }
                     match asm.done(&blake3) {
@@ -475,9 +475,10 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
         }
     }
 
-    /// Puts a leaf whose content is decided, on this thread.
-    fn put(&self, a: &Awaiting, leaf: &WireLeaf) {
-        if let Err(e) = put_leaf_at(self.w, Some(&a.dir), &a.name, &a.rel, leaf) {
+    /// Puts a leaf whose content is decided, on this thread; `seen`: what
+    /// this side found at its name just now, if it looked.
+    fn put(&self, a: &Awaiting, leaf: &WireLeaf, seen: Option<Option<Stat>>) {
+        if let Err(e) = put_leaf_at(self.w, Some(&a.dir), &a.name, &a.rel, leaf, seen) {
             self.fail_leader(a);
             self.w.fail(&a.rel, e);
         }
@@ -509,7 +510,7 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
         let shared = self.shared;
         let is_leader = self.leaders.contains_key(&a.index);
         scope.spawn(move |_| {
-            match put_leaf_at(w, Some(&a.dir), &a.name, &a.rel, &leaf) {
+            match put_leaf_at(w, Some(&a.dir), &a.name, &a.rel, &leaf, None) {
                 Ok(()) => {
                     w.copied(leaf.written.load(std::sync::atomic::Ordering::Relaxed));
                     if verify {
@@ -548,7 +549,7 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
             written: RefCell::new(0),
             consumed: std::cell::Cell::new(false),
         };
-        let r = put_leaf_at(self.w, Some(&a.dir), &a.name, &a.rel, &leaf);
+        let r = put_leaf_at(self.w, Some(&a.dir), &a.name, &a.rel, &leaf, None);
         self.w.copied(*leaf.written.borrow());
         let digest = *leaf.digest.borrow();
         let consumed = leaf.consumed.get();
@@ -735,14 +736,14 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
         if same_size && !doubt && cur.as_ref().is_some_and(|c| c.mtime == a.entry.mtime) {
             // The quick check: the same size and mtime.
             let leaf = self.leaf(&a, Body::Same);
-            self.put(&a, &leaf);
+            self.put(&a, &leaf, Some(cur));
             self.skip(want, a.index)?;
             return Ok(());
         }
         if want == 0 {
             // Nothing to ask for: an empty file, or one that is all hole.
             let leaf = self.leaf(&a, Body::Pieces(Vec::new()));
-            self.put(&a, &leaf);
+            self.put(&a, &leaf, Some(cur));
             return Ok(());
         }
         let with_delta = cur.as_ref().is_some_and(|c| {
@@ -752,7 +753,7 @@ impl<'w, 'a, 'o, 'c> Receiver<'w, 'a, 'o, 'c> {
         });
         if self.opts.write.dry_run && !(doubt && same_size) {
             let leaf = self.leaf(&a, Body::Changed);
-            self.put(&a, &leaf);
+            self.put(&a, &leaf, Some(cur));
             self.skip(a.want, a.index)?;
             return Ok(());
         }
