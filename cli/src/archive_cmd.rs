@@ -11,10 +11,7 @@ use haul_engine::{
 };
 use serde_json::json;
 
-use crate::copy_cmd::{
-    change_sink, exit_code, failed_json, failed_line, jobs_parser, parse_exclude, print_human,
-    summary_json,
-};
+use crate::copy_cmd::{change_sink, failed_json, failed_line, jobs_parser, parse_exclude};
 use crate::exit;
 use crate::render::{escape_str, Reporter};
 
@@ -358,17 +355,7 @@ fn extract(a: ExtractArgs) -> Result<u8> {
         }
         r => r?,
     };
-    let code = exit_code(&summary);
-    if a.json {
-        let mut v = summary_json(&summary, code)?;
-        changes.add_to(&mut v);
-        let mut o = std::io::stdout().lock();
-        serde_json::to_writer(&mut o, &v)?;
-        writeln!(o)?;
-    } else {
-        print_human(&summary, a.verbose, "-v")?;
-    }
-    Ok(code)
+    crate::copy_cmd::report(&summary, a.json, a.verbose, &changes, &[])
 }
 
 fn kind_char(k: FileKind) -> char {

@@ -199,15 +199,31 @@ pub fn run(a: CopyArgs) -> Result<u8> {
     let changes = reporter.finish();
     // A fatal error: `main` prints it (and its JSON object with --json).
     let summary = result?;
-    let code = exit_code(&summary);
-    if a.json {
-        let mut v = summary_json(&summary, code)?;
+    report(&summary, a.json, a.verbose, &changes, &[])
+}
+
+/// Prints a copy's (or an extraction's) summary: with `json`, one object on
+/// stdout with the changes and the `more` fields; otherwise the human lines
+/// on stderr. Returns its exit code.
+pub fn report(
+    s: &CopySummary,
+    json: bool,
+    verbose: bool,
+    changes: &crate::render::Changes,
+    more: &[(&str, serde_json::Value)],
+) -> Result<u8> {
+    let code = exit_code(s);
+    if json {
+        let mut v = summary_json(s, code)?;
         changes.add_to(&mut v);
+        for (k, x) in more {
+            v[*k] = x.clone();
+        }
         let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, &v)?;
         writeln!(out)?;
     } else {
-        print_human(&summary, a.verbose, "-v")?;
+        print_human(s, verbose, "-v")?;
     }
     Ok(code)
 }

@@ -119,7 +119,7 @@ pub fn run(a: &CopyArgs) -> Result<Option<u8>> {
             let res = pull(&r, d, &o, &reporter);
             let changes = reporter.finish();
             let s = res?;
-            Ok(Some(report_one(a, &s, Some(changes))?))
+            Ok(Some(report_one(a, &s, &changes)?))
         }
         (Loc::Remote(_), _) => Ok(Some(usage("a remote SRC takes one local DST"))),
         (Loc::Local(s), [Loc::Remote(r)]) => {
@@ -127,7 +127,7 @@ pub fn run(a: &CopyArgs) -> Result<Option<u8>> {
             let res = push(&s, r, &o, &reporter);
             let changes = reporter.finish();
             let sum = res?;
-            Ok(Some(report_one(a, &sum, Some(changes))?))
+            Ok(Some(report_one(a, &sum, &changes)?))
         }
         (Loc::Local(s), many) => {
             let mut remotes = Vec::new();
@@ -154,22 +154,13 @@ fn one_json(s: &RemoteSummary, code: u8) -> Result<serde_json::Value> {
     Ok(v)
 }
 
-fn report_one(
-    a: &CopyArgs,
-    s: &RemoteSummary,
-    changes: Option<crate::render::Changes>,
-) -> Result<u8> {
-    let code = exit_code(&s.summary);
-    if a.json {
-        let mut v = one_json(s, code)?;
-        if let Some(c) = changes {
-            c.add_to(&mut v);
-        }
-        let mut out = std::io::stdout().lock();
-        serde_json::to_writer(&mut out, &v)?;
-        writeln!(out)?;
-    } else {
-        print_human(&s.summary, a.verbose, "-v")?;
+fn report_one(a: &CopyArgs, s: &RemoteSummary, changes: &crate::render::Changes) -> Result<u8> {
+    let bytes = [
+        ("bytes_sent", json!(s.bytes_sent)),
+        ("bytes_received", json!(s.bytes_received)),
+    ];
+    let code = crate::copy_cmd::report(&s.summary, a.json, a.verbose, changes, &bytes)?;
+    if !a.json {
         eprintln!(
             "sent {} bytes, received {} bytes",
             s.bytes_sent, s.bytes_received
